@@ -1,0 +1,121 @@
+"""Typed configuration, one dataclass per concern, stored in every checkpoint as JSON.
+
+Names are the same everywhere: a field ``num_steps`` is the CLI flag ``--num-steps``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UsageError
+
+MODELS = ("rnn", "gru", "lstm")
+IMPLS = ("scratch", "concise")
+SAMPLINGS = ("sequential", "random")
+OPTIMIZERS = ("sgd",)
+PRESETS = ("raw", "letters")
+TOKENS = ("char", "word")
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it becomes tokens."""
+
+    path: str | None = None  # a text file, or None when ``dataset`` names one
+    dataset: str | None = None  # a registry name (rnnlab.data.registry)
+    preset: str = "raw"  # raw: keep every character; letters: the book's 26 letters + space
+    token: str = "char"  # char | word
+    max_tokens: int = 0  # keep the first N tokens of the stream (0 = all)
+    encoding: str = "utf-8"
+    min_freq: int = 0
+
+    def validate(self) -> None:
+        _choice("preset", self.preset, PRESETS)
+        _choice("token", self.token, TOKENS)
+        if self.max_tokens < 0:
+            raise UsageError(f"--max-tokens must be >= 0 (0 keeps every token), got {self.max_tokens}")
+        if self.min_freq < 0:
+            raise UsageError(f"--min-freq must be >= 0, got {self.min_freq}")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model's architecture (the weights live in safetensors)."""
+
+    model: str = "rnn"  # rnn | gru | lstm
+    impl: str = "concise"  # scratch | concise
+    vocab_size: int = 0
+    hidden_size: int = 256
+    num_layers: int = 1
+    embedding_dim: int = 0  # 0 = one-hot inputs (the book)
+    dropout: float = 0.0
+    activation: str = "tanh"  # rnn only: tanh | relu
+    init: str = "auto"  # auto (scratch: book's N(0, 0.01^2) and zero biases; concise: torch's) | normal | torch
+
+    def validate(self) -> None:
+        _choice("model", self.model, MODELS)
+        _choice("impl", self.impl, IMPLS)
+        _choice("activation", self.activation, ("tanh", "relu"))
+        _choice("init", self.init, ("auto", "normal", "torch"))
+        _positive("hidden-size", self.hidden_size)
+        _positive("num-layers", self.num_layers)
+        if self.embedding_dim < 0:
+            raise UsageError(f"--embedding-dim must be >= 0 (0 = one-hot), got {self.embedding_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UsageError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.activation != "tanh" and self.model != "rnn":
+            raise UsageError("--activation applies to --model rnn only; GRU and LSTM use their own gates")
+
+
+@dataclass
+class TrainConfig:
+    """How to train: batching, optimiser, schedule, reporting."""
+
+    batch_size: int = 32
+    num_steps: int = 35
+    sampling: str = "sequential"  # sequential | random
+    optimizer: str = "sgd"
+    lr: float = 1.0
+    clip_norm: float = 1.0  # 0 disables clipping
+    epochs: int = 500
+    seed: int = 0
+    device: str = "auto"
+    predict_every: int = 50  # greedy text for each prefix every N epochs (0 = never)
+    prefixes: list[str] = field(default_factory=list)
+    predict_length: int = 50
+
+    def validate(self) -> None:
+        _positive("batch-size", self.batch_size)
+        _positive("num-steps", self.num_steps)
+        _positive("epochs", self.epochs)
+        _choice("sampling", self.sampling, SAMPLINGS)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        if not self.lr > 0 or self.lr != self.lr or self.lr == float("inf"):
+            raise UsageError(f"--lr must be a positive number, got {self.lr}")
+        if not self.clip_norm >= 0 or self.clip_norm == float("inf"):
+            raise UsageError(f"--clip-norm must be >= 0 (0 disables clipping), got {self.clip_norm}")
+        if self.predict_every < 0:
+            raise UsageError(f"--predict-every must be >= 0, got {self.predict_every}")
+        if self.predict_length < 0:
+            raise UsageError(f"--predict-length must be >= 0, got {self.predict_length}")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UsageError(f"unknown --{name} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def _positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or value <= 0:
+        raise UsageError(f"--{name} must be a positive integer, got {value!r}")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, data: dict[str, Any]):
+    """Build a config from JSON, ignoring keys this version does not know (forward compatible)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})

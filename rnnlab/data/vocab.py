@@ -1,0 +1,90 @@
+"""Vocabulary: tokens <-> ids, deterministic, JSON round trip.
+
+Order: ``<unk>`` (when present) is id 0, then reserved tokens, then every token with count
+>= ``min_freq`` sorted by descending count; ties are broken by first occurrence in the corpus,
+so two runs over the same text build the same vocabulary.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Iterable, Sequence
+
+from ..errors import RnnlabError
+
+UNK = "<unk>"
+
+
+class Vocab:
+    def __init__(self, tokens: Sequence[str], unk: str | None = UNK, separator: str = "",
+                 counts: Sequence[int] | None = None):
+        if len(set(tokens)) != len(tokens):
+            raise RnnlabError("vocabulary has duplicate tokens; the vocab.json is corrupt")
+        if unk is not None and (not tokens or tokens[0] != unk):
+            raise RnnlabError("vocabulary: <unk> must be id 0; the vocab.json is corrupt")
+        self.idx_to_token = list(tokens)
+        self.token_to_idx = {t: i for i, t in enumerate(self.idx_to_token)}
+        self.unk = unk
+        self.separator = separator  # "" joins characters, " " joins words
+        self.counts = list(counts) if counts is not None else [0] * len(tokens)
+
+    @classmethod
+    def build(cls, tokens: Iterable[str], min_freq: int = 0, reserved: Sequence[str] = (),
+              unk: str | None = UNK, separator: str = "") -> "Vocab":
+        counter = Counter(tokens)  # insertion order = first occurrence
+        ranked = sorted(counter.items(), key=lambda kv: -kv[1])  # stable: ties keep first occurrence
+        head = ([unk] if unk is not None else []) + [t for t in reserved if t != unk]
+        seen = set(head)
+        body = [t for t, c in ranked if c >= min_freq and t not in seen]
+        idx = head + body
+        return cls(idx, unk=unk, separator=separator, counts=[counter.get(t, 0) for t in idx])
+
+    def __len__(self) -> int:
+        return len(self.idx_to_token)
+
+    def __contains__(self, token: str) -> bool:
+        return token in self.token_to_idx
+
+    @property
+    def unk_id(self) -> int | None:
+        return None if self.unk is None else self.token_to_idx[self.unk]
+
+    def encode(self, tokens: Iterable[str]) -> list[int]:
+        """Ids for ``tokens``; unknown tokens map to ``<unk>`` (KeyError without one)."""
+        unk = self.unk_id
+        if unk is None:
+            return [self.token_to_idx[t] for t in tokens]
+        get = self.token_to_idx.get
+        return [get(t, unk) for t in tokens]
+
+    def unknown(self, tokens: Iterable[str]) -> list[str]:
+        """The distinct tokens not in this vocabulary, in order of appearance."""
+        return list(dict.fromkeys(t for t in tokens if t not in self.token_to_idx))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.separator.join(self.idx_to_token[int(i)] for i in ids)
+
+    def to_dict(self) -> dict:
+        return {"tokens": self.idx_to_token, "unk": self.unk, "separator": self.separator,
+                "counts": self.counts}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Vocab":
+        try:
+            return cls(d["tokens"], unk=d.get("unk"), separator=d.get("separator", ""),
+                       counts=d.get("counts"))
+        except (KeyError, TypeError):
+            raise RnnlabError("vocab.json is not a vocabulary (no 'tokens' list); the checkpoint is corrupt") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, s: str) -> "Vocab":
+        return cls.from_dict(json.loads(s))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocab) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"Vocab(size={len(self)}, unk={self.unk!r})"

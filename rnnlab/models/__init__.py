@@ -1,0 +1,15 @@
+"""Models: one contract (``rnnlab.models.base``), built from a ``ModelConfig`` by ``build_model``."""
+from __future__ import annotations
+
+from ..config import ModelConfig
+from .base import LanguageModel, State, detach_state
+from .rnnlm import RNNLM
+
+
+def build_model(cfg: ModelConfig) -> LanguageModel:
+    """The factory: the only place that looks at ``cfg.model`` / ``cfg.impl``."""
+    cfg.validate()
+    return RNNLM(cfg)
+
+
+__all__ = ["LanguageModel", "RNNLM", "State", "build_model", "detach_state"]

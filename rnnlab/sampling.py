@@ -1,0 +1,79 @@
+"""Text generation: warm up on the prefix once, then one step at a time carrying the state.
+
+Greedy decoding (the book's ``predict_ch8``) is ``temperature=0``; otherwise the next token is
+drawn from softmax(logits / temperature), optionally restricted to the ``top_k`` most likely
+tokens and/or the smallest set whose probability reaches ``top_p`` (nucleus sampling).
+"""
+from __future__ import annotations
+
+import torch
+
+from .data.vocab import Vocab
+from .errors import RnnlabError
+from .models import LanguageModel
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set to -inf every logit outside the top-k / top-p set. logits: (N, V) -> (N, V)."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (N, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (N, V)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        before = torch.cumsum(probs, dim=-1) - probs  # mass of the tokens ranked above each one
+        drop_sorted = before >= top_p  # keep the smallest prefix whose mass reaches top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick the next token for each row. logits: (N, V) -> ids (N,)."""
+    if temperature <= 0 or top_k == 1:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits.float() / temperature, top_k, top_p)
+    probs = torch.softmax(logits, dim=-1)  # (N, V)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate_ids(model: LanguageModel, prefix_ids: list[int], length: int, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, num_samples: int = 1,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Continue ``prefix_ids`` by ``length`` tokens for ``num_samples`` rows at once.
+
+    Returns the generated ids only, (num_samples, length). The prefix is run through the model
+    once (warm-up); each new token then costs one step with the state carried.
+    """
+    if not prefix_ids:
+        raise RnnlabError("generation needs a non-empty prefix")
+    was_training = model.training
+    model.eval()
+    device = model.device
+    prefix = torch.tensor(prefix_ids, dtype=torch.long, device=device).expand(num_samples, -1)  # (N, P)
+    state = model.begin_state(num_samples, device)
+    logits, state = model(prefix, state)  # (N, P, V)
+    last = logits[:, -1]  # (N, V)
+    out = torch.empty(num_samples, length, dtype=torch.long, device=device)
+    for t in range(length):
+        tok = next_token(last, temperature, top_k, top_p, generator)  # (N,)
+        out[:, t] = tok
+        if t + 1 < length:
+            logits, state = model(tok[:, None], state)  # (N, 1, V)
+            last = logits[:, -1]
+    model.train(was_training)
+    return out
+
+
+def generate(model: LanguageModel, vocab: Vocab, prefix: str, length: int, temperature: float = 0.0,
+             top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
+             tokenize=None) -> str:
+    """The prefix followed by ``length`` generated tokens (greedy by default), as text."""
+    tokens = tokenize(prefix) if tokenize is not None else (list(prefix) if vocab.separator == "" else prefix.split())
+    ids = vocab.encode(tokens)
+    gen = generate_ids(model, ids, length, temperature, top_k, top_p, 1, generator)[0]
+    text = vocab.decode(gen.tolist())
+    sep = vocab.separator if (prefix and text) else ""
+    return prefix + sep + text
