@@ -10,7 +10,7 @@ from typing import Any
 
 from .errors import UsageError
 
-MODELS = ("rnn", "gru", "lstm")
+MODELS = ("rnn", "gru", "lstm", "unrolled")
 IMPLS = ("scratch", "concise")
 SAMPLINGS = ("sequential", "random")
 OPTIMIZERS = ("sgd",)
@@ -43,7 +43,7 @@ class DataConfig:
 class ModelConfig:
     """Everything needed to rebuild a model's architecture (the weights live in safetensors)."""
 
-    model: str = "rnn"  # rnn | gru | lstm
+    model: str = "rnn"  # rnn | gru | lstm | unrolled (the AWS post's many-to-one model)
     impl: str = "concise"  # scratch | concise
     vocab_size: int = 0
     hidden_size: int = 256
@@ -52,6 +52,7 @@ class ModelConfig:
     dropout: float = 0.0
     activation: str = "tanh"  # rnn only: tanh | relu
     init: str = "auto"  # auto (scratch: book's N(0, 0.01^2) and zero biases; concise: torch's) | normal | torch
+    window: int = 3  # unrolled only: tokens read per prediction (the post: 3)
 
     def validate(self) -> None:
         _choice("model", self.model, MODELS)
@@ -60,12 +61,14 @@ class ModelConfig:
         _choice("init", self.init, ("auto", "normal", "torch"))
         _positive("hidden-size", self.hidden_size)
         _positive("num-layers", self.num_layers)
+        _positive("window", self.window)
         if self.embedding_dim < 0:
             raise UsageError(f"--embedding-dim must be >= 0 (0 = one-hot), got {self.embedding_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise UsageError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.activation != "tanh" and self.model != "rnn":
-            raise UsageError("--activation applies to --model rnn only; GRU and LSTM use their own gates")
+            raise UsageError("--activation applies to --model rnn only; "
+                             "GRU and LSTM use their own gates, unrolled the post's ReLU")
 
 
 @dataclass

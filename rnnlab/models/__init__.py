@@ -4,12 +4,15 @@ from __future__ import annotations
 from ..config import ModelConfig
 from .base import LanguageModel, State, detach_state
 from .rnnlm import RNNLM
+from .unrolled import UnrolledRNN, window_dataset
 
 
 def build_model(cfg: ModelConfig) -> LanguageModel:
     """The factory: the only place that looks at ``cfg.model`` / ``cfg.impl``."""
     cfg.validate()
+    if cfg.model == "unrolled":
+        return UnrolledRNN(cfg)
     return RNNLM(cfg)
 
 
-__all__ = ["LanguageModel", "RNNLM", "State", "build_model", "detach_state"]
+__all__ = ["LanguageModel", "RNNLM", "State", "UnrolledRNN", "build_model", "detach_state", "window_dataset"]
