@@ -1,0 +1,18 @@
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _data_dir(monkeypatch):
+    """Point the dataset registry at the local copies unless the caller already chose a folder."""
+    if "RNNLAB_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
+        monkeypatch.setenv("RNNLAB_DATA_DIR", str(SHARED_DATA))
+
+
+def data_available(name: str) -> bool:
+    d = Path(os.environ.get("RNNLAB_DATA_DIR", SHARED_DATA))
+    return (d / name).is_file()
