@@ -13,7 +13,8 @@ from .errors import UsageError
 MODELS = ("rnn", "gru", "lstm", "unrolled")
 IMPLS = ("scratch", "concise")
 SAMPLINGS = ("sequential", "random")
-OPTIMIZERS = ("sgd",)
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "cosine")
 PRESETS = ("raw", "letters")
 TOKENS = ("char", "word")
 
@@ -29,6 +30,7 @@ class DataConfig:
     max_tokens: int = 0  # keep the first N tokens of the stream (0 = all)
     encoding: str = "utf-8"
     min_freq: int = 0
+    val_fraction: float = 0.0  # the last fraction of the token stream is held out (0 = the book: none)
 
     def validate(self) -> None:
         _choice("preset", self.preset, PRESETS)
@@ -37,6 +39,8 @@ class DataConfig:
             raise UsageError(f"--max-tokens must be >= 0 (0 keeps every token), got {self.max_tokens}")
         if self.min_freq < 0:
             raise UsageError(f"--min-freq must be >= 0, got {self.min_freq}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise UsageError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
 
 
 @dataclass
@@ -80,13 +84,21 @@ class TrainConfig:
     sampling: str = "sequential"  # sequential | random
     optimizer: str = "sgd"
     lr: float = 1.0
+    momentum: float = 0.0  # sgd only
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"  # constant | cosine (to min_lr over the run, after warmup_steps)
+    min_lr: float = 0.0
+    warmup_steps: int = 0
     clip_norm: float = 1.0  # 0 disables clipping
     epochs: int = 500
+    max_seconds: float = 0.0  # stop after this much wall time (0 = no limit)
     seed: int = 0
     device: str = "auto"
     predict_every: int = 50  # greedy text for each prefix every N epochs (0 = never)
     prefixes: list[str] = field(default_factory=list)
     predict_length: int = 50
+    save_every: int = 0  # checkpoint every N epochs (0 = about ten times per run); always at the end
+    keep: int = 2  # snapshots kept in OUT/checkpoints (plus OUT/best)
 
     def validate(self) -> None:
         _positive("batch-size", self.batch_size)
@@ -96,12 +108,29 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         if not self.lr > 0 or self.lr != self.lr or self.lr == float("inf"):
             raise UsageError(f"--lr must be a positive number, got {self.lr}")
+        _choice("lr-schedule", self.lr_schedule, SCHEDULES)
+        for name, v in (("momentum", self.momentum), ("weight-decay", self.weight_decay), ("min-lr", self.min_lr),
+                        ("max-seconds", self.max_seconds)):
+            if not 0 <= v < float("inf"):
+                raise UsageError(f"--{name} must be a number >= 0, got {v}")
+        if self.momentum and self.optimizer != "sgd":
+            raise UsageError("--momentum applies to --optimizer sgd only")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise UsageError(f"--warmup-steps must be an integer >= 0, got {self.warmup_steps}")
         if not self.clip_norm >= 0 or self.clip_norm == float("inf"):
             raise UsageError(f"--clip-norm must be >= 0 (0 disables clipping), got {self.clip_norm}")
         if self.predict_every < 0:
             raise UsageError(f"--predict-every must be >= 0, got {self.predict_every}")
+        if self.save_every < 0:
+            raise UsageError(f"--save-every must be >= 0 (0 = about ten saves per run), got {self.save_every}")
+        if self.keep < 1:
+            raise UsageError(f"--keep must be >= 1, got {self.keep}")
         if self.predict_length < 0:
             raise UsageError(f"--predict-length must be >= 0, got {self.predict_length}")
+
+
+# Settings that may change when a run is resumed; everything else must match the checkpoint.
+RUN_CONTROL = {"epochs", "max_seconds", "device", "predict_every", "prefixes", "predict_length", "save_every", "keep"}
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -77,3 +77,48 @@ def generate(model: LanguageModel, vocab: Vocab, prefix: str, length: int, tempe
     text = vocab.decode(gen.tolist())
     sep = vocab.separator if (prefix and text) else ""
     return prefix + sep + text
+
+
+def generate_text(model: LanguageModel, vocab: Vocab, prefix: str, length: int, temperature: float = 0.0,
+                  top_k: int = 0, top_p: float = 1.0, num_samples: int = 1,
+                  generator: torch.Generator | None = None, strict: bool = False, warn=None) -> list[str]:
+    """``num_samples`` continuations of ``prefix`` as text (each starting with the prefix).
+
+    Prefix tokens the vocabulary lacks become ``<unk>`` (``warn`` is told which), or raise with
+    ``strict``. An empty prefix starts from a token drawn from the corpus' unigram frequencies
+    (the most frequent one when greedy), which is then part of the text.
+    """
+    tokens = list(prefix) if vocab.separator == "" else prefix.split()
+    unknown = vocab.unknown(tokens)
+    if unknown:
+        shown = ", ".join(repr(t) for t in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        if vocab.unk is None:
+            raise RnnlabError(f"the prefix has tokens this model never saw ({shown}) and the model has no <unk>; "
+                              f"remove them from the prefix")
+        if strict:
+            raise RnnlabError(f"the prefix has tokens this model never saw ({shown}); remove them, or drop --strict "
+                              f"to read them as <unk>")
+        if warn is not None:
+            warn(f"the prefix has tokens this model never saw ({shown}); they are read as <unk>")
+    ids = vocab.encode(tokens)
+    if not ids:  # an empty prefix: the first token comes from the corpus' unigram distribution
+        if length == 0:
+            return [""] * num_samples
+        counts = torch.tensor(vocab.counts, dtype=torch.float)
+        if vocab.unk_id is not None:
+            counts[vocab.unk_id] = 0
+        if counts.sum() <= 0:
+            raise RnnlabError("an empty prefix needs token counts in vocab.json; give a --prefix")
+        if temperature <= 0:
+            firsts = [int(counts.argmax())] * num_samples
+        else:
+            firsts = torch.multinomial(counts, num_samples, replacement=True, generator=generator).tolist()
+        return [generate_text(model, vocab, vocab.idx_to_token[f], length - 1, temperature, top_k, top_p, 1,
+                              generator)[0] for f in firsts]
+    gen = generate_ids(model, ids, length, temperature, top_k, top_p, num_samples, generator)
+    out = []
+    for g in gen:
+        text = vocab.decode(g.tolist())
+        out.append(prefix + (vocab.separator if prefix and text else "") + text)
+    return out
+

@@ -1,35 +1,41 @@
 """The trainer: truncated BPTT over minibatches, clipping by global norm, perplexity, callbacks.
 
-The trainer knows the model only through its contract (``begin_state``, ``forward``); what to do
-after each epoch (print, write metrics, sample text, save) is a callback.
+The trainer knows the model only through its contract (``begin_state``, ``forward``). What to do
+after each step or epoch (progress bar, metrics file, samples, checkpoints) is a callback. Its
+whole state (epoch, position inside the epoch, carried hidden state, RNG states, optimizer) can be
+saved and restored, so an interrupted run resumes exactly where it stopped.
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
-from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 from torch.nn import functional as F
 
 from .config import TrainConfig
-from .data.batching import epoch_batches, min_tokens_needed
+from .data.batching import epoch_batches, min_tokens_needed, num_batches
 from .errors import RnnlabError
 from .metrics import bits_per_token, perplexity
-from .models import LanguageModel, detach_state
+from .models import LanguageModel, State, detach_state
 
-
-class Callback(Protocol):
-    def __call__(self, trainer: "Trainer", metrics: dict) -> None: ...
+EpochCallback = Callable[["Trainer", dict], None]
+StepCallback = Callable[["Trainer", float, int], None]  # (trainer, loss of the step, tokens of the step)
 
 
 def make_optimizer(model: LanguageModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params, lr, wd = model.parameters(), cfg.lr, cfg.weight_decay
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    raise RnnlabError(f"unknown optimizer {cfg.optimizer!r}")
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=wd)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
+    raise RnnlabError(f"unknown optimizer {cfg.optimizer!r}", exit_code=2)
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -48,68 +54,128 @@ def evaluate(model: LanguageModel, ids: torch.Tensor, batch_size: int = 32, num_
     was_training = model.training
     model.eval()
     device = model.device
+    ids = ids.to(device)
     n_targets = len(ids) - 1
     if n_targets < 1:
         raise RnnlabError("evaluation needs at least 2 tokens")
     b = max(1, min(batch_size, n_targets))
     row = n_targets // b
-    total, count = 0.0, 0
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
 
     def run_rows(xs: torch.Tensor, ys: torch.Tensor) -> None:
         nonlocal total, count
         state = model.begin_state(xs.shape[0], device)
         for i in range(0, xs.shape[1], num_steps):
-            x = xs[:, i:i + num_steps].to(device)
-            y = ys[:, i:i + num_steps].to(device)
+            x, y = xs[:, i:i + num_steps], ys[:, i:i + num_steps]  # (b, <=T)
             logits, state = model(x, state)
-            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum").item()
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
             count += y.numel()
 
     run_rows(ids[:b * row].view(b, row), ids[1:b * row + 1].view(b, row))  # (b, row)
     if b * row < n_targets:
         run_rows(ids[b * row:-1].view(1, -1), ids[b * row + 1:].view(1, -1))  # the tail, one row
     model.train(was_training)
-    loss = total / count
+    loss = total.item() / count
     return {"loss": loss, "ppl": perplexity(loss), "bpc": bits_per_token(loss), "tokens": count}
 
 
 class Trainer:
     """Trains ``model`` on the 1-D id tensor ``train_ids`` as ``cfg`` says.
 
-    ``fit()`` runs epochs ``1..cfg.epochs``, calling every callback with the epoch's metrics
-    dict (``epoch``, ``train_loss``, ``train_ppl``, ``tokens_per_sec``, ``elapsed_s``, ...).
+    ``fit()`` runs epochs until ``cfg.epochs`` are done, ``cfg.max_seconds`` of wall time have
+    passed, or ``request_stop()`` is called (e.g. from a signal handler: the current step
+    finishes, then ``fit`` returns with ``interrupted`` set and the position kept for resume).
+    Each finished epoch calls every epoch callback with a metrics dict: ``epoch``, ``step``,
+    ``train_loss``, ``train_ppl``, ``tokens_per_sec``, ``elapsed_s``, ``lr`` and, with
+    validation ids, ``val_loss``, ``val_ppl``, ``val_bpc``.
     """
 
     def __init__(self, model: LanguageModel, cfg: TrainConfig, train_ids: torch.Tensor,
-                 optimizer: torch.optim.Optimizer | None = None, callbacks: list[Callable] = ()):
+                 val_ids: torch.Tensor | None = None, optimizer: torch.optim.Optimizer | None = None,
+                 callbacks: list[EpochCallback] = (), step_callbacks: list[StepCallback] = ()):
         need = min_tokens_needed(cfg.batch_size, cfg.num_steps)
         if len(train_ids) < need:
             raise RnnlabError(
                 f"the training text has {len(train_ids)} tokens, too short for --batch-size {cfg.batch_size} "
                 f"x --num-steps {cfg.num_steps} (needs at least {need}); use a longer text or smaller values")
-        self.model, self.cfg, self.train_ids = model, cfg, train_ids
+        if val_ids is not None and len(val_ids) < 2:
+            raise RnnlabError("the validation split has fewer than 2 tokens; raise --val-fraction or use more text")
+        self.model, self.cfg = model, cfg
+        self.train_ids = train_ids.to(model.device)
+        self.val_ids = val_ids.to(model.device) if val_ids is not None else None
         self.optimizer = optimizer or make_optimizer(model, cfg)
-        self.callbacks = list(callbacks)
+        self.callbacks, self.step_callbacks = list(callbacks), list(step_callbacks)
         self.rng = random.Random(cfg.seed)  # batching: offsets and window order
-        self.epoch = 0
+        # progress; all of it is saved by state_dict()
+        self.epoch = 0  # finished epochs
+        self.step = 0  # optimizer steps taken
+        self.elapsed = 0.0  # wall seconds of training so far, across resumes
         self.history: list[dict] = []
-        self.elapsed = 0.0
+        self.best_val = float("inf")
+        self.improved = False  # did the last finished epoch improve the validation loss?
+        # an unfinished epoch (after an interruption)
+        self.epoch_rng_state = None  # batching RNG state at the start of the unfinished epoch
+        self.batch_in_epoch = 0
+        self.carry: State | None = None  # hidden state carried into the next minibatch (sequential)
+        self.partial = [0.0, 0, 0.0]  # loss sum (nats), tokens, compute seconds of the unfinished epoch
+        self.interrupted = False
+        self.time_up = False
+        self._stop = False
+        self.batches_per_epoch = num_batches(len(train_ids), cfg.batch_size, cfg.num_steps, cfg.sampling,
+                                             cfg.num_steps // 2)
 
-    def train_epoch(self) -> dict:
-        """One pass over the training stream. Returns the epoch's loss and throughput."""
+    # -- control ---------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Finish the current step, then return from ``fit`` keeping the position for resume."""
+        self._stop = True
+
+    def lr_at(self, step: int, elapsed: float) -> float:
+        """The learning rate for optimizer step ``step`` (0-based): warmup, then constant or cosine."""
+        cfg = self.cfg
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return cfg.lr
+        if cfg.max_seconds:
+            progress = elapsed / cfg.max_seconds
+        else:
+            total = max(1, cfg.epochs * self.batches_per_epoch - cfg.warmup_steps)
+            progress = (step - cfg.warmup_steps) / total
+        progress = min(max(progress, 0.0), 1.0)
+        return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    # -- training --------------------------------------------------------------------------
+    def fit(self) -> list[dict]:
+        self.interrupted = self.time_up = self._stop = False
+        while self.epoch < self.cfg.epochs and not (self.interrupted or self.time_up):
+            self._run_epoch()
+        return self.history
+
+    def _run_epoch(self) -> None:
         model, cfg, opt = self.model, self.cfg, self.optimizer
         device = model.device
-        ids = self.train_ids.to(device)
         model.train()
-        state = None
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        n_tokens = 0
-        start = time.perf_counter()
-        for x, y in epoch_batches(ids, cfg.batch_size, cfg.num_steps, cfg.sampling, self.rng):
+        if self.epoch_rng_state is None:  # a fresh epoch
+            self.epoch_rng_state = self.rng.getstate()
+            self.batch_in_epoch, self.carry, self.partial = 0, None, [0.0, 0, 0.0]
+        else:  # resuming inside an epoch: replay its plan from the start state, skip what is done
+            self.rng.setstate(self.epoch_rng_state)
+        batches = epoch_batches(self.train_ids, cfg.batch_size, cfg.num_steps, cfg.sampling, self.rng,
+                                start=self.batch_in_epoch)
+        loss_sum = torch.tensor(self.partial[0], dtype=torch.float64, device=device)
+        n_tokens, compute = self.partial[1], self.partial[2]
+        state = self.carry
+        wall0, elapsed0 = time.perf_counter(), self.elapsed
+        for x, y in batches:
+            t0 = time.perf_counter()
             if state is None or cfg.sampling == "random":
                 state = model.begin_state(x.shape[0], device)  # random windows: nothing to carry
             else:
-                state = detach_state(state)  # sequential: keep values, cut the graph
+                state = detach_state(state)  # sequential: keep the values, cut the graph
+            lr = self.lr_at(self.step, self.elapsed)
+            for g in opt.param_groups:
+                g["lr"] = lr
             logits, state = model(x, state)
             loss = lm_loss(logits, y)
             opt.zero_grad(set_to_none=True)
@@ -117,41 +183,100 @@ class Trainer:
             if cfg.clip_norm > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
             opt.step()
-            loss_sum += loss.detach() * y.numel()
+            step_loss = loss.detach()
+            loss_sum += step_loss * y.numel()
             n_tokens += y.numel()
-        seconds = time.perf_counter() - start
-        mean = loss_sum.item() / n_tokens
+            self.step += 1
+            self.batch_in_epoch += 1
+            compute += time.perf_counter() - t0
+            self.elapsed = elapsed0 + (time.perf_counter() - wall0)
+            for cb in self.step_callbacks:
+                cb(self, step_loss, y.numel())
+            if self._stop:
+                break
+            if cfg.max_seconds and self.elapsed >= cfg.max_seconds:
+                self.time_up = True
+                break
+        mean = loss_sum.item() / max(n_tokens, 1)
         if not math.isfinite(mean):
             raise RnnlabError(f"the training loss became {mean} in epoch {self.epoch + 1}; "
                               f"lower --lr or set --clip-norm (e.g. 1) and train again")
-        return {"train_loss": mean, "train_ppl": perplexity(mean), "tokens": n_tokens, "seconds": seconds}
+        if self._stop:  # keep the unfinished epoch for resume
+            self.interrupted = True
+            self.carry = detach_state(state) if cfg.sampling == "sequential" else None
+            self.partial = [loss_sum.item(), n_tokens, compute]
+            return
+        self.epoch += 1
+        self.epoch_rng_state, self.batch_in_epoch, self.carry, self.partial = None, 0, None, [0.0, 0, 0.0]
+        metrics = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "train_loss": mean,
+            "train_ppl": perplexity(mean),
+            "tokens_per_sec": n_tokens / compute if compute > 0 else 0.0,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+        if self.val_ids is not None:
+            v = evaluate(model, self.val_ids, cfg.batch_size, cfg.num_steps)
+            metrics.update(val_loss=v["loss"], val_ppl=v["ppl"], val_bpc=v["bpc"])
+            self.elapsed = elapsed0 + (time.perf_counter() - wall0)
+        metrics["elapsed_s"] = self.elapsed
+        self.improved = "val_loss" in metrics and metrics["val_loss"] < self.best_val
+        if self.improved:
+            self.best_val = metrics["val_loss"]
+        self.history.append(metrics)
+        for cb in self.callbacks:
+            cb(self, metrics)
 
-    def fit(self) -> list[dict]:
-        while self.epoch < self.cfg.epochs:
-            m = self.train_epoch()
-            self.epoch += 1
-            self.elapsed += m["seconds"]
-            metrics = {
-                "epoch": self.epoch,
-                "train_loss": m["train_loss"],
-                "train_ppl": m["train_ppl"],
-                "tokens_per_sec": m["tokens"] / m["seconds"] if m["seconds"] > 0 else float("inf"),
-                "elapsed_s": self.elapsed,
-            }
-            self.history.append(metrics)
-            for cb in self.callbacks:
-                cb(self, metrics)
-        return self.history
+    # -- saving and restoring --------------------------------------------------------------
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Everything needed to continue exactly: (tensors, JSON-able dict)."""
+        tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng.cuda.{i}"] = s
+        if self.carry is not None:
+            for i, s in enumerate(self.carry):
+                tensors[f"carry.{i}"] = s
+        opt = self.optimizer.state_dict()
+        opt_json: dict = {"param_groups": opt["param_groups"], "state": {}}
+        for pid, st in opt["state"].items():
+            entry = {}
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor):
+                    tensors[f"optim.{pid}.{k}"] = v
+                    entry[k] = "tensor"
+                else:
+                    entry[k] = v
+            opt_json["state"][str(pid)] = entry
+        version, internal, gauss = self.rng.getstate()
+        meta = {
+            "epoch": self.epoch, "step": self.step, "elapsed": self.elapsed, "best_val": self.best_val,
+            "history": self.history, "rng_batching": [version, list(internal), gauss],
+            "epoch_rng_state": (None if self.epoch_rng_state is None else
+                                [self.epoch_rng_state[0], list(self.epoch_rng_state[1]), self.epoch_rng_state[2]]),
+            "batch_in_epoch": self.batch_in_epoch, "partial": self.partial,
+            "carry_len": 0 if self.carry is None else len(self.carry), "optimizer": opt_json,
+        }
+        return tensors, meta
 
-
-class MetricsWriter:
-    """Appends one JSON object per epoch to ``path`` (``metrics.jsonl``)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("")
-
-    def __call__(self, trainer: Trainer, metrics: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(metrics) + "\n")
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        device = self.model.device
+        self.epoch, self.step, self.elapsed = meta["epoch"], meta["step"], meta["elapsed"]
+        self.best_val, self.history = meta["best_val"], meta["history"]
+        v, internal, gauss = meta["rng_batching"]
+        self.rng.setstate((v, tuple(internal), gauss))
+        e = meta["epoch_rng_state"]
+        self.epoch_rng_state = None if e is None else (e[0], tuple(e[1]), e[2])
+        self.batch_in_epoch, self.partial = meta["batch_in_epoch"], meta["partial"]
+        n = meta["carry_len"]
+        self.carry = tuple(tensors[f"carry.{i}"].to(device) for i in range(n)) if n else None
+        torch.set_rng_state(tensors["rng.torch"].cpu())
+        cuda = [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))]
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+        opt = meta["optimizer"]
+        state = {}
+        for pid, entry in opt["state"].items():
+            state[int(pid)] = {k: (tensors[f"optim.{pid}.{k}"] if val == "tensor" else val) for k, val in entry.items()}
+        self.optimizer.load_state_dict({"state": state, "param_groups": opt["param_groups"]})

@@ -1,6 +1,10 @@
 import os
 from pathlib import Path
 
+# Tests run tiny models, and the suite's CLI subprocesses inherit this: one intra-op thread each is
+# much faster than two threads fighting over two cores with the other processes.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

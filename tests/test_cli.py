@@ -34,7 +34,7 @@ def test_train_writes_metrics_and_checkpoint(trained):
         assert all(key in m for m in lines)
     assert lines[-1]["train_ppl"] < lines[0]["train_ppl"] / 2
     assert {"model.safetensors", "config.json", "vocab.json"} <= {p.name for p in (d / "run").iterdir()}
-    assert "final train perplexity" in r.stdout and "> " in r.stdout
+    assert "done: epoch 30, train perplexity" in r.stdout and "> " in r.stdout
 
 
 def test_generate_from_checkpoint_alone(trained, tmp_path):
