@@ -11,7 +11,7 @@ from typing import Any
 from .errors import UsageError
 
 MODELS = ("rnn", "gru", "lstm", "unrolled")
-IMPLS = ("scratch", "concise")
+IMPLS = ("scratch", "concise", "fast")
 SAMPLINGS = ("sequential", "random")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine")
@@ -48,7 +48,7 @@ class ModelConfig:
     """Everything needed to rebuild a model's architecture (the weights live in safetensors)."""
 
     model: str = "rnn"  # rnn | gru | lstm | unrolled (the AWS post's many-to-one model)
-    impl: str = "concise"  # scratch | concise
+    impl: str = "concise"  # scratch | concise | fast
     vocab_size: int = 0
     hidden_size: int = 256
     num_layers: int = 1
@@ -70,6 +70,8 @@ class ModelConfig:
             raise UsageError(f"--embedding-dim must be >= 0 (0 = one-hot), got {self.embedding_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise UsageError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.window != 3 and self.model != "unrolled":
+            raise UsageError("--window applies to --model unrolled only; the recurrent models carry a state instead")
         if self.activation != "tanh" and self.model != "rnn":
             raise UsageError("--activation applies to --model rnn only; "
                              "GRU and LSTM use their own gates, unrolled the post's ReLU")

@@ -190,6 +190,8 @@ def test_sampled_generation_with_several_rows():
 def test_config_validates_window_and_old_configs_get_the_default():
     with pytest.raises(UsageError, match="--window"):
         build_model(ModelConfig(model="unrolled", vocab_size=V, window=0))
+    with pytest.raises(UsageError, match="--window applies to --model unrolled"):
+        build_model(ModelConfig(model="gru", vocab_size=V, window=5))
     data = to_dict(ModelConfig(model="lstm", vocab_size=V))
     del data["window"]
     assert from_dict(ModelConfig, data).window == 3
