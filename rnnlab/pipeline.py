@@ -160,7 +160,7 @@ def train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, out_dir: s
         info = {"epoch": trainer.epoch, "step": trainer.step, "source": data.source,
                 **{k: v for k, v in last.items() if k.startswith(("train_", "val_"))}}
         save_run_checkpoint(out, name, tcfg.keep, model, vocab, mcfg, dcfg, tcfg, info, trainer.state_dict())
-        write_plot(trainer.history, out / "perplexity.png", title=f"{mcfg.impl} {mcfg.model} H={mcfg.hidden_size}")
+        write_plot(trainer.history, out / "perplexity.png", title=f"{model.describe()} H={mcfg.hidden_size}")
 
     save_every = tcfg.save_every or max(1, tcfg.epochs // 10)
 
@@ -193,7 +193,7 @@ def train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, out_dir: s
     n_params = sum(p.numel() for p in model.parameters())
     val = f", validation {len(data.val_ids):,}" if data.val_ids is not None else ""
     log(f"corpus {data.source}: {len(data.train_ids):,} training tokens{val}, vocabulary {len(vocab)}; "
-        f"model {mcfg.impl} {mcfg.model} ({n_params:,} parameters) on {device}")
+        f"model {model.describe()} ({n_params:,} parameters) on {device}")
     if progress:
         bar = ProgressBar(tcfg.epochs * trainer.batches_per_epoch, initial=trainer.step)
         trainer.step_callbacks.append(bar.step)

@@ -27,6 +27,10 @@ class LanguageModel(nn.Module):
     def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
 
+    def describe(self) -> str:
+        """A short human-readable name for logs."""
+        return type(self).__name__
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

@@ -27,12 +27,15 @@ class RNNLM(LanguageModel):
         V, E, H = cfg.vocab_size, cfg.embedding_dim, cfg.hidden_size
         self.embedding = nn.Embedding(V, E) if E > 0 else None
         input_size = E if E > 0 else V
-        if cfg.impl == "scratch":
-            self.rnn = ScratchRecurrent(cfg.model, input_size, H, cfg.num_layers, cfg.dropout, cfg.activation)
-        else:
-            self.rnn = concise_recurrent(cfg.model, input_size, H, cfg.num_layers, cfg.dropout, cfg.activation)
+        self.rnn = self.make_recurrent(input_size)
         self.head = nn.Linear(H, V)
         self.reset_parameters()
+
+    def make_recurrent(self, input_size: int) -> nn.Module:
+        """The recurrent stack, (T, B, I) -> (T, B, H); ``FastRNNLM`` supplies its own."""
+        cfg = self.cfg
+        args = (cfg.model, input_size, cfg.hidden_size, cfg.num_layers, cfg.dropout, cfg.activation)
+        return ScratchRecurrent(*args) if cfg.impl == "scratch" else concise_recurrent(*args)
 
     def reset_parameters(self) -> None:
         init = self.cfg.init
@@ -51,6 +54,9 @@ class RNNLM(LanguageModel):
                 nn.init.uniform_(p, -bound, bound)
         if init == "torch":
             self.head.reset_parameters()
+
+    def describe(self) -> str:
+        return f"{self.cfg.impl} {self.cfg.model}"
 
     def begin_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         cfg = self.cfg
