@@ -36,6 +36,8 @@ def _add_train(sub) -> None:
     d.add_argument("--min-freq", type=int, default=0, help="tokens seen fewer times become <unk>")
     d.add_argument("--val-fraction", type=float, default=0.0,
                    help="hold out the last fraction of the stream for validation (0 = none, the book's setting)")
+    d.add_argument("--prepared", metavar="DIR",
+                   help="train on a corpus encoded by `rnnlab prepare` (memory-mapped, for texts larger than memory)")
     m = p.add_argument_group("model")
     m.add_argument("--model", choices=MODELS, default="rnn")
     m.add_argument("--impl", choices=IMPLS, default="concise", help="scratch: explicit parameters; concise: torch.nn layers")
@@ -48,7 +50,8 @@ def _add_train(sub) -> None:
     m.add_argument("--init", choices=("auto", "normal", "torch"), default="auto",
                    help="auto: N(0,0.01^2) for scratch (the book), torch's default for concise")
     t = p.add_argument_group("training")
-    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--batch-size", type=int, default=32,
+                   help="minibatch rows; under torchrun the global batch, split evenly over the processes")
     t.add_argument("--num-steps", type=int, default=35, help="time steps per minibatch (BPTT length)")
     t.add_argument("--sampling", choices=SAMPLINGS, default="sequential",
                    help="sequential: state carried between minibatches; random: random windows, state reset")
@@ -78,6 +81,20 @@ def _add_train(sub) -> None:
     r.add_argument("--log-every", type=int, default=10, help="print a metrics line every N epochs")
     r.add_argument("--quiet", action="store_true", help="no progress bar: plain log lines only")
     p.set_defaults(func=cmd_train)
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="encode a large text once into memory-mapped ids for `train --prepared`",
+                       allow_abbrev=False, formatter_class=Formatter,
+                       description="Stream a text (never whole in memory) into DIR/ids.bin (uint8/16/32 by "
+                                   "vocabulary size), DIR/vocab.json and DIR/prepared.json; then train with "
+                                   "`rnnlab train --prepared DIR`.")
+    _add_data_source(p, "the text file to encode")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write the prepared corpus to")
+    p.add_argument("--preset", choices=PRESETS, default="raw", help="raw: every character; letters: the book's a-z + space")
+    p.add_argument("--token", choices=TOKENS, default="char", help="tokens are characters or whitespace-separated words")
+    p.add_argument("--min-freq", type=int, default=0, help="tokens seen fewer times become <unk>")
+    p.set_defaults(func=cmd_prepare)
 
 
 def _add_generate(sub) -> None:
@@ -121,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rnnlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
+    _add_prepare(sub)
     _add_generate(sub)
     _add_eval(sub)
     _add_datasets(sub)
@@ -154,7 +172,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("give either a text FILE or --dataset NAME, not both")
     if args.log_every <= 0:
         raise UsageError(f"--log-every must be a positive integer, got {args.log_every}")
-    dataset = args.dataset if args.dataset or args.file else "timemachine"
+    if args.prepared and (args.file or args.dataset):
+        raise UsageError("give --prepared DIR or a text FILE / --dataset NAME, not both")
+    fixed = sorted(args.explicit & {"preset", "token", "min_freq", "encoding"})
+    if args.prepared and fixed:
+        raise UsageError(f"--{fixed[0].replace('_', '-')} was fixed by `rnnlab prepare`; drop it with --prepared "
+                         f"(prepare again to change it)")
+    dataset = args.dataset if args.dataset or args.file or args.prepared else "timemachine"
     dcfg = _fill(DataConfig, args, path=args.file, dataset=dataset)
     mcfg = _fill(ModelConfig, args)
     tcfg = _fill(TrainConfig, args, prefixes=args.prefixes or [])
@@ -164,6 +188,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train_run(dcfg, mcfg, tcfg, args.out, errors=args.errors, log_every=args.log_every, resume=args.resume,
                        overwrite=args.overwrite, progress=not args.quiet)
     return 130 if result.interrupted else 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .data.prepared import prepare_corpus
+    from .pipeline import resolve_source
+
+    if not args.file and not args.dataset:
+        raise UsageError("give a text FILE (or --dataset NAME) to prepare")
+    src = resolve_source(DataConfig(path=args.file, dataset=args.dataset))
+    meta = prepare_corpus(src, args.out, preset=args.preset, token=args.token, min_freq=args.min_freq,
+                          encoding=args.encoding, errors=args.errors, log=print)
+    print(f"{meta['tokens']:,} tokens, vocabulary {meta['vocab_size']:,}, {meta['dtype']} ids in {args.out}; "
+          f"train with: rnnlab train --prepared {args.out}")
+    return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -31,6 +31,7 @@ class DataConfig:
     encoding: str = "utf-8"
     min_freq: int = 0
     val_fraction: float = 0.0  # the last fraction of the token stream is held out (0 = the book: none)
+    prepared: str | None = None  # a directory written by `rnnlab prepare` (memory-mapped ids + vocab)
 
     def validate(self) -> None:
         _choice("preset", self.preset, PRESETS)

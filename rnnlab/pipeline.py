@@ -1,4 +1,9 @@
-"""The end-to-end jobs the CLI (and a notebook) run: data -> vocab -> ids -> model -> training."""
+"""The end-to-end jobs the CLI (and a notebook) run: data -> vocab -> ids -> model -> training.
+
+``train_run`` also runs as one rank of ``torchrun --nproc_per_node N -m rnnlab train ...``: every
+rank builds the same data and model and trains its share of each batch (``rnnlab.distributed``,
+``Trainer``); rank 0 alone logs, plots, samples and checkpoints.
+"""
 from __future__ import annotations
 
 import signal
@@ -14,11 +19,14 @@ from .callbacks import MetricsWriter, ProgressBar, write_plot
 from .checkpoint import (BEST, CONFIG, list_snapshots, load_checkpoint, load_trainer_state, resolve_checkpoint_dir,
                          save_checkpoint, save_run_checkpoint, _read_json)
 from .config import RUN_CONTROL, DataConfig, ModelConfig, TrainConfig, from_dict, to_dict
+from .data.batching import Ids
 from .data.corpus import load_corpus
+from .data.prepared import load_prepared
 from .data.registry import DATASETS, dataset_path
 from .data.vocab import Vocab
 from .errors import RnnlabError, UsageError
 from .models import LanguageModel, build_model
+from .distributed import LOCAL, DistContext, cleanup, device_for, env_context, setup
 from .runtime import seed_everything, select_device
 from .sampling import generate
 from .training import Trainer, evaluate
@@ -29,8 +37,8 @@ Log = Callable[[str], None]
 @dataclass
 class PreparedData:
     vocab: Vocab
-    train_ids: torch.Tensor  # (N_train,) long
-    val_ids: torch.Tensor | None  # (N_val,) long: the last val_fraction of the stream, or None
+    train_ids: Ids  # (N_train,) long tensor, or a read-only memmap of unsigned ids for --prepared
+    val_ids: Ids | None  # (N_val,): the last val_fraction of the stream, or None
     source: str
     default_prefixes: list[str]
 
@@ -43,8 +51,14 @@ def resolve_source(cfg: DataConfig) -> Path:
 
 def prepare_data(cfg: DataConfig, errors: str = "strict", vocab: Vocab | None = None) -> PreparedData:
     """Read, preprocess and tokenise the corpus, build the vocabulary (unless given), encode the
-    stream and split off the last ``val_fraction`` of it for validation."""
+    stream and split off the last ``val_fraction`` of it for validation.
+
+    With ``cfg.prepared`` the ids are a memory-mapped corpus from ``rnnlab prepare`` (not read into
+    memory), and ``cfg.preset``, ``token``, ``min_freq`` and ``encoding`` are set to the ones it
+    was prepared with."""
     cfg.validate()
+    if cfg.prepared is not None:
+        return _prepared_data(cfg, vocab)
     path = resolve_source(cfg)
     corpus = load_corpus(path, cfg.preset, cfg.token, cfg.encoding, errors)
     if vocab is None:
@@ -60,6 +74,22 @@ def prepare_data(cfg: DataConfig, errors: str = "strict", vocab: Vocab | None = 
     if cfg.preset == "letters":
         prefixes = [p.lower() for p in prefixes]
     return PreparedData(vocab, train_ids, val_ids, str(path), prefixes)
+
+
+def _prepared_data(cfg: DataConfig, vocab: Vocab | None) -> PreparedData:
+    if cfg.path is not None or cfg.dataset is not None:
+        raise UsageError("give --prepared DIR or a text FILE / --dataset NAME, not both")
+    p = load_prepared(cfg.prepared)
+    if vocab is not None and vocab != p.vocab:
+        raise RnnlabError(f"{cfg.prepared}: its vocabulary differs from the checkpoint's "
+                          f"({len(p.vocab)} vs {len(vocab)} tokens); use the corpus the model was trained on")
+    for name in ("preset", "token", "min_freq", "encoding"):
+        setattr(cfg, name, p.meta[name])
+    ids = p.ids[:cfg.max_tokens] if cfg.max_tokens else p.ids
+    n_val = int(len(ids) * cfg.val_fraction)
+    train_ids, val_ids = (ids[:len(ids) - n_val], ids[len(ids) - n_val:]) if n_val else (ids, None)
+    prefix = p.vocab.decode(ids[: (10 if cfg.token == "char" else 2)].tolist())
+    return PreparedData(p.vocab, train_ids, val_ids, f"{p.meta['source']} (prepared in {p.path})", [prefix])
 
 
 def stored_configs(run_dir: str | Path) -> tuple[DataConfig, ModelConfig, TrainConfig]:
@@ -133,7 +163,33 @@ def train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, out_dir: s
 
     With ``resume``, the model, optimizer, RNG states and position are read from ``out_dir`` and
     training continues exactly where it stopped.
+
+    Launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment), this process joins the
+    process group and trains as one rank: ``tcfg.batch_size`` is the global batch, split evenly
+    over the ranks; only rank 0 logs and writes files.
     """
+    device = device_for(env_context(), tcfg.device)
+    ctx = setup(device)
+    ok = False
+    try:
+        result = _train_run(dcfg, mcfg, tcfg, out_dir, log, errors, log_every, resume, overwrite, progress,
+                            device, ctx)
+        ok = True
+        return result
+    finally:
+        if ok:
+            cleanup(ctx)  # wait for rank 0's last checkpoint, then leave the group
+        elif ctx.owns_group:  # an error: leave at once (a barrier could wait forever on a failed rank)
+            torch.distributed.destroy_process_group()
+
+
+def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, out_dir: str | Path, log: Log,
+               errors: str, log_every: int, resume: bool, overwrite: bool, progress: bool,
+               device: torch.device, ctx: DistContext = LOCAL) -> RunResult:
+    main = ctx.is_main
+    if not main:
+        log = lambda msg: None  # noqa: E731  (rank 0 speaks for the run)
+        progress = False
     mcfg.validate()
     tcfg.validate()
     out = Path(out_dir)
@@ -147,10 +203,11 @@ def train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, out_dir: s
                           f"({len(data.vocab)} vs {len(stored_vocab)} tokens); resume with the same text and settings")
     if not tcfg.prefixes:
         tcfg.prefixes = data.default_prefixes
-    device = select_device(tcfg.device)
     seed_everything(tcfg.seed)
     mcfg.vocab_size = len(data.vocab)
-    model = build_model(mcfg).to(device)
+    model = build_model(mcfg).to(device)  # the same initial weights on every rank
+    if ctx.rank > 0:  # ranks train different rows: give each its own dropout masks
+        torch.manual_seed(tcfg.seed + 1_000_003 * ctx.rank)
     vocab = data.vocab
     bar = ProgressBar(0, enabled=False)  # replaced below once the trainer knows its length
     emit: Log = log
@@ -179,8 +236,9 @@ def train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, out_dir: s
         if e % save_every == 0 and e < tcfg.epochs and not trainer.time_up:
             save(trainer, f"epoch-{e:06d}")
 
-    out.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(model, tcfg, data.train_ids, data.val_ids, callbacks=[on_epoch])
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(model, tcfg, data.train_ids, data.val_ids, callbacks=[on_epoch] if main else [], dist_ctx=ctx)
     if resume:
         ck = load_checkpoint(out, device)
         model.load_state_dict(ck.model.state_dict())
@@ -188,12 +246,13 @@ def train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, out_dir: s
         trainer.load_state_dict(tensors, meta)
         log(f"resuming {out} at epoch {trainer.epoch} (step {trainer.step}"
             f"{', inside the epoch' if trainer.epoch_rng_state is not None else ''})")
-    metrics_writer = MetricsWriter(out / "metrics.jsonl", trainer.history)
-    trainer.callbacks.insert(0, metrics_writer)
+    if main:
+        trainer.callbacks.insert(0, MetricsWriter(out / "metrics.jsonl", trainer.history))
     n_params = sum(p.numel() for p in model.parameters())
     val = f", validation {len(data.val_ids):,}" if data.val_ids is not None else ""
+    where = f"{ctx.world_size} processes (DDP, {tcfg.batch_size // ctx.world_size} rows each)" if ctx.enabled else ""
     log(f"corpus {data.source}: {len(data.train_ids):,} training tokens{val}, vocabulary {len(vocab)}; "
-        f"model {model.describe()} ({n_params:,} parameters) on {device}")
+        f"model {model.describe()} ({n_params:,} parameters) on {device}{' x ' + where if where else ''}")
     if progress:
         bar = ProgressBar(tcfg.epochs * trainer.batches_per_epoch, initial=trainer.step)
         trainer.step_callbacks.append(bar.step)
@@ -204,11 +263,13 @@ def train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, out_dir: s
     finally:
         bar.close()
     if trainer.interrupted:
-        save(trainer, f"interrupted-step-{trainer.step:08d}")
+        if main:
+            save(trainer, f"interrupted-step-{trainer.step:08d}")
         log(f"stopped at epoch {trainer.epoch} + {trainer.batch_in_epoch} minibatches; checkpoint saved in {out}; "
             f"continue with: rnnlab train --resume --out {out}")
         return RunResult(model, vocab, trainer.history, out, interrupted=True)
-    save(trainer, f"epoch-{trainer.epoch:06d}")
+    if main:
+        save(trainer, f"epoch-{trainer.epoch:06d}")
     final = trainer.history[-1]
     speed = statistics.median(h["tokens_per_sec"] for h in trainer.history)
     val = f", validation perplexity {final['val_ppl']:.3f}" if "val_ppl" in final else ""

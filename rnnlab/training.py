@@ -4,6 +4,13 @@ The trainer knows the model only through its contract (``begin_state``, ``forwar
 after each step or epoch (progress bar, metrics file, samples, checkpoints) is a callback. Its
 whole state (epoch, position inside the epoch, carried hidden state, RNG states, optimizer) can be
 saved and restored, so an interrupted run resumes exactly where it stopped.
+
+Under ``torchrun`` (a ``DistContext`` with ``world_size`` W > 1) each process trains on its
+``B/W`` rows of every global minibatch (``rnnlab.data.batching``) through
+``DistributedDataParallel``, which averages the gradients: the per-rank mean losses average to the
+global mean, so every rank clips and steps with the gradient one process with batch ``B`` would
+get. Loss sums and token counts are all-reduced, so every rank holds the global metrics; a stop
+request (signal, callback, time limit) is all-reduced each step, so all ranks stop together.
 """
 from __future__ import annotations
 
@@ -16,7 +23,8 @@ import torch
 from torch.nn import functional as F
 
 from .config import TrainConfig
-from .data.batching import epoch_batches, min_tokens_needed, num_batches
+from .data.batching import Ids, as_long, epoch_batches, min_tokens_needed, num_batches
+from .distributed import LOCAL, DistContext, all_gather_object, all_gather_rows, all_reduce_sum, check_batch
 from .errors import RnnlabError
 from .metrics import bits_per_token, perplexity
 from .models import LanguageModel, State, detach_state
@@ -43,18 +51,25 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))  # (B*T, V) vs (B*T,)
 
 
+def _to_device(ids: Ids, device: torch.device) -> Ids:
+    """Tensors move to the model's device; NumPy ids (a memory-mapped corpus) stay where they are
+    and each minibatch is moved when it is read."""
+    return ids.to(device) if isinstance(ids, torch.Tensor) else ids
+
+
 @torch.no_grad()
-def evaluate(model: LanguageModel, ids: torch.Tensor, batch_size: int = 32, num_steps: int = 35) -> dict:
+def evaluate(model: LanguageModel, ids: Ids, batch_size: int = 32, num_steps: int = 35) -> dict:
     """Mean NLL over every next-token prediction of ``ids``, read in order.
 
     The stream is cut into ``batch_size`` contiguous rows processed side by side in chunks of
     ``num_steps`` with the state carried across chunks; the few targets left over after the rows
     (fewer than ``batch_size``) are scored as one more row. Returns loss, ppl, bpc, tokens.
+    ``ids`` may be a long tensor or a NumPy array (e.g. a memmap, read chunk by chunk).
     """
     was_training = model.training
     model.eval()
     device = model.device
-    ids = ids.to(device)
+    ids = _to_device(ids, device)
     n_targets = len(ids) - 1
     if n_targets < 1:
         raise RnnlabError("evaluation needs at least 2 tokens")
@@ -63,18 +78,19 @@ def evaluate(model: LanguageModel, ids: torch.Tensor, batch_size: int = 32, num_
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
 
-    def run_rows(xs: torch.Tensor, ys: torch.Tensor) -> None:
+    def run_rows(xs: Ids, ys: Ids) -> None:
         nonlocal total, count
         state = model.begin_state(xs.shape[0], device)
         for i in range(0, xs.shape[1], num_steps):
-            x, y = xs[:, i:i + num_steps], ys[:, i:i + num_steps]  # (b, <=T)
+            x = as_long(xs[:, i:i + num_steps]).to(device)  # (b, <=T)
+            y = as_long(ys[:, i:i + num_steps]).to(device)  # (b, <=T)
             logits, state = model(x, state)
             total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
             count += y.numel()
 
-    run_rows(ids[:b * row].view(b, row), ids[1:b * row + 1].view(b, row))  # (b, row)
+    run_rows(ids[:b * row].reshape(b, row), ids[1:b * row + 1].reshape(b, row))  # (b, row)
     if b * row < n_targets:
-        run_rows(ids[b * row:-1].view(1, -1), ids[b * row + 1:].view(1, -1))  # the tail, one row
+        run_rows(ids[b * row:-1].reshape(1, -1), ids[b * row + 1:].reshape(1, -1))  # the tail, one row
     model.train(was_training)
     loss = total.item() / count
     return {"loss": loss, "ppl": perplexity(loss), "bpc": bits_per_token(loss), "tokens": count}
@@ -89,11 +105,18 @@ class Trainer:
     Each finished epoch calls every epoch callback with a metrics dict: ``epoch``, ``step``,
     ``train_loss``, ``train_ppl``, ``tokens_per_sec``, ``elapsed_s``, ``lr`` and, with
     validation ids, ``val_loss``, ``val_ppl``, ``val_bpc``.
+
+    ``dist_ctx`` (from ``rnnlab.distributed.setup``) makes it one rank of a data-parallel run:
+    ``cfg.batch_size`` is then the global batch, every rank gets the same global metrics and
+    history, and ``state_dict`` (collected at epoch ends and interruptions) holds the carried
+    state of all rows and every rank's torch RNG state, so a run resumes exactly under DDP too.
+    Callbacks run on every rank; whoever builds the trainer registers them on rank 0 only.
     """
 
-    def __init__(self, model: LanguageModel, cfg: TrainConfig, train_ids: torch.Tensor,
-                 val_ids: torch.Tensor | None = None, optimizer: torch.optim.Optimizer | None = None,
-                 callbacks: list[EpochCallback] = (), step_callbacks: list[StepCallback] = ()):
+    def __init__(self, model: LanguageModel, cfg: TrainConfig, train_ids: Ids,
+                 val_ids: Ids | None = None, optimizer: torch.optim.Optimizer | None = None,
+                 callbacks: list[EpochCallback] = (), step_callbacks: list[StepCallback] = (),
+                 dist_ctx: DistContext = LOCAL):
         need = min_tokens_needed(cfg.batch_size, cfg.num_steps)
         if len(train_ids) < need:
             raise RnnlabError(
@@ -101,9 +124,18 @@ class Trainer:
                 f"x --num-steps {cfg.num_steps} (needs at least {need}); use a longer text or smaller values")
         if val_ids is not None and len(val_ids) < 2:
             raise RnnlabError("the validation split has fewer than 2 tokens; raise --val-fraction or use more text")
-        self.model, self.cfg = model, cfg
-        self.train_ids = train_ids.to(model.device)
-        self.val_ids = val_ids.to(model.device) if val_ids is not None else None
+        self.model, self.cfg, self.dist = model, cfg, dist_ctx
+        check_batch(cfg.batch_size, dist_ctx)
+        self.train_ids = _to_device(train_ids, model.device)
+        self.val_ids = _to_device(val_ids, model.device) if val_ids is not None else None
+        # the training forward goes through DDP (gradient all-reduce); everything else uses the module
+        self.forward_model = model
+        if dist_ctx.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            dev = model.device
+            self.forward_model = DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
+        self.rank_rng_states: list[torch.Tensor] | None = None  # every rank's torch RNG (DDP), for saving
         self.optimizer = optimizer or make_optimizer(model, cfg)
         self.callbacks, self.step_callbacks = list(callbacks), list(step_callbacks)
         self.rng = random.Random(cfg.seed)  # batching: offsets and window order
@@ -161,14 +193,22 @@ class Trainer:
             self.batch_in_epoch, self.carry, self.partial = 0, None, [0.0, 0, 0.0]
         else:  # resuming inside an epoch: replay its plan from the start state, skip what is done
             self.rng.setstate(self.epoch_rng_state)
+        ctx = self.dist
         batches = epoch_batches(self.train_ids, cfg.batch_size, cfg.num_steps, cfg.sampling, self.rng,
-                                start=self.batch_in_epoch)
-        loss_sum = torch.tensor(self.partial[0], dtype=torch.float64, device=device)
-        n_tokens, compute = self.partial[1], self.partial[2]
+                                start=self.batch_in_epoch, rank=ctx.rank, world_size=ctx.world_size)
+        # sums of the epoch: ``self.partial`` (global, before an interruption) counts on rank 0 only
+        part = self.partial if ctx.is_main else [0.0, 0, 0.0]
+        loss_sum = torch.tensor(part[0], dtype=torch.float64, device=device)
+        n_tokens, compute = part[1], part[2]
+        stop = False
         state = self.carry
+        if state is not None and ctx.enabled:  # the saved state holds all B rows: keep this rank's
+            per = cfg.batch_size // ctx.world_size
+            state = tuple(s[:, ctx.rank * per:(ctx.rank + 1) * per] for s in state)  # (L, B/W, H)
         wall0, elapsed0 = time.perf_counter(), self.elapsed
         for x, y in batches:
             t0 = time.perf_counter()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # (B/W, T)
             if state is None or cfg.sampling == "random":
                 state = model.begin_state(x.shape[0], device)  # random windows: nothing to carry
             else:
@@ -176,7 +216,7 @@ class Trainer:
             lr = self.lr_at(self.step, self.elapsed)
             for g in opt.param_groups:
                 g["lr"] = lr
-            logits, state = model(x, state)
+            logits, state = self.forward_model(x, state)
             loss = lm_loss(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -190,21 +230,41 @@ class Trainer:
             self.batch_in_epoch += 1
             compute += time.perf_counter() - t0
             self.elapsed = elapsed0 + (time.perf_counter() - wall0)
+            stop = self._stop
+            if ctx.enabled:  # one small all-reduce: global step loss, any rank stopping, rank 0's clock
+                packed = torch.stack([step_loss.double(), torch.tensor(float(stop), dtype=torch.float64, device=device),
+                                      torch.tensor(self.elapsed if ctx.is_main else 0.0, dtype=torch.float64,
+                                                   device=device)])
+                all_reduce_sum(packed, ctx)
+                step_loss = packed[0] / ctx.world_size
+                stop, self.elapsed = bool(packed[1].item() > 0), float(packed[2].item())
+                self._stop = self._stop or stop
             for cb in self.step_callbacks:
-                cb(self, step_loss, y.numel())
-            if self._stop:
+                cb(self, step_loss, y.numel() * ctx.world_size)
+            if stop or (self._stop and not ctx.enabled):
                 break
-            if cfg.max_seconds and self.elapsed >= cfg.max_seconds:
+            if cfg.max_seconds and self.elapsed >= cfg.max_seconds:  # the same clock on every rank
                 self.time_up = True
                 break
-        mean = loss_sum.item() / max(n_tokens, 1)
+        # under DDP a stop requested after the last all-reduce (e.g. in a callback) waits for the next step
+        stopped = stop if ctx.enabled else self._stop
+        loss_total = loss_sum.item()
+        if ctx.enabled:
+            sums = torch.tensor([loss_total, n_tokens, compute if ctx.is_main else 0.0], dtype=torch.float64,
+                                device=device)
+            all_reduce_sum(sums, ctx)
+            loss_total, n_tokens, compute = sums[0].item(), int(sums[1].item()), sums[2].item()
+        mean = loss_total / max(n_tokens, 1)
         if not math.isfinite(mean):
             raise RnnlabError(f"the training loss became {mean} in epoch {self.epoch + 1}; "
                               f"lower --lr or set --clip-norm (e.g. 1) and train again")
-        if self._stop:  # keep the unfinished epoch for resume
+        if stopped:  # keep the unfinished epoch for resume
             self.interrupted = True
-            self.carry = detach_state(state) if cfg.sampling == "sequential" else None
-            self.partial = [loss_sum.item(), n_tokens, compute]
+            self.carry = None
+            if cfg.sampling == "sequential" and state is not None:  # every rank's rows: (L, B/W, H) -> (L, B, H)
+                self.carry = tuple(all_gather_rows(s, ctx, dim=1) for s in detach_state(state))
+            self.partial = [loss_total, n_tokens, compute]
+            self._gather_rng()
             return
         self.epoch += 1
         self.epoch_rng_state, self.batch_in_epoch, self.carry, self.partial = None, 0, None, [0.0, 0, 0.0]
@@ -220,6 +280,10 @@ class Trainer:
             v = evaluate(model, self.val_ids, cfg.batch_size, cfg.num_steps)
             metrics.update(val_loss=v["loss"], val_ppl=v["ppl"], val_bpc=v["bpc"])
             self.elapsed = elapsed0 + (time.perf_counter() - wall0)
+        if ctx.enabled:  # validation took each rank its own time: agree on rank 0's clock
+            clock = torch.tensor([self.elapsed if ctx.is_main else 0.0], dtype=torch.float64, device=device)
+            self.elapsed = float(all_reduce_sum(clock, ctx).item())
+        self._gather_rng()
         metrics["elapsed_s"] = self.elapsed
         self.improved = "val_loss" in metrics and metrics["val_loss"] < self.best_val
         if self.improved:
@@ -229,9 +293,21 @@ class Trainer:
             cb(self, metrics)
 
     # -- saving and restoring --------------------------------------------------------------
+    def _gather_rng(self) -> None:
+        """Under DDP, collect every rank's torch RNG state (dropout masks differ per rank), so
+        that ``state_dict`` on rank 0 can save them all. A collective: every rank calls it."""
+        if self.dist.enabled:
+            self.rank_rng_states = all_gather_object(torch.get_rng_state(), self.dist)
+
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """Everything needed to continue exactly: (tensors, JSON-able dict)."""
+        """Everything needed to continue exactly: (tensors, JSON-able dict).
+
+        Under DDP (on rank 0, after an epoch end or an interruption) the carried state has all
+        ``B`` rows and ``rng.torch.rank{r}`` holds each rank's RNG state."""
         tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+        if self.dist.enabled and self.rank_rng_states is not None:
+            for r, s in enumerate(self.rank_rng_states):
+                tensors[f"rng.torch.rank{r}"] = s
         if torch.cuda.is_available():
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
                 tensors[f"rng.cuda.{i}"] = s
@@ -271,7 +347,11 @@ class Trainer:
         self.batch_in_epoch, self.partial = meta["batch_in_epoch"], meta["partial"]
         n = meta["carry_len"]
         self.carry = tuple(tensors[f"carry.{i}"].to(device) for i in range(n)) if n else None
-        torch.set_rng_state(tensors["rng.torch"].cpu())
+        if self.carry is not None and self.carry[0].shape[1] != self.cfg.batch_size:
+            raise RnnlabError(f"the saved state has {self.carry[0].shape[1]} rows but --batch-size is "
+                              f"{self.cfg.batch_size}; resume with the run's batch size")
+        own = f"rng.torch.rank{self.dist.rank}"
+        torch.set_rng_state(tensors[own if own in tensors else "rng.torch"].cpu())
         cuda = [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))]
         if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all([s.cpu() for s in cuda])

@@ -1,0 +1,225 @@
+"""Data-parallel training: W processes with B/W rows each equal one process with B rows.
+
+The multi-process tests run 2 real processes on the loopback with gloo (as torchrun would start
+them), a tiny model and a few steps.
+"""
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rnnlab.config import ModelConfig, TrainConfig
+from rnnlab.data.batching import epoch_batches
+from rnnlab.distributed import DistContext, check_batch
+from rnnlab.errors import UsageError
+from rnnlab.models import build_model
+from rnnlab.runtime import seed_everything
+from rnnlab.training import Trainer
+
+TOL = 1e-5
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = ("it was the best of times, it was the worst of times, it was the age of wisdom, "
+        "it was the age of foolishness, it was the epoch of belief, it was the epoch of incredulity. ") * 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("sampling", ["sequential", "random"])
+def test_ranks_take_disjoint_rows_of_the_same_global_batch(sampling):
+    ids = torch.arange(500)
+    whole = list(epoch_batches(ids, 6, 7, sampling, random.Random(3)))
+    shards = [list(epoch_batches(ids, 6, 7, sampling, random.Random(3), rank=r, world_size=3)) for r in range(3)]
+    assert all(len(s) == len(whole) for s in shards)
+    for i, (x, y) in enumerate(whole):
+        assert torch.equal(torch.cat([s[i][0] for s in shards]), x)  # rows of rank 0, 1, 2 = (B, T)
+        assert torch.equal(torch.cat([s[i][1] for s in shards]), y)
+        assert all(s[i][0].shape == (2, 7) for s in shards)
+
+
+def test_global_batch_must_divide_over_the_processes():
+    assert check_batch(8, DistContext(0, 4)) == 2
+    with pytest.raises(UsageError, match="divisible"):
+        check_batch(6, DistContext(0, 4))
+
+
+# -- two real processes ------------------------------------------------------------------------
+SETUP = dict(model="lstm", hidden_size=12, num_layers=2, embedding_dim=6)
+
+
+def _ids(n=900, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 11, (n,), generator=g)
+
+
+def _cfg(sampling):
+    return TrainConfig(batch_size=4, num_steps=6, sampling=sampling, epochs=2, seed=5, optimizer="adam", lr=0.01,
+                       clip_norm=0.5, predict_every=0)
+
+
+def _single_run(sampling, stop_at=None):
+    seed_everything(5)
+    model = build_model(ModelConfig(vocab_size=11, **SETUP))
+    losses = []
+    tr = Trainer(model, _cfg(sampling), _ids(), step_callbacks=[lambda t, loss, n: losses.append(float(loss))])
+    tr.fit()
+    return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}, tr.history
+
+
+WORKER = textwrap.dedent("""
+    import json, sys
+    import torch
+    from safetensors.torch import save_file
+    sys.path.insert(0, sys.argv[2])
+    from test_distributed import SETUP, _cfg, _ids
+    from rnnlab.config import ModelConfig
+    from rnnlab.distributed import cleanup, setup
+    from rnnlab.models import build_model
+    from rnnlab.runtime import seed_everything
+    from rnnlab.training import Trainer
+
+    out = sys.argv[1]
+    ctx = setup(torch.device("cpu"))
+    assert ctx.world_size == 2
+    result = {}
+    for sampling in ("sequential", "random"):
+        seed_everything(5)
+        model = build_model(ModelConfig(vocab_size=11, **SETUP))
+        losses = []
+        tr = Trainer(model, _cfg(sampling), _ids(), dist_ctx=ctx,
+                     step_callbacks=[lambda t, loss, n: losses.append(float(loss))])
+        tr.fit()
+        result[sampling] = {"losses": losses, "history": tr.history}
+        if ctx.rank == 0:
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, f"{out}/{sampling}.safetensors")
+
+    # interrupted mid-epoch (the request comes from rank 1 only) and resumed in a new trainer
+    seed_everything(5)
+    model = build_model(ModelConfig(vocab_size=11, **SETUP))
+    def stop_on_rank1(t, loss, n):
+        if ctx.rank == 1 and t.step == 9:
+            t.request_stop()
+    tr = Trainer(model, _cfg("sequential"), _ids(), dist_ctx=ctx, step_callbacks=[stop_on_rank1])
+    tr.fit()
+    state = tr.state_dict()
+    result["interrupted"] = {"epoch": tr.epoch, "step": tr.step, "batch_in_epoch": tr.batch_in_epoch,
+                             "carry_rows": tr.carry[0].shape[1]}
+    model2 = build_model(ModelConfig(vocab_size=11, **SETUP))
+    model2.load_state_dict(model.state_dict())
+    tr2 = Trainer(model2, _cfg("sequential"), _ids(), dist_ctx=ctx)
+    tr2.load_state_dict(*state)
+    tr2.fit()
+    result["resumed_history"] = tr2.history
+    if ctx.rank == 0:
+        save_file({k: v.contiguous() for k, v in model2.state_dict().items()}, f"{out}/resumed.safetensors")
+    with open(f"{out}/rank{ctx.rank}.json", "w") as f:
+        json.dump(result, f)
+    cleanup(ctx)
+""")
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    script = out / "worker.py"
+    script.write_text(WORKER)
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, str(script), str(out), str(Path(__file__).parent)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        outs = [p.communicate(timeout=180)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, o in zip(procs, outs):
+        assert p.returncode == 0, o
+    return out, [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.mark.parametrize("sampling", ["sequential", "random"])
+def test_two_processes_with_half_batches_equal_one_process(two_ranks, sampling):
+    out, ranks = two_ranks
+    losses, weights, history = _single_run(sampling)
+    for r in ranks:  # every rank sees the global loss of every step
+        assert len(r[sampling]["losses"]) == len(losses) > 10
+        assert max(abs(a - b) for a, b in zip(r[sampling]["losses"], losses)) < TOL
+        for h_ddp, h in zip(r[sampling]["history"], history):
+            assert abs(h_ddp["train_loss"] - h["train_loss"]) < TOL
+            assert h_ddp["step"] == h["step"]
+    ddp = load_file(str(out / f"{sampling}.safetensors"))
+    assert ddp.keys() == weights.keys()
+    for k in weights:
+        assert torch.allclose(ddp[k], weights[k], atol=TOL, rtol=0), k
+
+
+def test_a_stop_on_one_rank_stops_all_and_resumes_exactly(two_ranks):
+    out, ranks = two_ranks
+    _, weights, history = _single_run("sequential")
+    for r in ranks:
+        i = r["interrupted"]
+        assert i["step"] == 10 and i["epoch"] == 0 and i["batch_in_epoch"] == 10  # next step, on both ranks
+        assert i["carry_rows"] == 4  # the whole global batch's state, gathered from both ranks
+        assert [round(h["train_loss"], 5) for h in r["resumed_history"]] == [round(h["train_loss"], 5) for h in history]
+    resumed = load_file(str(out / "resumed.safetensors"))
+    for k in weights:
+        assert torch.allclose(resumed[k], weights[k], atol=TOL, rtol=0), k
+
+
+def test_torchrun_cli_trains_resumes_and_only_rank0_writes(tmp_path):
+    """``torchrun -m rnnlab train`` for 2 epochs, then ``--resume`` to 3, equals one process for 3."""
+    src = tmp_path / "text.txt"
+    src.write_text(TEXT)
+    common = [str(src), "--model", "gru", "--hidden-size", "12", "--batch-size", "4", "--num-steps", "8",
+              "--optimizer", "adam", "--lr", "0.01", "--val-fraction", "0.1", "--predict-every", "0", "--quiet",
+              "--log-every", "1", "--seed", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    single = subprocess.run([sys.executable, "-m", "rnnlab", "train", *common, "--epochs", "3", "--out",
+                             str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=120)
+    assert single.returncode == 0, single.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "rnnlab", "train"]
+    ddp = tmp_path / "ddp"
+    first = subprocess.run([*torchrun, *common, "--epochs", "2", "--out", str(ddp)], env=env, capture_output=True,
+                           text=True, timeout=180)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.stdout.count("done:") == 1 and "2 processes (DDP, 2 rows each)" in first.stdout
+    second = subprocess.run([*torchrun, "--resume", "--epochs", "3", "--out", str(ddp)], env=env,
+                            capture_output=True, text=True, timeout=180)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert second.stdout.count("resuming") == 1
+    rows = [json.loads(x) for x in (ddp / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for a, b in zip(rows, ref):
+        assert abs(a["train_loss"] - b["train_loss"]) < TOL and abs(a["val_loss"] - b["val_loss"]) < TOL
+    w, w_ref = load_file(str(ddp / "model.safetensors")), load_file(str(tmp_path / "one" / "model.safetensors"))
+    for k in w_ref:
+        assert torch.allclose(w[k], w_ref[k], atol=TOL, rtol=0), k
+    assert (ddp / "perplexity.png").is_file()
+
+
+def test_torchrun_refuses_a_batch_that_does_not_divide(tmp_path):
+    src = tmp_path / "text.txt"
+    src.write_text(TEXT)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "rnnlab", "train", str(src), "--batch-size", "3", "--num-steps", "5", "--epochs", "1",
+                        "--hidden-size", "8", "--quiet", "--out", str(tmp_path / "run")],
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "--batch-size 3 is the global batch and must be divisible by the 2 processes" in r.stderr
