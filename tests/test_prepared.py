@@ -117,3 +117,20 @@ def test_train_prepared_usage_errors(tmp_path, capsys):
     assert "--token was fixed by `rnnlab prepare`" in capsys.readouterr().err
     assert main(["train", "--prepared", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")]) != 0
     assert "not a prepared corpus" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 1000])
+def test_compact_shuffle_is_random_shuffle(n):
+    """Random sampling keeps its window starts in an array('q') (8 bytes each, for corpora of
+    hundreds of millions of tokens): the order and the RNG use must be random.shuffle's."""
+    import random
+    from array import array
+
+    from rnnlab.data.batching import shuffle_compact
+
+    a, b = random.Random(n), random.Random(n)
+    ref = list(range(n))
+    a.shuffle(ref)
+    got = array("q", range(n))
+    shuffle_compact(b, got)
+    assert list(got) == ref and a.random() == b.random()
