@@ -1,0 +1,216 @@
+"""Load test of ``POST /v1/suggest``: concurrent typists against a real ``rnnlab serve`` process.
+
+Starts ``rnnlab serve DIR`` on 127.0.0.1 (a free port; loopback only), then runs N clients, each
+typing a different passage of the corpus one character at a time and asking for suggestions after
+every keystroke (the whole text so far, with its own client id, so the server's incremental state
+cache is exercised as a real keyboard would). Each client sends at most M requests; the run stops
+at the time limit whatever is left. Reports latency percentiles, throughput and errors.
+
+    flock /tmp/rnnlab-heavy.lock python benchmarks/load_suggest.py /work/runs/tm-lstm256 \\
+        --clients 16 --requests 500 --time-limit 300
+
+The client is a small keep-alive HTTP/1.1 client on asyncio (one connection per typist), so that
+the load generator spends as little of the machine's CPU as possible.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def percentile(xs: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by the nearest-rank method."""
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, int(round(q / 100 * len(s) + 0.5)) - 1))]
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection that POSTs JSON and reads Content-Length responses."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader = self.writer = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def post(self, path: str, obj: dict) -> tuple[int, bytes]:
+        body = json.dumps(obj).encode()
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        self.writer.write(head + body)
+        await self.writer.drain()
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionError("server closed the connection")
+        status = int(status_line.split()[1])
+        length, close = 0, False
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+            elif name.strip().lower() == "connection" and value.strip().lower() == "close":
+                close = True
+        data = await self.reader.readexactly(length)
+        if close:
+            await self.close()
+            await self.open()
+        return status, data
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except OSError:
+                pass
+
+
+async def typist(i: int, passage: str, args, port: int, deadline: float, out: dict) -> None:
+    conn = Connection("127.0.0.1", port)
+    await conn.open()
+    try:
+        for n in range(1, min(args.requests, len(passage)) + 1):
+            if time.perf_counter() > deadline:
+                out["stopped_by_time"] = True
+                break
+            req = {"text": passage[:n], "k": args.k, "client": f"typist-{i}"}
+            start = time.perf_counter()
+            try:
+                status, data = await asyncio.wait_for(conn.post("/v1/suggest", req), args.request_timeout)
+                elapsed = (time.perf_counter() - start) * 1e3
+                if status != 200:
+                    out["errors"].append(f"HTTP {status}: {data[:200]!r}")
+                    continue
+                body = json.loads(data)
+                out["latency_ms"].append(elapsed)
+                out["server_ms"].append(body["elapsed_ms"])
+                out["beam_steps"].append(body["beam_steps"])
+                out["context_tokens"].append(body["context_tokens"])
+            except (OSError, asyncio.TimeoutError, ValueError, KeyError, asyncio.IncompleteReadError) as e:
+                out["errors"].append(f"{type(e).__name__}: {e}")
+                await conn.close()
+                await conn.open()
+            if args.think_ms:
+                await asyncio.sleep(args.think_ms / 1e3)
+    finally:
+        await conn.close()
+
+
+def passages(text: str, n: int, length: int, seed: int) -> list[str]:
+    """``n`` different passages of ``length`` characters, each starting at the start of a line."""
+    starts = [m.end() for m in re.finditer(r"\n(?=[A-Za-z])", text) if m.end() + length <= len(text)]
+    rng = random.Random(seed)
+    return [text[s:s + length] for s in rng.sample(starts, n)]
+
+
+def start_server(args) -> tuple[subprocess.Popen, int]:
+    cmd = [sys.executable, "-m", "rnnlab", "serve", str(args.checkpoint), "--host", "127.0.0.1", "--port", "0",
+           "--threads", str(args.threads)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    line = proc.stdout.readline()
+    m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+    if not m:
+        proc.kill()
+        raise SystemExit(f"the server did not start: {line}{proc.stdout.read()}")
+    port = int(m.group(1))
+    for _ in range(100):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                if r.status == 200:
+                    return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("the server did not answer /healthz")
+
+
+async def run(args, port: int, texts: list[str]) -> dict:
+    results = [{"latency_ms": [], "server_ms": [], "beam_steps": [], "context_tokens": [], "errors": []}
+               for _ in texts]
+    # warm-up (not measured): one short typed word per client id that will not be reused
+    warm = Connection("127.0.0.1", port)
+    await warm.open()
+    for n in range(1, 30):
+        await warm.post("/v1/suggest", {"text": texts[0][:n], "k": args.k, "client": "warm-up"})
+    await warm.close()
+    start = time.perf_counter()
+    deadline = start + args.time_limit
+    await asyncio.gather(*(typist(i, t, args, port, deadline, r) for i, (t, r) in enumerate(zip(texts, results))))
+    wall = time.perf_counter() - start
+    lat = [x for r in results for x in r["latency_ms"]]
+    srv = [x for r in results for x in r["server_ms"]]
+    errors = [e for r in results for e in r["errors"]]
+    return {
+        "clients": args.clients, "requests_per_client": args.requests, "think_ms": args.think_ms, "k": args.k,
+        "completed": len(lat), "errors": len(errors), "error_samples": errors[:5],
+        "stopped_by_time": any(r.get("stopped_by_time") for r in results),
+        "wall_s": round(wall, 2), "throughput_rps": round(len(lat) / wall, 1),
+        "latency_ms": {"p50": round(percentile(lat, 50), 2), "p95": round(percentile(lat, 95), 2),
+                       "p99": round(percentile(lat, 99), 2), "max": round(max(lat, default=float("nan")), 2),
+                       "mean": round(statistics.fmean(lat), 2) if lat else None},
+        "server_ms": {"p50": round(percentile(srv, 50), 2), "p95": round(percentile(srv, 95), 2),
+                      "p99": round(percentile(srv, 99), 2)},
+        "mean_beam_steps": round(statistics.fmean(x for r in results for x in r["beam_steps"]), 2) if lat else None,
+        "context_tokens_per_request": round(statistics.fmean(x for r in results for x in r["context_tokens"]), 3)
+        if lat else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", type=Path, help="checkpoint directory to serve")
+    p.add_argument("--corpus", type=Path, default=None,
+                   help="text the typists type (default: the checkpoint's training corpus)")
+    p.add_argument("--clients", type=int, default=16, help="concurrent typists")
+    p.add_argument("--requests", type=int, default=500, help="suggest requests per typist (one per keystroke)")
+    p.add_argument("--time-limit", type=float, default=300.0, help="stop after this many seconds")
+    p.add_argument("--think-ms", type=float, default=0.0, help="pause between keystrokes (0 = as fast as possible)")
+    p.add_argument("--request-timeout", type=float, default=10.0)
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1, help="torch threads in the server")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = p.parse_args(argv)
+    if not (1 <= args.clients <= 256 and 1 <= args.requests <= 10000 and 0 < args.time_limit <= 3600):
+        p.error("keep the load bounded: 1-256 clients, 1-10000 requests each, a time limit of at most 3600 s")
+    corpus = args.corpus
+    if corpus is None:
+        cfg = json.loads((args.checkpoint / "config.json").read_text())
+        corpus = Path(cfg["info"]["source"])
+    text = corpus.read_text(encoding="utf-8")
+    texts = passages(text, args.clients, args.requests, args.seed)
+    proc, port = start_server(args)
+    try:
+        result = asyncio.run(run(args, port, texts))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    result.update({"checkpoint": str(args.checkpoint), "cpu_count": os.cpu_count()})
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0 if result["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""``rnnlab suggest`` and ``rnnlab serve``: argument parsing only; the work is in the library.
+
+FastAPI and uvicorn are imported inside the commands, so ``rnnlab --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import RnnlabError, UsageError
+
+
+def add_parsers(sub) -> None:
+    """Register the ``suggest`` and ``serve`` subcommands on ``rnnlab``'s subparsers."""
+    p = sub.add_parser("suggest", help="suggest the next characters and completions of the current word",
+                       description="Print the top-k next characters and the top-k completions of the word "
+                                   "being typed (the next words when TEXT ends with a space or punctuation).",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", metavar="DIR", help="a run directory written by `rnnlab train --out DIR`")
+    p.add_argument("text", metavar="TEXT", help='the text typed so far, e.g. "the time trav"')
+    p.add_argument("--k", type=int, default=5, help="how many characters and completions (1-50)")
+    p.add_argument("--json", action="store_true", help="print the suggestions as one JSON object")
+    p.add_argument("--beam-width", type=int, default=8, help="open beams kept by the completion search")
+    p.add_argument("--max-word-length", type=int, default=24, help="longest completion searched, in characters")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_suggest)
+
+    p = sub.add_parser("serve", help="serve suggestions and generation over HTTP, with a web page",
+                       description="Run the predictive-keyboard web page and JSON API (POST /v1/suggest, "
+                                   "/v1/generate, /v1/generate/stream; GET /healthz, /openapi.json).",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", metavar="DIR", help="a run directory written by `rnnlab train --out DIR`")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (the default serves this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (0 = any free port)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per request; one suits the small matrices of a single step")
+    p.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="larger request bodies get 413")
+    p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_checkpoint
+    from ..runtime import select_device
+    from ..suggest import MAX_K, SuggestEngine
+
+    if not 1 <= args.k <= MAX_K:
+        raise UsageError(f"--k must be between 1 and {MAX_K}, got {args.k}")
+    if args.beam_width < 1 or args.max_word_length < 1:
+        raise UsageError("--beam-width and --max-word-length must be positive integers")
+    ckpt = load_checkpoint(args.checkpoint, select_device(args.device))
+    engine = SuggestEngine(ckpt.model, ckpt.vocab, ckpt.data_config.preset, beam_width=args.beam_width,
+                           max_word_length=args.max_word_length)
+    s = engine.suggest(args.text, args.k)
+    if args.json:
+        print(json.dumps(s.to_dict(), ensure_ascii=False))
+        return 0
+    shown = {" ": "␣", "\n": "↵", "\t": "⇥"}
+    print("next characters: " + "  ".join(f"{shown.get(c.text, c.text)} {c.prob:.1%}" for c in s.next_chars))
+    title = f'completions of "{s.partial}"' if s.mode == "complete" else "next words"
+    print(f"{title}:")
+    width = max((len(c.word) for c in s.completions), default=0)
+    for c in s.completions:
+        print(f"  {c.word:<{width}}  {c.prob:7.2%}  (append {c.append!r})")
+    if not s.completions:
+        print("  (none within the search bounds)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be between 0 and 65535, got {args.port}")
+    if args.threads < 1:
+        raise UsageError(f"--threads must be a positive integer, got {args.threads}")
+    if args.max_body_bytes < 1024:
+        raise UsageError(f"--max-body-bytes must be at least 1024, got {args.max_body_bytes}")
+    try:
+        import uvicorn
+    except ImportError:
+        raise RnnlabError("`rnnlab serve` needs fastapi and uvicorn: pip install fastapi uvicorn") from None
+    import torch
+
+    from ..checkpoint import load_checkpoint
+    from ..runtime import select_device
+    from .app import create_app
+
+    torch.set_num_threads(args.threads)
+    ckpt = load_checkpoint(args.checkpoint, select_device(args.device))
+    app = create_app(ckpt, max_body_bytes=args.max_body_bytes)
+    sock = _bind(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(app, log_level=args.log_level, access_log=False)
+    server = uvicorn.Server(config)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"rnnlab: serving {args.checkpoint} on http://{shown}:{port}/ (Ctrl-C stops)", flush=True)
+    server.run(sockets=[sock])
+    return 0
+
+
+def _bind(host: str, port: int):
+    """A listening-ready TCP socket on ``host:port`` (port 0: any free port, printed at start)."""
+    import socket
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as e:
+        raise UsageError(f"--host {host!r}: cannot resolve it ({e.strerror}); use an address such as 127.0.0.1") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise RnnlabError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port or --host") from None
+    return sock

@@ -1,0 +1,164 @@
+"""Suggestions on a tiny LSTM that has learnt a few sentences: real words, sane probabilities,
+one model step per typed character, a bounded cache, and the letters preset and word models."""
+import math
+
+import pytest
+import torch
+
+from rnnlab.checkpoint import load_checkpoint
+from rnnlab.config import ModelConfig
+from rnnlab.data.vocab import Vocab
+from rnnlab.errors import UsageError
+from rnnlab.models import build_model
+from rnnlab.suggest import StateCache, SuggestEngine, split_partial_word, suggest
+from tiny_keyboard_model import WORDS, tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ckpt():
+    return load_checkpoint(tiny_checkpoint(), "cpu")
+
+
+@pytest.fixture
+def engine(ckpt):
+    return SuggestEngine(ckpt.model, ckpt.vocab, ckpt.data_config.preset)
+
+
+@pytest.mark.parametrize("text, word", [("the time trav", "traveller"), ("we sat in the gar", "garden"),
+                                        ("the psy", "psychologist"), ("the traveller came back at din", "dinner")])
+def test_completions_are_words_of_the_corpus(engine, text, word):
+    s = engine.suggest(text, k=5)
+    assert s.mode == "complete" and s.partial == text.split()[-1]
+    assert s.completions[0].word == word
+    assert s.completions[0].append == word[len(s.partial):]
+    assert s.completions[0].prob > 0.5
+    # every completion the model believes in is a real word of the corpus
+    assert all(c.word in WORDS for c in s.completions if c.prob > 0.05)
+
+
+def test_probabilities_are_sorted_and_sum_to_at_most_one(engine):
+    for text in ["the time trav", "the ", "", "we sat", "the machine."]:
+        s = engine.suggest(text, k=8)
+        for items in (s.completions, s.next_chars):
+            probs = [x.prob for x in items]
+            assert probs == sorted(probs, reverse=True)
+            assert all(0 < p <= 1 for p in probs) and sum(probs) <= 1 + 1e-6
+        for c in s.completions:
+            assert math.isclose(math.exp(c.logprob), c.prob, rel_tol=1e-9)
+        assert len(s.completions) <= 8 and len(s.next_chars) <= 8
+
+
+def test_next_chars_match_the_model_distribution(ckpt, engine):
+    s = engine.suggest("the time trav", k=3)
+    ids = ckpt.vocab.encode(["\n"] + list("the time trav"))
+    with torch.no_grad():
+        logits, _ = ckpt.model(torch.tensor([ids]), ckpt.model.begin_state(1))
+    probs = torch.softmax(logits[0, -1], -1)
+    top = torch.topk(probs, 3)
+    assert [c.text for c in s.next_chars] == [ckpt.vocab.idx_to_token[i] for i in top.indices.tolist()]
+    assert [c.prob for c in s.next_chars] == pytest.approx(top.values.tolist(), rel=1e-5)
+
+
+def test_completion_probability_is_the_chain_of_character_probabilities(ckpt, engine):
+    """P(word) = P(each appended character) * P(a boundary after it), computed here by hand."""
+    s = engine.suggest("the time trav", k=3)
+    c = s.completions[0]
+    ids = ckpt.vocab.encode(["\n"] + list("the time trav" + c.append))
+    with torch.no_grad():
+        logits, _ = ckpt.model(torch.tensor([ids]), ckpt.model.begin_state(1))
+    logp = torch.log_softmax(logits[0].double(), -1)  # (T, V)
+    n = len(c.append)
+    chain = sum(float(logp[-1 - n + j, ids[-n + j]]) for j in range(n))
+    boundary = [i for i, t in enumerate(ckpt.vocab.idx_to_token) if len(t) == 1 and not t.isalnum() and t != "'"]
+    end = float(torch.logsumexp(logp[-1, boundary], 0))
+    assert c.logprob == pytest.approx(chain + end, abs=1e-4)
+
+
+def test_text_at_a_boundary_asks_for_the_next_word(engine):
+    s = engine.suggest("we sat in the ", k=3)
+    assert s.mode == "next_word" and s.partial == ""
+    assert s.completions[0].word == "garden" and s.completions[0].append == "garden"
+    # after punctuation the boundary characters to type before the word come first
+    s = engine.suggest("we sat in the garden and talked about time.", k=3)
+    assert s.mode == "next_word" and s.completions and s.completions[0].append[0] in " \n"
+    assert s.completions[0].word in WORDS
+
+
+def test_typing_one_more_character_costs_one_model_step(engine):
+    text = "the time traveller smiled"
+    first = engine.suggest(text[:5], client="a")
+    assert first.context_tokens == 1 + 5  # the start token and five characters
+    for n in range(6, len(text) + 1):
+        assert engine.suggest(text[:n], client="a").context_tokens == 1
+    # deleting a character goes back to a cached state: no step at all
+    assert engine.suggest(text[:-1], client="a").context_tokens == 0
+    # another client has its own cache
+    assert engine.suggest(text, client="b").context_tokens == 1 + len(text)
+
+
+def test_cached_and_fresh_suggestions_agree(ckpt, engine):
+    text = "the psychologist looked at the mach"
+    for n in range(1, len(text) + 1):
+        engine.suggest(text[:n], client="typist")
+    cached = engine.suggest(text, client="typist")
+    fresh = SuggestEngine(ckpt.model, ckpt.vocab).suggest(text)
+    assert [c.word for c in cached.completions] == [c.word for c in fresh.completions]
+    assert [c.prob for c in cached.completions] == pytest.approx([c.prob for c in fresh.completions], rel=1e-4)
+
+
+def test_the_state_cache_is_bounded():
+    cache = StateCache(max_clients=3, per_client=2)
+    entry = object()
+    for c in range(5):
+        for t in ["a", "ab", "abc"]:
+            cache.put(f"client{c}", t, entry)
+    assert len(cache) == 3 * 2
+    assert cache.longest_prefix("client0", "abcd") == ("", None)  # evicted client
+    assert cache.longest_prefix("client4", "abcd")[0] == "abc"
+    assert cache.longest_prefix("client4", "a")[0] == ""  # "a" was evicted from its LRU
+    with pytest.raises(UsageError):
+        StateCache(max_clients=0)
+
+
+def test_letters_preset_maps_the_text_and_keeps_the_users_case():
+    ck = load_checkpoint(tiny_checkpoint(preset="letters"), "cpu")
+    eng = SuggestEngine(ck.model, ck.vocab, ck.data_config.preset)
+    assert eng.model_text("The Time-Trav") == "the time trav"
+    assert eng.model_text("The machine. ") == "the machine "
+    s = eng.suggest("The Time Trav")
+    assert s.partial == "Trav" and s.completions[0].word == "Traveller" and s.completions[0].append == "eller"
+    s = eng.suggest("The machine,")
+    assert s.mode == "next_word" and s.partial == ""
+
+
+def test_word_models_complete_from_the_vocabulary():
+    ck = load_checkpoint(tiny_checkpoint(token="word"), "cpu")
+    eng = SuggestEngine(ck.model, ck.vocab, ck.data_config.preset)
+    s = eng.suggest("we sat in the gar", k=3)
+    assert s.mode == "complete" and s.completions[0].word == "garden" and s.completions[0].append == "den"
+    assert all(c.word.startswith("gar") for c in s.completions)
+    assert s.next_chars[0].text == "d"
+    s = eng.suggest("we sat in the ", k=3)
+    assert s.mode == "next_word" and all(c.word in ck.vocab for c in s.completions)
+    probs = [c.prob for c in s.completions]
+    assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+    assert eng.suggest("", k=3).completions == []  # no context: nothing to suggest
+
+
+def test_split_partial_word():
+    assert split_partial_word("the time trav") == ("the time ", "trav")
+    assert split_partial_word("said 'don't") == ("said '", "don't")
+    assert split_partial_word("end. ") == ("end. ", "")
+    assert split_partial_word("") == ("", "")
+
+
+def test_long_words_are_bounded_and_k_is_checked():
+    torch.manual_seed(0)
+    vocab = Vocab.build(list("ab "))
+    model = build_model(ModelConfig(model="gru", vocab_size=len(vocab), hidden_size=8))
+    eng = SuggestEngine(model, vocab, max_word_length=3, beam_width=2)
+    s = eng.suggest("ab", k=4)
+    assert all(len(c.append) <= 3 for c in s.completions) and s.beam_steps <= 3
+    with pytest.raises(UsageError):
+        eng.suggest("ab", k=0)
+    assert suggest(model, vocab, "ab", k=2).next_chars  # the one-off function

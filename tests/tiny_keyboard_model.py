@@ -1,0 +1,44 @@
+"""A tiny character LSTM that has learnt a few sentences by heart, trained once per test session
+and shared by the suggestion, server and browser tests."""
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+
+SENTENCES = [
+    "the time traveller smiled at us.",
+    "the time machine stood in the laboratory.",
+    "the psychologist looked at the machine.",
+    "we sat in the garden and talked about time.",
+    "the traveller came back at dinner time.",
+]
+CORPUS = "\n".join(SENTENCES * 6) + "\n"
+WORDS = frozenset(CORPUS.replace(".", " ").split())
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_checkpoint(preset: str = "raw", token: str = "char") -> Path:
+    """Train (once) and return the checkpoint directory of a small LSTM on ``CORPUS``."""
+    import torch
+
+    from rnnlab.config import DataConfig, ModelConfig, TrainConfig
+    from rnnlab.pipeline import train_run
+
+    root = Path(tempfile.mkdtemp(prefix="rnnlab-keyboard-"))
+    atexit.register(shutil.rmtree, root, True)
+    (root / "corpus.txt").write_text(CORPUS, encoding="utf-8")
+    out = root / f"ckpt-{preset}-{token}"
+    dcfg = DataConfig(path=str(root / "corpus.txt"), preset=preset, token=token)
+    mcfg = ModelConfig(model="lstm", hidden_size=64, embedding_dim=16 if token == "word" else 0)
+    tcfg = TrainConfig(batch_size=8, num_steps=16 if token == "char" else 4, lr=4.0, epochs=60, seed=0,
+                       device="cpu", predict_every=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is faster and leaves the other core free
+    try:
+        train_run(dcfg, mcfg, tcfg, out, log=lambda _: None, log_every=1000)
+    finally:
+        torch.set_num_threads(threads)
+    return out
