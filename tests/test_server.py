@@ -1,0 +1,188 @@
+"""The HTTP API through FastAPI's TestClient: happy paths, every validation error (never a 5xx),
+the body limit, streaming, and concurrent requests."""
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from rnnlab.checkpoint import load_checkpoint  # noqa: E402
+from rnnlab.sampling import generate  # noqa: E402
+from rnnlab.serve import create_app  # noqa: E402
+from rnnlab.serve.app import MAX_K, MAX_LENGTH, MAX_TEXT_CHARS  # noqa: E402
+from tiny_keyboard_model import WORDS, tiny_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ckpt():
+    return load_checkpoint(tiny_checkpoint(), "cpu")
+
+
+@pytest.fixture(scope="module")
+def client(ckpt):
+    with TestClient(create_app(ckpt, max_body_bytes=16 * 1024), raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_healthz_and_openapi(client):
+    h = client.get("/healthz").json()
+    assert h["status"] == "ok" and h["model"]["model"] == "lstm" and h["data"]["token"] == "char"
+    schema = client.get("/openapi.json").json()
+    assert {"/v1/suggest", "/v1/generate", "/v1/generate/stream", "/healthz"} <= set(schema["paths"])
+    assert client.get("/docs").status_code == 404  # the Swagger page would load a CDN: off
+
+
+def test_page_and_static_files_are_served_by_the_app(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert 'id="text"' in page.text and "/static/app.js" in page.text
+    for name in ("app.js", "style.css"):
+        assert client.get(f"/static/{name}").status_code == 200
+    assert "http" not in page.text.replace("http-equiv", "")  # nothing loaded from elsewhere
+    assert "https://" not in client.get("/static/app.js").text
+
+
+def test_suggest_happy_path(client):
+    r = client.post("/v1/suggest", json={"text": "the time trav", "k": 3, "client": "t1"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["mode"] == "complete" and body["partial"] == "trav"
+    assert body["completions"][0]["word"] == "traveller" and body["completions"][0]["append"] == "eller"
+    assert len(body["completions"]) <= 3 and len(body["next_chars"]) == 3
+    assert all(c["word"] in WORDS for c in body["completions"] if c["prob"] > 0.05)
+    # one more character is one more step of the cached state
+    r = client.post("/v1/suggest", json={"text": "the time trave", "k": 3, "client": "t1"})
+    assert r.json()["context_tokens"] == 1
+    # k defaults to 5; an empty text gets first-word suggestions
+    r = client.post("/v1/suggest", json={"text": ""})
+    assert r.status_code == 200 and r.json()["mode"] == "next_word" and len(r.json()["next_chars"]) == 5
+
+
+def test_generate_matches_the_library(client, ckpt):
+    r = client.post("/v1/generate", json={"prefix": "the time", "length": 30})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["tokens"] == 30 and body["prefix"] == "the time"
+    assert "the time" + body["text"] == generate(ckpt.model, ckpt.vocab, "the time", 30)
+    seeded = {"prefix": "the ", "length": 40, "temperature": 1.0, "top_k": 5, "top_p": 0.9, "seed": 7}
+    assert client.post("/v1/generate", json=seeded).json() == client.post("/v1/generate", json=seeded).json()
+    assert client.post("/v1/generate", json={"prefix": "x", "length": 0}).json()["text"] == ""
+
+
+def test_streaming_generation_sends_one_line_per_token(client):
+    r = client.post("/v1/generate/stream", json={"prefix": "the time", "length": 30})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+    lines = [json.loads(line) for line in r.text.splitlines()]
+    assert lines[-1] == {"done": True, "tokens": 30} and len(lines) == 31
+    streamed = "".join(m["text"] for m in lines[:-1])
+    assert streamed == client.post("/v1/generate", json={"prefix": "the time", "length": 30}).json()["text"]
+    seeded = {"prefix": "the ", "length": 20, "temperature": 1.0, "seed": 3}
+    assert client.post("/v1/generate/stream", json=seeded).text == client.post("/v1/generate/stream", json=seeded).text
+
+
+BAD_SUGGEST = [
+    ({}, "text"),
+    ({"text": 3}, "text"),
+    ({"text": None}, "text"),
+    ({"text": "a" * (MAX_TEXT_CHARS + 1)}, "text"),
+    ({"text": "a", "k": 0}, "k"),
+    ({"text": "a", "k": MAX_K + 1}, "k"),
+    ({"text": "a", "k": 2.5}, "k"),
+    ({"text": "a", "k": "five"}, "k"),
+    ({"text": "a", "client": "c" * 65}, "client"),
+    ({"text": "a", "colour": "red"}, "colour"),
+]
+BAD_GENERATE = [
+    ({}, "prefix"),
+    ({"prefix": ""}, "prefix"),
+    ({"prefix": "a" * (MAX_TEXT_CHARS + 1)}, "prefix"),
+    ({"prefix": "a", "length": -1}, "length"),
+    ({"prefix": "a", "length": MAX_LENGTH + 1}, "length"),
+    ({"prefix": "a", "temperature": -0.1}, "temperature"),
+    ({"prefix": "a", "temperature": 11}, "temperature"),
+    ({"prefix": "a", "top_k": -1}, "top_k"),
+    ({"prefix": "a", "top_p": 0}, "top_p"),
+    ({"prefix": "a", "top_p": 1.5}, "top_p"),
+    ({"prefix": "a", "seed": -1}, "seed"),
+    ({"prefix": "a", "seed": 2**64}, "seed"),
+    ({"prefix": "a", "seed": "x"}, "seed"),
+]
+
+
+@pytest.mark.parametrize("body, field", BAD_SUGGEST)
+def test_suggest_validation_errors_are_422_with_a_message(client, body, field):
+    r = client.post("/v1/suggest", json=body)
+    assert r.status_code == 422
+    assert field in r.json()["error"]
+
+
+@pytest.mark.parametrize("path", ["/v1/generate", "/v1/generate/stream"])
+@pytest.mark.parametrize("body, field", BAD_GENERATE)
+def test_generate_validation_errors_are_422_with_a_message(client, path, body, field):
+    r = client.post(path, json=body)
+    assert r.status_code == 422
+    assert field in r.json()["error"]
+
+
+@pytest.mark.parametrize("raw", ['{"text": "abc"', "{text: 1}", "\x00", '{"text": "a"} trailing'])
+def test_malformed_json_is_400(client, raw):
+    r = client.post("/v1/suggest", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "malformed JSON" in r.json()["error"]
+
+
+@pytest.mark.parametrize("raw, ctype", [("[1, 2]", "application/json"), ("null", "application/json"),
+                                        ("", "application/json"), ('{"text": "a"}', "text/plain"),
+                                        ('{"prefix": "a", "temperature": NaN}', "application/json"),
+                                        ('{"prefix": "a", "top_p": Infinity}', "application/json"),
+                                        ('{"text": "\\ud800"}', "application/json")])
+def test_other_bad_bodies_are_4xx_never_5xx(client, raw, ctype):
+    path = "/v1/generate" if "prefix" in raw else "/v1/suggest"
+    r = client.post(path, content=raw, headers={"content-type": ctype})
+    assert 400 <= r.status_code < 500 and r.json()["error"]
+
+
+def test_bodies_over_the_limit_are_413(client):
+    big = json.dumps({"text": "a" * 20000})
+    r = client.post("/v1/suggest", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+    # a chunked body with no Content-Length is cut off as it passes the limit
+    chunks = iter([b'{"text": "', b"a" * 10000, b"a" * 10000, b'"}'])
+    r = client.post("/v1/suggest", content=chunks, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    # just under the limit is fine (and then it is the text cap that speaks)
+    r = client.post("/v1/suggest", json={"text": "a" * MAX_TEXT_CHARS})
+    assert r.status_code == 200
+
+
+def test_wrong_method_and_path_are_4xx(client):
+    assert client.get("/v1/suggest").status_code == 405
+    assert client.post("/v1/nothing", json={}).status_code == 404
+
+
+def test_odd_but_valid_text_never_fails(client):
+    for text in ["é€😀 unknown characters", "\n\n\t", "1234", "'", "the time " * 400, "a-b_c"]:
+        r = client.post("/v1/suggest", json={"text": text, "k": MAX_K})
+        assert r.status_code == 200, (text, r.text)
+        r = client.post("/v1/generate", json={"prefix": text, "length": 5, "temperature": 2.0, "top_k": 10**6})
+        assert r.status_code == 200, (text, r.text)
+
+
+def test_concurrent_requests_get_the_same_answers_as_serial_ones(client):
+    texts = ["the time trav", "we sat in the gar", "the psy", "the traveller came back at din", "the "]
+    serial = {t: client.post("/v1/suggest", json={"text": t}).json()["completions"] for t in texts}
+
+    def ask(i):
+        t = texts[i % len(texts)]
+        r = client.post("/v1/suggest", json={"text": t, "client": f"c{i % 3}"})
+        g = client.post("/v1/generate", json={"prefix": t, "length": 20})
+        return t, r.status_code, r.json()["completions"], g.status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(ask, range(40)))
+    for t, status, completions, gstatus in results:
+        assert status == 200 and gstatus == 200
+        assert [c["word"] for c in completions] == [c["word"] for c in serial[t]]
+        assert [c["prob"] for c in completions] == pytest.approx([c["prob"] for c in serial[t]], rel=1e-4)
