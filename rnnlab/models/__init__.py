@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..config import ModelConfig
 from .base import LanguageModel, State, detach_state
+from .fast import FastRNNLM
 from .rnnlm import RNNLM
 from .unrolled import UnrolledRNN, window_dataset
 
@@ -12,7 +13,9 @@ def build_model(cfg: ModelConfig) -> LanguageModel:
     cfg.validate()
     if cfg.model == "unrolled":
         return UnrolledRNN(cfg)
+    if cfg.impl == "fast":
+        return FastRNNLM(cfg)
     return RNNLM(cfg)
 
 
-__all__ = ["LanguageModel", "RNNLM", "State", "UnrolledRNN", "build_model", "detach_state", "window_dataset"]
+__all__ = ["FastRNNLM", "LanguageModel", "RNNLM", "State", "UnrolledRNN", "build_model", "detach_state", "window_dataset"]

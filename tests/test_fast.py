@@ -1,0 +1,137 @@
+"""``--impl fast`` computes the same numbers as ``scratch`` and ``concise`` on the same weights.
+
+Every case runs two consecutive minibatches through each implementation — with the state reset
+before each (random sampling) or carried and detached (sequential sampling) — and compares the
+logits, the returned states, the gradient of every parameter and of the initial state. float64
+must agree to 1e-10, float32 to 1e-5 relative to the size of the compared tensor. Weights are
+drawn larger than any init (U(-0.6, 0.6)) so every gate works far from its linear range.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from rnnlab.checkpoint import load_checkpoint, save_checkpoint
+from rnnlab.config import ModelConfig
+from rnnlab.data.vocab import Vocab
+from rnnlab.models import FastRNNLM, build_model, detach_state
+from rnnlab.models.fast import FastRecurrent
+from rnnlab.sampling import generate_ids
+
+V, H, B, T = 11, 6, 5, 7  # vocabulary, hidden, batch, steps
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("gru", "tanh"), ("lstm", "tanh")]
+
+
+def _models(model: str, activation: str, num_layers: int, embedding_dim: int, dtype: torch.dtype,
+            device: str = "cpu"):
+    """scratch, concise and fast models holding the same random weights."""
+    cfg = ModelConfig(model=model, impl="scratch", vocab_size=V, hidden_size=H, num_layers=num_layers,
+                      embedding_dim=embedding_dim, activation=activation)
+    torch.manual_seed(0)
+    ref = build_model(cfg).to(dtype)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if not name.startswith("embedding."):
+                p.uniform_(-0.6, 0.6)
+    out = {"scratch": ref}
+    for impl in ("concise", "fast"):
+        m = build_model(dataclasses.replace(cfg, impl=impl)).to(dtype)
+        m.load_state_dict(ref.state_dict(), strict=True)
+        out[impl] = m
+    return {k: m.to(device) for k, m in out.items()}
+
+
+def _two_minibatches(model, dtype, carry: bool, device: str = "cpu"):
+    """Logits, states and gradients of two consecutive minibatches (a weighted-sum loss)."""
+    g = torch.Generator().manual_seed(1)
+    n_states = 2 if model.cfg.model == "lstm" else 1
+    state = tuple(torch.randn(model.cfg.num_layers, B, H, dtype=dtype, generator=g).to(device).requires_grad_()
+                  for _ in range(n_states))  # each (L, B, H): a nonzero start
+    results = []
+    for _ in range(2):
+        x = torch.randint(0, V, (B, T), generator=g).to(device)
+        w = torch.randn(B, T, V, dtype=dtype, generator=g).to(device)
+        start = state
+        model.zero_grad(set_to_none=True)
+        logits, state = model(x, start)
+        loss = (logits * w).sum() + sum((s * s).sum() for s in state)  # the states enter the loss too
+        loss.backward()
+        results.append({
+            "logits": logits.detach(),
+            **{f"state{i}": s.detach() for i, s in enumerate(state)},
+            **{f"grad {n}": p.grad.detach().clone() for n, p in model.named_parameters()},
+            **{f"state grad{i}": s.grad.detach().clone() for i, s in enumerate(start) if s.grad is not None},
+        })
+        if carry:  # sequential sampling: keep the values, cut the graph
+            state = tuple(s.requires_grad_() for s in detach_state(state))
+        else:  # random sampling: a fresh state for every minibatch
+            state = tuple(s.requires_grad_() for s in model.begin_state(B, device))
+    return results
+
+
+def _assert_same(ours: list[dict], ref: list[dict], tol: float, what: str) -> None:
+    for step, (a, b) in enumerate(zip(ours, ref)):
+        assert a.keys() == b.keys()
+        for key in b:
+            scale = max(1.0, b[key].abs().max().item())
+            err = (a[key] - b[key]).abs().max().item()
+            assert err <= tol * scale, f"{what}, minibatch {step + 1}, {key}: max error {err:.3g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("carry", [True, False], ids=["sequential", "random"])
+@pytest.mark.parametrize("embedding_dim", [0, 4], ids=["onehot", "embedding"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("model,activation", CELLS)
+def test_fast_equals_scratch_and_concise(model, activation, num_layers, embedding_dim, carry, dtype):
+    models = _models(model, activation, num_layers, embedding_dim, dtype)
+    fast = _two_minibatches(models["fast"], dtype, carry)
+    for impl in ("scratch", "concise"):
+        _assert_same(fast, _two_minibatches(models[impl], dtype, carry), TOL[dtype], f"fast vs {impl}")
+
+
+def test_fast_uses_gather_not_one_hot_and_keeps_parameter_names():
+    models = _models("lstm", "tanh", 2, 0, torch.float64)
+    assert isinstance(models["fast"], FastRNNLM) and isinstance(models["fast"].rnn, FastRecurrent)
+    names = {n: p.shape for n, p in models["fast"].named_parameters()}
+    assert names == {n: p.shape for n, p in models["concise"].named_parameters()}
+    assert names["rnn.weight_ih_l0"] == (4 * H, V)
+
+
+def test_fast_generation_matches_scratch_greedy_and_batched():
+    models = _models("gru", "tanh", 2, 0, torch.float32)
+    prefix = [1, 2, 3, 4]
+    ref = generate_ids(models["scratch"], prefix, 30)
+    assert torch.equal(generate_ids(models["fast"], prefix, 30), ref)
+    many = generate_ids(models["fast"], prefix, 30, num_samples=3)
+    assert many.shape == (3, 30) and all(torch.equal(row, ref[0]) for row in many)  # greedy: identical rows
+
+
+@pytest.mark.parametrize("src,dst", [("fast", "scratch"), ("concise", "fast"), ("scratch", "fast")])
+def test_checkpoint_moves_between_impls(tmp_path, src, dst):
+    vocab = Vocab.build(list("abcdefghij "), separator="")
+    cfg = ModelConfig(model="lstm", impl=src, vocab_size=len(vocab), hidden_size=8, num_layers=2)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    save_checkpoint(tmp_path / "ckpt", model, vocab, cfg)
+    ck = load_checkpoint(tmp_path / "ckpt", impl=dst)
+    assert ck.model_config.impl == dst
+    x = torch.randint(0, len(vocab), (3, 9))
+    with torch.no_grad():
+        want, _ = model.eval()(x, None)
+        got, _ = ck.model(x, None)
+    assert (got - want).abs().max().item() < 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("model,activation", CELLS)
+def test_fast_and_concise_on_cuda_equal_scratch_on_cpu(model, activation):
+    cpu = _two_minibatches(_models(model, activation, 2, 0, torch.float64)["scratch"], torch.float64, True)
+    gpu = _models(model, activation, 2, 0, torch.float64, device="cuda")
+    for impl in ("fast", "concise"):
+        res = _two_minibatches(gpu[impl], torch.float64, True, device="cuda")
+        res = [{k: v.cpu() for k, v in r.items()} for r in res]
+        _assert_same(res, cpu, 1e-9, f"{impl} on cuda vs scratch on cpu")
