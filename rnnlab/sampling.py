@@ -56,15 +56,29 @@ def generate_ids(model: LanguageModel, prefix_ids: list[int], length: int, tempe
     state = model.begin_state(num_samples, device)
     logits, state = model(prefix, state)  # (N, P, V)
     last = logits[:, -1]  # (N, V)
-    out = torch.empty(num_samples, length, dtype=torch.long, device=device)
+    step = _stepper(model, state)
+    out = []
     for t in range(length):
         tok = next_token(last, temperature, top_k, top_p, generator)  # (N,)
-        out[:, t] = tok
+        out.append(tok)
         if t + 1 < length:
-            logits, state = model(tok[:, None], state)  # (N, 1, V)
-            last = logits[:, -1]
+            last = step(tok)  # (N, V)
     model.train(was_training)
-    return out
+    return torch.stack(out, dim=1) if out else torch.empty(num_samples, 0, dtype=torch.long, device=device)
+
+
+def _stepper(model: LanguageModel, state):
+    """``step(ids (N,)) -> logits (N, V)`` carrying the state: the model's own lean one when it has
+    one (``FastRNNLM.stepper``), else a one-step ``forward``."""
+    if hasattr(model, "stepper"):
+        return model.stepper(state)
+
+    def step(tok: torch.Tensor) -> torch.Tensor:
+        nonlocal state
+        logits, state = model(tok[:, None], state)  # (N, 1, V)
+        return logits[:, -1]
+
+    return step
 
 
 def generate(model: LanguageModel, vocab: Vocab, prefix: str, length: int, temperature: float = 0.0,

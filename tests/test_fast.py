@@ -101,11 +101,16 @@ def test_fast_uses_gather_not_one_hot_and_keeps_parameter_names():
     assert names["rnn.weight_ih_l0"] == (4 * H, V)
 
 
-def test_fast_generation_matches_scratch_greedy_and_batched():
-    models = _models("gru", "tanh", 2, 0, torch.float32)
+@pytest.mark.parametrize("embedding_dim", [0, 4], ids=["onehot", "embedding"])
+@pytest.mark.parametrize("model,activation", CELLS)
+def test_fast_generation_matches_scratch_greedy_and_batched(model, activation, embedding_dim):
+    models = _models(model, activation, 2, embedding_dim, torch.float64)
     prefix = [1, 2, 3, 4]
     ref = generate_ids(models["scratch"], prefix, 30)
-    assert torch.equal(generate_ids(models["fast"], prefix, 30), ref)
+    assert torch.equal(generate_ids(models["fast"], prefix, 30), ref)  # the lean stepper, same tokens
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    sampled = generate_ids(models["fast"], prefix, 30, temperature=1.0, generator=g1)
+    assert torch.equal(sampled, generate_ids(models["scratch"], prefix, 30, temperature=1.0, generator=g2))
     many = generate_ids(models["fast"], prefix, 30, num_samples=3)
     assert many.shape == (3, 30) and all(torch.equal(row, ref[0]) for row in many)  # greedy: identical rows
 
