@@ -53,7 +53,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 
 # -- the book's code ------------------------------------------------------------------------------
