@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -152,22 +153,123 @@ class StateCache:
             self._clients.clear()
 
 
+@dataclass
+class SuggestRequest:
+    """One suggestion request: the text typed so far, how many answers, whose cache to use."""
+    text: str
+    k: int = 5
+    client: str = ""
+
+
+class _Batcher:
+    """Collects the requests of many threads and runs them in batches on one worker thread.
+
+        request threads                      worker thread (started on demand)
+        submit(r1) ─┐
+        submit(r2) ─┼─> queue ──> take every pending request (at most max_batch)
+        submit(r3) ─┘                 run_batch([r1, r2, r3]) ─> set each request's future
+        submit(r4) ───> queue         (r4 arrived while the batch ran: it joins the next one)
+
+    The worker exits after ``idle_s`` without work, so an idle engine holds no thread.
+    """
+
+    def __init__(self, run_batch, max_batch: int, idle_s: float = 1.0):
+        self.run_batch, self.max_batch, self.idle_s = run_batch, max_batch, idle_s
+        self._queue: list[tuple[SuggestRequest, Future]] = []
+        self._cv = threading.Condition()
+        self._working = False
+
+    def submit(self, request: SuggestRequest) -> Future:
+        future: Future = Future()
+        with self._cv:
+            self._queue.append((request, future))
+            if self._working:
+                self._cv.notify()
+            else:
+                self._working = True
+                threading.Thread(target=self._work, name="rnnlab-suggest", daemon=True).start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                if not self._queue:
+                    self._cv.wait(self.idle_s)
+                    if not self._queue:
+                        self._working = False
+                        return
+                batch = self._queue[:self.max_batch]
+                del self._queue[:self.max_batch]
+            try:
+                results = self.run_batch([r for r, _ in batch])
+            except BaseException as e:  # noqa: BLE001 - handed to every waiting caller
+                for _, future in batch:
+                    future.set_exception(e)
+                continue
+            for (_, future), result in zip(batch, results):
+                future.set_result(result)
+
+
+class _BeamSearch:
+    """The completion search of one request, advanced one depth at a time so that the searches of
+    many requests can share each model call (see ``SuggestEngine.suggest_batch``)."""
+
+    def __init__(self, started: bool, k: int, width: int):
+        self.k, self.width = k, width
+        self.beams: list[tuple[str, float, bool]] = [("", 0.0, started)]  # (appended, log-prob, word started)
+        self.finished: list[tuple[str, float]] = []  # (appended, log-prob), best first
+        self.steps = 0  # model calls this search took part in
+        self.done = False
+
+    def finish(self, end_lp: list[float]) -> None:
+        """Record the words that end here: each started beam followed by any boundary (``end_lp``,
+        one log-prob per beam)."""
+        self.finished += [(app, lp + e) for (app, lp, st), e in zip(self.beams, end_lp) if st]
+        self.finished.sort(key=lambda f: -f[1])
+        del self.finished[self.k:]
+
+    def extend(self, scores: torch.Tensor, toks: list[str], word_start: list[bool]) -> list[tuple[int, int]]:
+        """Keep the best extensions: ``scores`` (N, V) are the log-probs of each beam followed by each
+        token (-inf where not allowed). Returns the (beam row, token) pairs kept, possibly none."""
+        V = scores.shape[1]
+        flat = scores.flatten()  # (N*V,)
+        best = torch.topk(flat, min(self.width, flat.numel()))
+        floor = self.finished[-1][1] if len(self.finished) >= self.k else -math.inf
+        new_beams, kept = [], []
+        for lp, idx in zip(best.values.tolist(), best.indices.tolist()):
+            if lp <= floor:  # log-probs only fall: this beam and the rest cannot reach the top k
+                break
+            row, col = divmod(idx, V)
+            app, _, st = self.beams[row]
+            new_beams.append((app + toks[col], lp, st or word_start[col]))
+            kept.append((row, col))
+        self.beams = new_beams
+        return kept
+
+
 class SuggestEngine:
-    """Suggestions from one model, with the incremental state cache.
+    """Suggestions from one model, with the incremental state cache and cross-request batching.
 
     ``preset`` is the checkpoint's ``data_config.preset``: with ``letters`` the text is lowercased
     and every run of non-letters becomes one space before the model sees it (as in training);
     completions are what to *append* to the user's own text, so they apply to it unchanged.
+
+    ``suggest`` (and ``submit``, its non-blocking form) queue the request; one worker thread takes
+    every pending request (up to ``max_batch``) and answers them together with ``suggest_batch``:
+    one model call brings all their contexts up to date, then one model call per search depth
+    advances all their open beams. ``max_batch=1`` answers one request at a time.
     """
 
     def __init__(self, model: LanguageModel, vocab: Vocab, preset: str = "raw", beam_width: int = 8,
-                 max_word_length: int = 24, cache: StateCache | None = None):
+                 max_word_length: int = 24, cache: StateCache | None = None, max_batch: int = 64):
         if beam_width < 1 or max_word_length < 1:
             raise UsageError("beam_width and max_word_length must be positive")
+        if max_batch < 1:
+            raise UsageError(f"max_batch must be a positive integer, got {max_batch}")
         self.model, self.vocab, self.preset = model, vocab, preset
         self.beam_width, self.max_word_length = beam_width, max_word_length
         self.cache = cache if cache is not None else StateCache()
-        self._compute = threading.Lock()  # one suggestion at a time: see the module docstring
+        self.batcher = _Batcher(self.suggest_batch, max_batch)
         self.word_level = vocab.separator != ""
         self.device = model.device
         toks = vocab.idx_to_token
@@ -183,6 +285,12 @@ class SuggestEngine:
             self.word_continue = (word | inner).to(self.device)  # (V,) may continue a word
             self.boundary = (single & ~word & ~inner).to(self.device)  # (V,) ends a word
             self.leading = (single & ~word).to(self.device)  # (V,) may come before a word starts
+            self._word_start_list = word.tolist()
+            # what a beam may not append next, by depth < 3 (rows: word not started, word started): a
+            # started word takes word characters; an unstarted one a word start or (up to three)
+            # leading boundary characters
+            self._blocked = {True: torch.stack([~(word | (single & ~word)), ~(word | inner)]).to(self.device),
+                             False: torch.stack([~word, ~(word | inner)]).to(self.device)}  # each (2, V)
             start = "\n" if "\n" in vocab else (" " if " " in vocab else None)
             self.start_ids = vocab.encode([start]) if start is not None else []
 
@@ -218,12 +326,11 @@ class SuggestEngine:
         logits, state = self.model(x, state)  # (1, T, V)
         return _Entry(state, torch.log_softmax(logits[0, -1].float(), dim=-1))
 
-    def context_entry(self, context: str, client: str = "") -> tuple[_Entry | None, int]:
-        """The state and next-token log-probs after the model text ``context``, and the number of
-        tokens run to get them (0 on a cache hit, 1 after typing one more character).
+    def _pending(self, context: str, client: str) -> tuple[str, _Entry | None, list[int]]:
+        """(cache key, longest cached entry, token ids still to run) for the model text ``context``.
 
         Char models see the text after a start token (a line break, or a space), so an empty text
-        has a distribution too; word models need at least one word (else ``None``)."""
+        has a distribution too; word models need at least one word (else no entry and no ids)."""
         key = self._key(context)
         hit_key, hit = self.cache.longest_prefix(client, key)
         tokens = self._tokens(key)
@@ -231,93 +338,149 @@ class SuggestEngine:
         ids = self.vocab.encode(tokens[done:])
         if hit is None and not self.word_level:
             ids = self.start_ids + ids
+        return key, hit, ids
+
+    def context_entry(self, context: str, client: str = "") -> tuple[_Entry | None, int]:
+        """The state and next-token log-probs after the model text ``context``, and the number of
+        tokens run to get them (0 on a cache hit, 1 after typing one more character)."""
+        key, hit, ids = self._pending(context, client)
         entry = self._advance(hit, ids)
         if entry is not None and entry is not hit:
             self.cache.put(client, key, entry)
         return entry, len(ids)
 
-    # -- suggestions ----------------------------------------------------------------------------
-
-    def suggest(self, text: str, k: int = 5, client: str = "") -> Suggestions:
-        """Next characters and word completions for ``text``; ``client`` names whose cache to use."""
-        if not 1 <= k <= MAX_K:
-            raise UsageError(f"k must be between 1 and {MAX_K}, got {k}")
-        with self._compute:
-            return self._suggest(text, k, client)
-
-    def _suggest(self, text: str, k: int, client: str) -> Suggestions:
-        mtext = self.model_text(text)
-        if self.word_level:
-            return self._suggest_words(text, mtext, k, client)
-        partial_model = split_partial_word(mtext)[1]
-        partial_user = split_partial_word(text)[1] if partial_model else ""
-        entry, steps = self.context_entry(mtext, client)
-        out = Suggestions(mode="complete" if partial_model else "next_word", partial=partial_user,
-                          model_text=mtext, context_tokens=steps)
-        if entry is None:
-            return out
-        n = min(k, int(self.typable.sum()))
-        top = torch.topk(entry.logprobs.masked_fill(~self.typable, -math.inf), n)
-        out.next_chars = [TokenProb(self.vocab.idx_to_token[i], math.exp(lp))
-                          for lp, i in zip(top.values.tolist(), top.indices.tolist())]
-        # a new word may follow different boundaries (" the", "\nthe"): search deeper, keep the best
-        found, out.beam_steps = self._beam_search(entry, bool(partial_model), k if partial_model else 2 * k)
-        seen: set[str] = set()
-        for append, lp in found:
-            word = _visible_word(partial_user, append)
-            if word not in seen and len(out.completions) < k:
-                seen.add(word)
-                out.completions.append(Completion(word, append, math.exp(lp), lp))
+    @torch.inference_mode()
+    def _context_entries(self, pending: list[tuple[str, _Entry | None, list[int]]],
+                         client: list[str]) -> list[_Entry | None]:
+        """``context_entry`` for many texts: every text one token behind its cached state (the usual
+        keystroke) advances in one model call, batched; a longer run goes alone."""
+        out: list[_Entry | None] = [hit for _, hit, _ in pending]
+        single = [i for i, (_, _, ids) in enumerate(pending) if len(ids) == 1]
+        if single:
+            starts = [pending[i][1].state if pending[i][1] is not None else self.model.begin_state(1, self.device)
+                      for i in single]
+            state = tuple(torch.cat(parts, dim=1) for parts in zip(*starts))  # each (L, R, H)
+            x = torch.tensor([pending[i][2] for i in single], dtype=torch.long, device=self.device)  # (R, 1)
+            logits, state = self.model(x, state)  # (R, 1, V)
+            logprobs = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (R, V)
+            for r, i in enumerate(single):
+                out[i] = _Entry(tuple(s[:, r:r + 1].clone() for s in state), logprobs[r].clone())  # (L, 1, H)
+        for i, (_, hit, ids) in enumerate(pending):
+            if len(ids) > 1:
+                out[i] = self._advance(hit, ids)
+        for i, (key, hit, ids) in enumerate(pending):
+            if ids and out[i] is not None:
+                self.cache.put(client[i], key, out[i])
         return out
 
+    # -- suggestions ----------------------------------------------------------------------------
+
+    def submit(self, text: str, k: int = 5, client: str = "") -> Future:
+        """Queue a request; the future resolves to its ``Suggestions`` (see ``suggest``)."""
+        if not 1 <= k <= MAX_K:
+            raise UsageError(f"k must be between 1 and {MAX_K}, got {k}")
+        return self.batcher.submit(SuggestRequest(text, k, client))
+
+    def suggest(self, text: str, k: int = 5, client: str = "") -> Suggestions:
+        """Next characters and word completions for ``text``; ``client`` names whose cache to use.
+        Safe to call from many threads: concurrent requests are answered in batches."""
+        return self.submit(text, k, client).result()
+
+    def suggest_batch(self, requests: list[SuggestRequest]) -> list[Suggestions]:
+        """Answer many requests together, in the calling thread; the answers are those of asking one
+        at a time (up to float rounding: the model sees the same inputs in a larger batch)."""
+        for r in requests:
+            if not 1 <= r.k <= MAX_K:
+                raise UsageError(f"k must be between 1 and {MAX_K}, got {r.k}")
+        if self.word_level:
+            return [self._suggest_words(r.text, self.model_text(r.text), r.k, r.client) for r in requests]
+        return self._suggest_chars(requests)
+
+    def _suggest_chars(self, requests: list[SuggestRequest]) -> list[Suggestions]:
+        outs, partials = [], []
+        pending = []
+        for r in requests:
+            mtext = self.model_text(r.text)
+            partial_model = split_partial_word(mtext)[1]
+            partial_user = split_partial_word(r.text)[1] if partial_model else ""
+            pending.append(self._pending(mtext, r.client))
+            outs.append(Suggestions(mode="complete" if partial_model else "next_word", partial=partial_user,
+                                    model_text=mtext, context_tokens=len(pending[-1][2])))
+            partials.append(bool(partial_model))
+        entries = self._context_entries(pending, [r.client for r in requests])
+        live = [i for i, e in enumerate(entries) if e is not None]
+        if not live:
+            return outs
+        logprobs = torch.stack([entries[i].logprobs for i in live])  # (R, V)
+        n = min(max(requests[i].k for i in live), int(self.typable.sum()))
+        top = torch.topk(logprobs.masked_fill(~self.typable, -math.inf), n)  # (R, n)
+        for row, (values, indices) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
+            i = live[row]
+            kk = min(requests[i].k, n)
+            outs[i].next_chars = [TokenProb(self.vocab.idx_to_token[t], math.exp(lp))
+                                  for lp, t in zip(values[:kk], indices[:kk])]
+        # a new word may follow different boundaries (" the", "\nthe"): search deeper, keep the best
+        searches = []
+        for i in live:
+            k = requests[i].k if partials[i] else 2 * requests[i].k
+            searches.append(_BeamSearch(partials[i], k, max(self.beam_width, k)))
+        self._beam_search([entries[i] for i in live], searches)
+        for i, search in zip(live, searches):
+            out, seen = outs[i], set()
+            out.beam_steps = search.steps
+            for append, lp in search.finished:
+                word = _visible_word(out.partial, append)
+                if word not in seen and len(out.completions) < requests[i].k:
+                    seen.add(word)
+                    out.completions.append(Completion(word, append, math.exp(lp), lp))
+        return outs
+
     @torch.inference_mode()
-    def _beam_search(self, entry: _Entry, started: bool, k: int) -> tuple[list[tuple[str, float]], int]:
-        """Top-``k`` (characters to append, log-prob) that end the current word, best first, and
-        the number of model calls made."""
+    def _beam_search(self, entries: list[_Entry], searches: list[_BeamSearch]) -> None:
+        """Run the completion searches of many requests in lockstep: at each depth the open beams of
+        every unfinished search form one batch of rows for one model call.
+
+            rows:  | search 0: beams 0..N0-1 | search 1: beams 0..N1-1 | ...   -> model (sum N, 1)
+        """
         toks = self.vocab.idx_to_token
-        V = len(toks)
-        W = max(self.beam_width, k)
-        beams: list[tuple[str, float, bool]] = [("", 0.0, started)]  # (appended, log-prob, word started)
-        state, logprobs = entry.state, entry.logprobs[None]  # state: each (L, 1, H); logprobs (1, V)
-        unstarted_ok = self.word_start | self.leading  # (V,)
-        finished: list[tuple[str, float]] = []
-        steps = 0
+        state = tuple(torch.cat(parts, dim=1) for parts in zip(*(e.state for e in entries)))  # each (L, R, H)
+        logprobs = torch.stack([e.logprobs for e in entries])  # (R, V): one row per search's one beam
+        active = list(searches)  # the searches whose beams are the rows of ``logprobs``, in order
         for depth in range(self.max_word_length + 1):
             # finish here: a started word followed by any boundary character
             end_lp = torch.logsumexp(logprobs.masked_fill(~self.boundary, -math.inf), dim=-1).tolist()  # (N,)
-            finished += [(app, lp + e) for (app, lp, st), e in zip(beams, end_lp) if st]
-            finished.sort(key=lambda f: -f[1])
-            del finished[k:]
+            offset = 0
+            for s in active:
+                s.finish(end_lp[offset:offset + len(s.beams)])
+                offset += len(s.beams)
             if depth == self.max_word_length:
                 break
-            # extend: a started word takes word characters; an unstarted one a word start or (up to
-            # three) leading boundary characters
-            is_started = torch.tensor([b[2] for b in beams], device=self.device)[:, None]  # (N, 1)
-            unstarted = unstarted_ok if depth < 3 else self.word_start
-            allowed = torch.where(is_started, self.word_continue[None], unstarted[None])  # (N, V)
-            base = torch.tensor([b[1] for b in beams], device=self.device)[:, None]  # (N, 1)
-            flat = (base + logprobs).masked_fill(~allowed, -math.inf).flatten()  # (N*V,)
-            best = torch.topk(flat, min(W, flat.numel()))
-            floor = finished[-1][1] if len(finished) >= k else -math.inf
-            new_beams, rows, cols = [], [], []
-            for lp, idx in zip(best.values.tolist(), best.indices.tolist()):
-                if lp <= floor:  # log-probs only fall: this beam and the rest cannot reach the top k
-                    break
-                row, col = divmod(idx, V)
-                app, _, st = beams[row]
-                new_beams.append((app + toks[col], lp, st or bool(self.word_start[col])))
-                rows.append(row)
-                cols.append(col)
-            if not new_beams:
+            # extend each search with its best allowed characters
+            started = torch.tensor([int(st) for s in active for _, _, st in s.beams], device=self.device)  # (N,)
+            blocked = self._blocked[depth < 3][started]  # (N, V)
+            base = torch.tensor([lp for s in active for _, lp, _ in s.beams], device=self.device)  # (N,)
+            scores = (base[:, None] + logprobs).masked_fill(blocked, -math.inf)  # (N, V)
+            rows, cols, still = [], [], []
+            offset = 0
+            for s in active:
+                n = len(s.beams)
+                kept = s.extend(scores[offset:offset + n], toks, self._word_start_list)
+                if kept:
+                    rows += [offset + r for r, _ in kept]
+                    cols += [c for _, c in kept]
+                    s.steps += 1
+                    still.append(s)
+                else:
+                    s.done = True
+                offset += n
+            if not still:
                 break
+            active = still
             r = torch.tensor(rows, device=self.device)
-            state = tuple(s[:, r] for s in state)  # each (L, N, H)
+            state = tuple(s.index_select(1, r) for s in state)  # each (L, N, H)
             x = torch.tensor(cols, dtype=torch.long, device=self.device)[:, None]  # (N, 1)
             logits, state = self.model(x, state)  # (N, 1, V)
             logprobs = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (N, V)
-            beams = new_beams
-            steps += 1
-        return finished, steps
 
     def _suggest_words(self, text: str, mtext: str, k: int, client: str) -> Suggestions:
         """Word models: the next words, or the vocabulary words that complete the typed one."""

@@ -9,11 +9,14 @@
 
 Every request is validated before it reaches the model: a body over ``max_body_bytes`` is refused
 with 413 before it is read; malformed JSON is a 400 and out-of-range values a 422, each with a
-one-line ``error`` message. Requests share no mutable state except the suggestion cache, which
-takes a lock; the model is only read, so the sync endpoints run concurrently in the thread pool.
+one-line ``error`` message. Suggest requests are queued to the engine, whose worker thread answers
+all pending ones together (cross-request batching, see ``rnnlab.suggest``); the endpoint awaits its
+answer on the event loop. The generate endpoints are sync and run in the thread pool; the model
+is only read, so they run concurrently with the suggestion worker.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -172,13 +175,15 @@ def _validation_message(errors: list[dict]) -> tuple[int, str, list[dict]]:
 
 def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device = "cpu",
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, cache_clients: int = 256,
-               cache_per_client: int = 16, beam_width: int = 8, max_word_length: int = 24) -> FastAPI:
+               cache_per_client: int = 16, beam_width: int = 8, max_word_length: int = 24,
+               max_batch: int = 64) -> FastAPI:
     """The app for one checkpoint (a directory, or an already loaded ``Checkpoint``)."""
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, device)
     model, vocab = ckpt.model, ckpt.vocab
     model.eval()
     engine = SuggestEngine(model, vocab, ckpt.data_config.preset, beam_width=beam_width,
-                           max_word_length=max_word_length, cache=StateCache(cache_clients, cache_per_client))
+                           max_word_length=max_word_length, cache=StateCache(cache_clients, cache_per_client),
+                           max_batch=max_batch)
     info = {
         "status": "ok", "rnnlab_version": __version__,
         "model": {"model": ckpt.model_config.model, "impl": ckpt.model_config.impl,
@@ -228,9 +233,10 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
         return info
 
     @app.post("/v1/suggest", response_model=SuggestResponse)
-    def suggest(req: SuggestRequest) -> dict:
+    async def suggest(req: SuggestRequest) -> dict:
+        # queued to the engine's batching worker; the event loop awaits it without a thread per request
         start = time.perf_counter()
-        out = engine.suggest(req.text, req.k, client=req.client).to_dict()
+        out = (await asyncio.wrap_future(engine.submit(req.text, req.k, client=req.client))).to_dict()
         out["elapsed_ms"] = (time.perf_counter() - start) * 1e3
         return out
 

@@ -36,6 +36,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per request; one suits the small matrices of a single step")
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="larger request bodies get 413")
+    p.add_argument("--max-batch", type=int, default=64,
+                   help="most suggest requests answered together (1 = one at a time, no batching)")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=cmd_serve)
 
@@ -75,6 +77,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--threads must be a positive integer, got {args.threads}")
     if args.max_body_bytes < 1024:
         raise UsageError(f"--max-body-bytes must be at least 1024, got {args.max_body_bytes}")
+    if args.max_batch < 1:
+        raise UsageError(f"--max-batch must be a positive integer, got {args.max_batch}")
     try:
         import uvicorn
     except ImportError:
@@ -87,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     ckpt = load_checkpoint(args.checkpoint, select_device(args.device))
-    app = create_app(ckpt, max_body_bytes=args.max_body_bytes)
+    app = create_app(ckpt, max_body_bytes=args.max_body_bytes, max_batch=args.max_batch)
     sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(app, log_level=args.log_level, access_log=False)
