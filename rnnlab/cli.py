@@ -40,7 +40,7 @@ def _add_train(sub) -> None:
                    help="train on a corpus encoded by `rnnlab prepare` (memory-mapped, for texts larger than memory)")
     m = p.add_argument_group("model")
     m.add_argument("--model", choices=MODELS, default="rnn")
-    m.add_argument("--impl", choices=IMPLS, default="concise", help="scratch: explicit parameters; concise: torch.nn layers")
+    m.add_argument("--impl", choices=IMPLS, default="concise", help="scratch: explicit parameters (the book); concise: torch.nn layers; fast: the same maths with hand-written BPTT")
     m.add_argument("--hidden-size", type=int, default=256)
     m.add_argument("--num-layers", type=int, default=1)
     m.add_argument("--embedding-dim", type=int, default=0, help="learned embedding size (0 = one-hot inputs)")

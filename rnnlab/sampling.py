@@ -6,6 +6,8 @@ tokens and/or the smallest set whose probability reaches ``top_p`` (nucleus samp
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from .data.vocab import Vocab
@@ -41,11 +43,12 @@ def next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, t
 @torch.inference_mode()
 def generate_ids(model: LanguageModel, prefix_ids: list[int], length: int, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, num_samples: int = 1,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, suppress: Sequence[int] = ()) -> torch.Tensor:
     """Continue ``prefix_ids`` by ``length`` tokens for ``num_samples`` rows at once.
 
     Returns the generated ids only, (num_samples, length). The prefix is run through the model
-    once (warm-up); each new token then costs one step with the state carried.
+    once (warm-up); each new token then costs one step with the state carried. Ids in
+    ``suppress`` (e.g. ``<unk>``, which stands for no real text) are never generated.
     """
     if not prefix_ids:
         raise RnnlabError("generation needs a non-empty prefix")
@@ -58,7 +61,10 @@ def generate_ids(model: LanguageModel, prefix_ids: list[int], length: int, tempe
     last = logits[:, -1]  # (N, V)
     step = _stepper(model, state)
     out = []
+    banned = torch.tensor(list(suppress), dtype=torch.long, device=device)
     for t in range(length):
+        if len(banned):
+            last = last.index_fill(-1, banned, float("-inf"))
         tok = next_token(last, temperature, top_k, top_p, generator)  # (N,)
         out.append(tok)
         if t + 1 < length:
@@ -87,7 +93,7 @@ def generate(model: LanguageModel, vocab: Vocab, prefix: str, length: int, tempe
     """The prefix followed by ``length`` generated tokens (greedy by default), as text."""
     tokens = tokenize(prefix) if tokenize is not None else (list(prefix) if vocab.separator == "" else prefix.split())
     ids = vocab.encode(tokens)
-    gen = generate_ids(model, ids, length, temperature, top_k, top_p, 1, generator)[0]
+    gen = generate_ids(model, ids, length, temperature, top_k, top_p, 1, generator, _no_unk(vocab))[0]
     text = vocab.decode(gen.tolist())
     sep = vocab.separator if (prefix and text) else ""
     return prefix + sep + text
@@ -129,10 +135,14 @@ def generate_text(model: LanguageModel, vocab: Vocab, prefix: str, length: int, 
             firsts = torch.multinomial(counts, num_samples, replacement=True, generator=generator).tolist()
         return [generate_text(model, vocab, vocab.idx_to_token[f], length - 1, temperature, top_k, top_p, 1,
                               generator)[0] for f in firsts]
-    gen = generate_ids(model, ids, length, temperature, top_k, top_p, num_samples, generator)
+    gen = generate_ids(model, ids, length, temperature, top_k, top_p, num_samples, generator, _no_unk(vocab))
     out = []
     for g in gen:
         text = vocab.decode(g.tolist())
         out.append(prefix + (vocab.separator if prefix and text else "") + text)
     return out
 
+
+def _no_unk(vocab: Vocab) -> list[int]:
+    """``<unk>`` is not text: never generate it (a vocabulary of only ``<unk>`` keeps it)."""
+    return [vocab.unk_id] if vocab.unk_id is not None and len(vocab) > 1 else []

@@ -33,7 +33,7 @@ def test_greedy_generation_equals_stepping_the_model_by_hand():
 def test_generate_returns_prefix_plus_length_tokens():
     model, vocab = _setup()
     text = generate(model, vocab, "time ", 20)
-    ids = generate_ids(model, vocab.encode(list("time ")), 20)[0].tolist()
+    ids = generate_ids(model, vocab.encode(list("time ")), 20, suppress=[vocab.unk_id])[0].tolist()
     assert text == "time " + vocab.decode(ids) and len(ids) == 20
 
 
@@ -60,3 +60,16 @@ def test_seeded_sampling_repeats_and_batches_differ():
     b = generate_ids(model, ids, 30, temperature=1.0, num_samples=4, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and a.shape == (4, 30)
     assert len({tuple(r) for r in a.tolist()}) > 1
+
+
+def test_unk_is_never_generated():
+    model, vocab = _setup()
+    with torch.no_grad():
+        model.head.bias.zero_()
+        model.head.bias[vocab.unk_id] = 100.0  # the model would always pick <unk>
+    text = generate(model, vocab, "the ", 15)
+    assert "<unk>" not in text and len(text) == len("the ") + 15
+    ids = generate_ids(model, vocab.encode(list("the")), 15, temperature=1.0,
+                       generator=torch.Generator().manual_seed(0), suppress=[vocab.unk_id])
+    assert vocab.unk_id not in ids.tolist()[0]
+    assert generate_ids(model, vocab.encode(list("the")), 5)[0].tolist() == [vocab.unk_id] * 5  # no suppress asked
