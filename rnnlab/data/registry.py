@@ -105,7 +105,12 @@ def dataset_path(name: str, download: bool = True, timeout: float = 30.0) -> Pat
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(ds.url, timeout=timeout) as resp:
             for chunk in iter(lambda: resp.read(1 << 20), b""):
                 out.write(chunk)
-        verify(ds, Path(tmp))
+        try:
+            verify(ds, Path(tmp))
+        except RnnlabError:
+            raise RnnlabError(f"downloaded {name} from {ds.url}, but it does not match the published "
+                              f"{'SHA-1' if ds.sha1 else 'size'} (a corrupted download, or the file changed); "
+                              f"try again, or {where}") from None
         os.replace(tmp, path)
     except OSError as e:  # URLError, timeouts and HTTP errors are OSErrors
         raise RnnlabError(f"could not download {name} from {ds.url} ({getattr(e, 'reason', e)}); "
