@@ -73,3 +73,17 @@ def test_unk_is_never_generated():
                        generator=torch.Generator().manual_seed(0), suppress=[vocab.unk_id])
     assert vocab.unk_id not in ids.tolist()[0]
     assert generate_ids(model, vocab.encode(list("the")), 5)[0].tolist() == [vocab.unk_id] * 5  # no suppress asked
+
+
+def test_prefix_with_unseen_tokens_and_no_unk_explains():
+    import pytest
+
+    from rnnlab.errors import RnnlabError
+    from rnnlab.sampling import generate_text
+
+    vocab = Vocab.build(list("abc "), unk=None)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(model="rnn", vocab_size=len(vocab), hidden_size=8))
+    with pytest.raises(RnnlabError, match="has no <unk>; remove them"):
+        generate_text(model, vocab, "abz", 5)
+    assert generate_text(model, vocab, "ab", 5)[0].startswith("ab")
