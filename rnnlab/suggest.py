@@ -30,9 +30,15 @@ Incremental state: ``SuggestEngine`` keeps, per client, an LRU of (text -> recur
 token distribution). A request reuses the longest cached prefix of its text, so typing one more
 character costs one model step; deleting a character hits an earlier entry. The cache is bounded in
 clients and entries per client and guarded by a lock; the model itself is only read (inference
-mode), so concurrent requests share no other mutable state. The engine still computes one
-suggestion at a time (a lock around the model work): each is a few small model calls, and under
-load sixteen threads fighting for the GIL finish them more slowly than a queue does.
+mode).
+
+Cross-request batching: the model calls of a suggestion are small (one context step, then about
+four beam steps of at most ``beam_width`` rows), so under load their fixed cost dominates. The
+engine queues requests to one worker thread that batches them at the level of model calls: each
+call carries every request in flight at whatever stage it is (a context step, or the open beams of
+its search at its own depth, stacked along the batch dimension of the state), and a request is
+answered as soon as its own search ends; a request arriving meanwhile joins the next call. The
+answers are those of one request at a time (``max_batch=1``), up to float rounding.
 """
 from __future__ import annotations
 
@@ -161,55 +167,6 @@ class SuggestRequest:
     client: str = ""
 
 
-class _Batcher:
-    """Collects the requests of many threads and runs them in batches on one worker thread.
-
-        request threads                      worker thread (started on demand)
-        submit(r1) ─┐
-        submit(r2) ─┼─> queue ──> take every pending request (at most max_batch)
-        submit(r3) ─┘                 run_batch([r1, r2, r3]) ─> set each request's future
-        submit(r4) ───> queue         (r4 arrived while the batch ran: it joins the next one)
-
-    The worker exits after ``idle_s`` without work, so an idle engine holds no thread.
-    """
-
-    def __init__(self, run_batch, max_batch: int, idle_s: float = 1.0):
-        self.run_batch, self.max_batch, self.idle_s = run_batch, max_batch, idle_s
-        self._queue: list[tuple[SuggestRequest, Future]] = []
-        self._cv = threading.Condition()
-        self._working = False
-
-    def submit(self, request: SuggestRequest) -> Future:
-        future: Future = Future()
-        with self._cv:
-            self._queue.append((request, future))
-            if self._working:
-                self._cv.notify()
-            else:
-                self._working = True
-                threading.Thread(target=self._work, name="rnnlab-suggest", daemon=True).start()
-        return future
-
-    def _work(self) -> None:
-        while True:
-            with self._cv:
-                if not self._queue:
-                    self._cv.wait(self.idle_s)
-                    if not self._queue:
-                        self._working = False
-                        return
-                batch = self._queue[:self.max_batch]
-                del self._queue[:self.max_batch]
-            try:
-                results = self.run_batch([r for r, _ in batch])
-            except BaseException as e:  # noqa: BLE001 - handed to every waiting caller
-                for _, future in batch:
-                    future.set_exception(e)
-                continue
-            for (_, future), result in zip(batch, results):
-                future.set_result(result)
-
-
 class _BeamSearch:
     """The completion search of one request, advanced one depth at a time so that the searches of
     many requests can share each model call (see ``SuggestEngine.suggest_batch``)."""
@@ -219,7 +176,7 @@ class _BeamSearch:
         self.beams: list[tuple[str, float, bool]] = [("", 0.0, started)]  # (appended, log-prob, word started)
         self.finished: list[tuple[str, float]] = []  # (appended, log-prob), best first
         self.steps = 0  # model calls this search took part in
-        self.done = False
+        self.depth = 0  # characters appended so far
 
     def finish(self, end_lp: list[float]) -> None:
         """Record the words that end here: each started beam followed by any boundary (``end_lp``,
@@ -247,6 +204,213 @@ class _BeamSearch:
         return kept
 
 
+class _Batcher:
+    """Queues the requests of many threads for one worker thread that answers them in batches.
+
+        request threads              worker thread (started on demand)
+        submit(r1) ─┐
+        submit(r2) ─┼─> queue ──> admit every pending request (up to max_batch in flight)
+        submit(r3) ─┘               _Scheduler.step(): one model call for every request in flight
+        submit(r4) ───> queue ──> (r4 arrived during that step: admitted before the next one)
+
+    The worker exits after ``idle_s`` without work, so an idle engine holds no thread.
+    """
+
+    def __init__(self, engine: "SuggestEngine", max_batch: int, idle_s: float = 1.0):
+        self.engine, self.max_batch, self.idle_s = engine, max_batch, idle_s
+        self._queue: list[tuple[SuggestRequest, Future]] = []
+        self._cv = threading.Condition()
+        self._working = False
+
+    def submit(self, request: SuggestRequest) -> Future:
+        future: Future = Future()
+        with self._cv:
+            self._queue.append((request, future))
+            if self._working:
+                self._cv.notify()
+            else:
+                self._working = True
+                threading.Thread(target=self._work, name="rnnlab-suggest", daemon=True).start()
+        return future
+
+    def _work(self) -> None:
+        scheduler = _Scheduler(self.engine)
+        while True:
+            with self._cv:
+                if not self._queue and not scheduler.in_flight:
+                    self._cv.wait(self.idle_s)
+                    if not self._queue:
+                        self._working = False
+                        return
+                room = max(0, self.max_batch - scheduler.in_flight)
+                taken = self._queue[:room]
+                del self._queue[:room]
+            for request, future in taken:
+                scheduler.admit(request, future)
+            scheduler.step()
+
+
+@dataclass
+class _Job:
+    """One request in flight: its answer so far, and its completion search once its context is known."""
+    request: SuggestRequest
+    out: Suggestions
+    future: Future
+    started: bool  # the text ends inside a word
+    search: "_BeamSearch | None" = None
+
+
+class _Scheduler:
+    """Iteration-level batching of suggestion requests: each ``step`` makes one model call whose
+    rows are every request's next piece of work, whatever stage it is at, and answers each request
+    as soon as its own search ends (not when the whole batch does).
+
+        rows of one model call:
+        | job a: open beams, depth 3 | job b: open beams, depth 1 | job c: context step (1 row) |
+              -> logits (N, 1, V), state (L, N, H) -> the next step's rows
+                 (job c then starts its search on its one row; a job whose search ends is answered)
+
+    A request whose context needs no step (a cache hit) or several tokens (a first request, run
+    alone with T > 1) joins with its one row at the next step. The answers are those of answering
+    one request at a time: every job does the same work; only the batch it rides in differs.
+    """
+
+    def __init__(self, engine: "SuggestEngine"):
+        self.engine = engine
+        self.jobs: list[_Job] = []  # searching jobs whose beams are the rows below, in order
+        self.counts: list[int] = []  # rows per job
+        self.logprobs: torch.Tensor | None = None  # (N, V) log P(next token | each beam)
+        self.state: State | None = None  # each (L, N, H)
+        self.context: list[tuple[_Job, str, State, int]] = []  # (job, cache key, state (L, 1, H), token)
+        self.ready: list[tuple[_Job, _Entry]] = []  # jobs whose context is known, search not started
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.jobs) + len(self.context) + len(self.ready)
+
+    def admit(self, request: SuggestRequest, future: Future) -> None:
+        """Prepare a request: answer it at once (word models, no context) or queue its first step."""
+        e = self.engine
+        try:
+            if not 1 <= request.k <= MAX_K:
+                raise UsageError(f"k must be between 1 and {MAX_K}, got {request.k}")
+            mtext = e.model_text(request.text)
+            if e.word_level:
+                future.set_result(e._suggest_words(request.text, mtext, request.k, request.client))
+                return
+            partial_model = split_partial_word(mtext)[1]
+            partial_user = split_partial_word(request.text)[1] if partial_model else ""
+            key, hit, ids = e._pending(mtext, request.client)
+            out = Suggestions(mode="complete" if partial_model else "next_word", partial=partial_user,
+                              model_text=mtext, context_tokens=len(ids))
+            job = _Job(request, out, future, bool(partial_model))
+            if len(ids) == 1:  # the usual keystroke: one step, batched with the others
+                state = hit.state if hit is not None else e.model.begin_state(1, e.device)
+                self.context.append((job, key, state, ids[0]))
+                return
+            entry = e._advance(hit, ids)  # no step (a cache hit) or several tokens in one call
+            if ids and entry is not None:
+                e.cache.put(request.client, key, entry)
+            if entry is None:
+                future.set_result(out)
+            else:
+                self.ready.append((job, entry))
+        except BaseException as exc:  # noqa: BLE001 - the caller's error, not the worker's
+            future.set_exception(exc)
+
+    def step(self) -> None:
+        """One model call for every job in flight; answers the jobs whose search ends."""
+        try:
+            with torch.inference_mode():
+                self._step()
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller
+            for job in [*self.jobs, *(c[0] for c in self.context), *(r[0] for r in self.ready)]:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            self.__init__(self.engine)
+
+    def _step(self) -> None:
+        e = self.engine
+        jobs, counts = self.jobs, self.counts
+        lps = [self.logprobs] if jobs else []
+        states = [self.state] if jobs else []
+        for job, entry in self.ready:
+            self._start(job, entry)
+            jobs, counts = [*jobs, job], [*counts, 1]
+            lps.append(entry.logprobs[None])  # (1, V)
+            states.append(entry.state)
+        self.ready = []
+        rows, cols, going, going_counts = [], [], [], []
+        if jobs:
+            logprobs = torch.cat(lps) if len(lps) > 1 else lps[0]  # (N, V)
+            state = tuple(torch.cat(p, dim=1) for p in zip(*states)) if len(states) > 1 else states[0]
+            # finish here: a started word followed by any boundary character
+            end_lp = torch.logsumexp(logprobs.masked_fill(~e.boundary, -math.inf), dim=-1).tolist()  # (N,)
+            offset = 0
+            for job, n in zip(jobs, counts):
+                job.search.finish(end_lp[offset:offset + n])
+                offset += n
+            # extend each search with its best allowed characters
+            codes = torch.tensor([2 * (job.search.depth < 3) + st for job in jobs for _, _, st in job.search.beams],
+                                 device=e.device)  # (N,)
+            base = torch.tensor([lp for job in jobs for _, lp, _ in job.search.beams], device=e.device)  # (N,)
+            scores = (base[:, None] + logprobs).masked_fill(e._blocked[codes], -math.inf)  # (N, V)
+            offset = 0
+            for job, n in zip(jobs, counts):
+                s = job.search
+                kept = s.extend(scores[offset:offset + n], e.vocab.idx_to_token, e._word_start_list) \
+                    if s.depth < e.max_word_length else []
+                if kept:
+                    rows += [offset + r for r, _ in kept]
+                    cols += [c for _, c in kept]
+                    s.steps += 1
+                    s.depth += 1
+                    going.append(job)
+                    going_counts.append(len(kept))
+                else:
+                    self._answer(job)
+                offset += n
+        context, self.context = self.context, []
+        if not cols and not context:
+            self.jobs, self.counts, self.logprobs, self.state = [], [], None, None
+            return
+        parts = [tuple(s.index_select(1, torch.tensor(rows, device=e.device)) for s in state)] if cols else []
+        parts += [st for _, _, st, _ in context]
+        state_in = tuple(torch.cat(p, dim=1) for p in zip(*parts)) if len(parts) > 1 else parts[0]  # each (L, N, H)
+        x = torch.tensor(cols + [t for _, _, _, t in context], dtype=torch.long, device=e.device)[:, None]  # (N, 1)
+        logits, state = e.model(x, state_in)  # (N, 1, V)
+        logprobs = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (N, V)
+        n = len(cols)
+        for j, (job, key, _, _) in enumerate(context):  # these rows are the jobs' new contexts
+            entry = _Entry(tuple(s[:, n + j:n + j + 1].clone() for s in state), logprobs[n + j].clone())  # (L, 1, H)
+            e.cache.put(job.request.client, key, entry)
+            self._start(job, entry)
+            going.append(job)
+            going_counts.append(1)
+        self.jobs, self.counts, self.logprobs, self.state = going, going_counts, logprobs, state
+
+    def _start(self, job: _Job, entry: _Entry) -> None:
+        """The next characters, and a completion search on the job's one row."""
+        e, k = self.engine, job.request.k
+        n = min(k, int(e.typable.sum()))
+        top = torch.topk(entry.logprobs.masked_fill(~e.typable, -math.inf), n)
+        job.out.next_chars = [TokenProb(e.vocab.idx_to_token[i], math.exp(lp))
+                              for lp, i in zip(top.values.tolist(), top.indices.tolist())]
+        # a new word may follow different boundaries (" the", "\nthe"): search deeper, keep the best
+        width = k if job.started else 2 * k
+        job.search = _BeamSearch(job.started, width, max(e.beam_width, width))
+
+    def _answer(self, job: _Job) -> None:
+        out, seen = job.out, set()
+        out.beam_steps = job.search.steps
+        for append, lp in job.search.finished:
+            word = _visible_word(out.partial, append)
+            if word not in seen and len(out.completions) < job.request.k:
+                seen.add(word)
+                out.completions.append(Completion(word, append, math.exp(lp), lp))
+        job.future.set_result(out)
+
+
 class SuggestEngine:
     """Suggestions from one model, with the incremental state cache and cross-request batching.
 
@@ -269,7 +433,7 @@ class SuggestEngine:
         self.model, self.vocab, self.preset = model, vocab, preset
         self.beam_width, self.max_word_length = beam_width, max_word_length
         self.cache = cache if cache is not None else StateCache()
-        self.batcher = _Batcher(self.suggest_batch, max_batch)
+        self.batcher = _Batcher(self, max_batch)
         self.word_level = vocab.separator != ""
         self.device = model.device
         toks = vocab.idx_to_token
@@ -286,11 +450,10 @@ class SuggestEngine:
             self.boundary = (single & ~word & ~inner).to(self.device)  # (V,) ends a word
             self.leading = (single & ~word).to(self.device)  # (V,) may come before a word starts
             self._word_start_list = word.tolist()
-            # what a beam may not append next, by depth < 3 (rows: word not started, word started): a
-            # started word takes word characters; an unstarted one a word start or (up to three)
-            # leading boundary characters
-            self._blocked = {True: torch.stack([~(word | (single & ~word)), ~(word | inner)]).to(self.device),
-                             False: torch.stack([~word, ~(word | inner)]).to(self.device)}  # each (2, V)
+            # what a beam may not append next, by row 2 * (depth < 3) + (word started): a started word
+            # takes word characters; an unstarted one a word start or (up to three) leading boundaries
+            self._blocked = torch.stack([~word, ~(word | inner), ~(word | (single & ~word)),
+                                         ~(word | inner)]).to(self.device)  # (4, V)
             start = "\n" if "\n" in vocab else (" " if " " in vocab else None)
             self.start_ids = vocab.encode([start]) if start is not None else []
 
@@ -349,30 +512,6 @@ class SuggestEngine:
             self.cache.put(client, key, entry)
         return entry, len(ids)
 
-    @torch.inference_mode()
-    def _context_entries(self, pending: list[tuple[str, _Entry | None, list[int]]],
-                         client: list[str]) -> list[_Entry | None]:
-        """``context_entry`` for many texts: every text one token behind its cached state (the usual
-        keystroke) advances in one model call, batched; a longer run goes alone."""
-        out: list[_Entry | None] = [hit for _, hit, _ in pending]
-        single = [i for i, (_, _, ids) in enumerate(pending) if len(ids) == 1]
-        if single:
-            starts = [pending[i][1].state if pending[i][1] is not None else self.model.begin_state(1, self.device)
-                      for i in single]
-            state = tuple(torch.cat(parts, dim=1) for parts in zip(*starts))  # each (L, R, H)
-            x = torch.tensor([pending[i][2] for i in single], dtype=torch.long, device=self.device)  # (R, 1)
-            logits, state = self.model(x, state)  # (R, 1, V)
-            logprobs = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (R, V)
-            for r, i in enumerate(single):
-                out[i] = _Entry(tuple(s[:, r:r + 1].clone() for s in state), logprobs[r].clone())  # (L, 1, H)
-        for i, (_, hit, ids) in enumerate(pending):
-            if len(ids) > 1:
-                out[i] = self._advance(hit, ids)
-        for i, (key, hit, ids) in enumerate(pending):
-            if ids and out[i] is not None:
-                self.cache.put(client[i], key, out[i])
-        return out
-
     # -- suggestions ----------------------------------------------------------------------------
 
     def submit(self, text: str, k: int = 5, client: str = "") -> Future:
@@ -387,100 +526,16 @@ class SuggestEngine:
         return self.submit(text, k, client).result()
 
     def suggest_batch(self, requests: list[SuggestRequest]) -> list[Suggestions]:
-        """Answer many requests together, in the calling thread; the answers are those of asking one
-        at a time (up to float rounding: the model sees the same inputs in a larger batch)."""
-        for r in requests:
-            if not 1 <= r.k <= MAX_K:
-                raise UsageError(f"k must be between 1 and {MAX_K}, got {r.k}")
-        if self.word_level:
-            return [self._suggest_words(r.text, self.model_text(r.text), r.k, r.client) for r in requests]
-        return self._suggest_chars(requests)
-
-    def _suggest_chars(self, requests: list[SuggestRequest]) -> list[Suggestions]:
-        outs, partials = [], []
-        pending = []
-        for r in requests:
-            mtext = self.model_text(r.text)
-            partial_model = split_partial_word(mtext)[1]
-            partial_user = split_partial_word(r.text)[1] if partial_model else ""
-            pending.append(self._pending(mtext, r.client))
-            outs.append(Suggestions(mode="complete" if partial_model else "next_word", partial=partial_user,
-                                    model_text=mtext, context_tokens=len(pending[-1][2])))
-            partials.append(bool(partial_model))
-        entries = self._context_entries(pending, [r.client for r in requests])
-        live = [i for i, e in enumerate(entries) if e is not None]
-        if not live:
-            return outs
-        logprobs = torch.stack([entries[i].logprobs for i in live])  # (R, V)
-        n = min(max(requests[i].k for i in live), int(self.typable.sum()))
-        top = torch.topk(logprobs.masked_fill(~self.typable, -math.inf), n)  # (R, n)
-        for row, (values, indices) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
-            i = live[row]
-            kk = min(requests[i].k, n)
-            outs[i].next_chars = [TokenProb(self.vocab.idx_to_token[t], math.exp(lp))
-                                  for lp, t in zip(values[:kk], indices[:kk])]
-        # a new word may follow different boundaries (" the", "\nthe"): search deeper, keep the best
-        searches = []
-        for i in live:
-            k = requests[i].k if partials[i] else 2 * requests[i].k
-            searches.append(_BeamSearch(partials[i], k, max(self.beam_width, k)))
-        self._beam_search([entries[i] for i in live], searches)
-        for i, search in zip(live, searches):
-            out, seen = outs[i], set()
-            out.beam_steps = search.steps
-            for append, lp in search.finished:
-                word = _visible_word(out.partial, append)
-                if word not in seen and len(out.completions) < requests[i].k:
-                    seen.add(word)
-                    out.completions.append(Completion(word, append, math.exp(lp), lp))
-        return outs
-
-    @torch.inference_mode()
-    def _beam_search(self, entries: list[_Entry], searches: list[_BeamSearch]) -> None:
-        """Run the completion searches of many requests in lockstep: at each depth the open beams of
-        every unfinished search form one batch of rows for one model call.
-
-            rows:  | search 0: beams 0..N0-1 | search 1: beams 0..N1-1 | ...   -> model (sum N, 1)
-        """
-        toks = self.vocab.idx_to_token
-        state = tuple(torch.cat(parts, dim=1) for parts in zip(*(e.state for e in entries)))  # each (L, R, H)
-        logprobs = torch.stack([e.logprobs for e in entries])  # (R, V): one row per search's one beam
-        active = list(searches)  # the searches whose beams are the rows of ``logprobs``, in order
-        for depth in range(self.max_word_length + 1):
-            # finish here: a started word followed by any boundary character
-            end_lp = torch.logsumexp(logprobs.masked_fill(~self.boundary, -math.inf), dim=-1).tolist()  # (N,)
-            offset = 0
-            for s in active:
-                s.finish(end_lp[offset:offset + len(s.beams)])
-                offset += len(s.beams)
-            if depth == self.max_word_length:
-                break
-            # extend each search with its best allowed characters
-            started = torch.tensor([int(st) for s in active for _, _, st in s.beams], device=self.device)  # (N,)
-            blocked = self._blocked[depth < 3][started]  # (N, V)
-            base = torch.tensor([lp for s in active for _, lp, _ in s.beams], device=self.device)  # (N,)
-            scores = (base[:, None] + logprobs).masked_fill(blocked, -math.inf)  # (N, V)
-            rows, cols, still = [], [], []
-            offset = 0
-            for s in active:
-                n = len(s.beams)
-                kept = s.extend(scores[offset:offset + n], toks, self._word_start_list)
-                if kept:
-                    rows += [offset + r for r, _ in kept]
-                    cols += [c for _, c in kept]
-                    s.steps += 1
-                    still.append(s)
-                else:
-                    s.done = True
-                offset += n
-            if not still:
-                break
-            active = still
-            r = torch.tensor(rows, device=self.device)
-            state = tuple(s.index_select(1, r) for s in state)  # each (L, N, H)
-            x = torch.tensor(cols, dtype=torch.long, device=self.device)[:, None]  # (N, 1)
-            logits, state = self.model(x, state)  # (N, 1, V)
-            logprobs = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (N, V)
+        """Answer many requests together in the calling thread, as the worker does; the answers are
+        those of asking one at a time (up to float rounding: the model sees the same inputs in a
+        larger batch)."""
+        scheduler = _Scheduler(self)
+        futures = [Future() for _ in requests]
+        for request, future in zip(requests, futures):
+            scheduler.admit(request, future)
+        while scheduler.in_flight:
+            scheduler.step()
+        return [f.result() for f in futures]
 
     def _suggest_words(self, text: str, mtext: str, k: int, client: str) -> Suggestions:
         """Word models: the next words, or the vocabulary words that complete the typed one."""

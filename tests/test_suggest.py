@@ -10,7 +10,7 @@ from rnnlab.config import ModelConfig
 from rnnlab.data.vocab import Vocab
 from rnnlab.errors import UsageError
 from rnnlab.models import build_model
-from rnnlab.suggest import StateCache, SuggestEngine, split_partial_word, suggest
+from rnnlab.suggest import MAX_K, StateCache, SuggestEngine, SuggestRequest, split_partial_word, suggest
 from tiny_keyboard_model import WORDS, tiny_checkpoint
 
 
@@ -162,3 +162,83 @@ def test_long_words_are_bounded_and_k_is_checked():
     with pytest.raises(UsageError):
         eng.suggest("ab", k=0)
     assert suggest(model, vocab, "ab", k=2).next_chars  # the one-off function
+
+
+BATCH_TEXTS = ["the time trav", "we sat in the gar", "the psy", "", "the traveller came back at din", "the ",
+               "we sat in the garden and talked about time.", "the mach", "t", "the time traveller smiled at us."]
+
+
+def _same(a, b):
+    assert (a.mode, a.partial, a.model_text, a.context_tokens, a.beam_steps) == \
+        (b.mode, b.partial, b.model_text, b.context_tokens, b.beam_steps)
+    for xs, ys in ((a.completions, b.completions), (a.next_chars, b.next_chars)):
+        assert [getattr(x, "word", getattr(x, "text", None)) for x in xs] == \
+            [getattr(y, "word", getattr(y, "text", None)) for y in ys]
+        assert [x.prob for x in xs] == pytest.approx([y.prob for y in ys], rel=1e-5, abs=1e-6)
+
+
+def test_a_batch_answers_as_one_request_at_a_time(ckpt):
+    """Cross-request batching changes nothing but the batch the model sees: completions, order,
+    probabilities and step counts are those of one-at-a-time requests (max_batch=1)."""
+    alone = SuggestEngine(ckpt.model, ckpt.vocab, max_batch=1)
+    together = SuggestEngine(ckpt.model, ckpt.vocab)
+    # several typists at different stages: a first request (many context tokens), keystrokes (one
+    # each), a cache hit (none) and different k, all in one batch
+    for cut in (1, 0, 0):  # first requests, then one more character each, then cache hits
+        texts = [t[:len(t) - cut] for t in BATCH_TEXTS]
+        requests = [SuggestRequest(t, k=2 + i % 5, client=f"c{i}") for i, t in enumerate(texts)]
+        expected = [alone.suggest(r.text, r.k, r.client) for r in requests]
+        got = together.suggest_batch(requests)
+        assert len(got) == len(requests)
+        for a, b in zip(got, expected):
+            _same(a, b)
+
+
+def test_concurrent_callers_share_batches_and_get_their_own_answers(ckpt):
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = SuggestEngine(ckpt.model, ckpt.vocab)
+    serial = {t: SuggestEngine(ckpt.model, ckpt.vocab, max_batch=1).suggest(t, 4) for t in BATCH_TEXTS}
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda i: (BATCH_TEXTS[i % len(BATCH_TEXTS)],
+                                       engine.suggest(BATCH_TEXTS[i % len(BATCH_TEXTS)], 4, client=f"c{i % 3}")),
+                            range(60)))
+    for text, s in got:
+        assert [c.word for c in s.completions] == [c.word for c in serial[text].completions]
+        assert [c.prob for c in s.completions] == pytest.approx([c.prob for c in serial[text].completions],
+                                                                rel=1e-5, abs=1e-6)
+
+
+def test_a_bad_request_fails_alone_and_a_model_error_reaches_every_caller(ckpt):
+    engine = SuggestEngine(ckpt.model, ckpt.vocab)
+    good, bad = engine.submit("the psy", 3), None
+    with pytest.raises(UsageError):
+        bad = engine.submit("the psy", k=0)
+    assert bad is None and good.result(timeout=30).completions[0].word == "psychologist"
+    # k is checked in suggest_batch too, per request
+    from concurrent.futures import Future
+
+    from rnnlab.suggest import _Scheduler
+    scheduler, f_bad, f_good = _Scheduler(engine), Future(), Future()
+    scheduler.admit(SuggestRequest("the", k=MAX_K + 1), f_bad)
+    scheduler.admit(SuggestRequest("the", k=2), f_good)
+    while scheduler.in_flight:
+        scheduler.step()
+    assert isinstance(f_bad.exception(), UsageError) and len(f_good.result().next_chars) == 2
+
+    class Broken(torch.nn.Module):
+        device = torch.device("cpu")
+
+        def begin_state(self, batch_size, device=None):
+            return (torch.zeros(1, batch_size, 4),)
+
+        def forward(self, tokens, state):
+            raise RuntimeError("model exploded")
+
+    broken = SuggestEngine(Broken(), ckpt.vocab)
+    futures = [broken.submit(t, 3, client=f"c{i}") for i, t in enumerate(["a", "the", "we s"])]
+    for f in futures:
+        with pytest.raises(RuntimeError, match="model exploded"):
+            f.result(timeout=30)
+    with pytest.raises(UsageError):
+        SuggestEngine(ckpt.model, ckpt.vocab, max_batch=0)
