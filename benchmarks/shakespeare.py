@@ -39,7 +39,7 @@ from rnnlab.runtime import seed_everything, select_device
 from rnnlab.training import evaluate, lm_loss, make_optimizer
 
 RECIPE = dict(model="lstm", impl="concise", hidden_size=256, num_layers=1, embedding_dim=64, dropout=0.0,
-              batch_size=64, num_steps=64, optimizer="adam", lr=5e-3, min_lr=1e-4, lr_schedule="cosine",
+              batch_size=64, num_steps=64, optimizer="adam", lr=7e-3, min_lr=1e-4, lr_schedule="cosine",
               warmup_steps=50, clip_norm=1.0, weight_decay=0.0)
 MODEL_KEYS = ("model", "impl", "hidden_size", "num_layers", "embedding_dim", "dropout")
 
