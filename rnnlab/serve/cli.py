@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from ..errors import RnnlabError, UsageError
 
@@ -39,8 +38,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="larger request bodies get 413")
     p.add_argument("--max-batch", type=int, default=64,
                    help="most suggest requests answered together (1 = one at a time, no batching)")
-    p.add_argument("--switch-interval-ms", type=float, default=0.5,
-                   help="how often Python threads hand over the interpreter lock (Python's default: 5)")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=cmd_serve)
 
@@ -80,8 +77,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--threads must be a positive integer, got {args.threads}")
     if args.max_body_bytes < 1024:
         raise UsageError(f"--max-body-bytes must be at least 1024, got {args.max_body_bytes}")
-    if not 0.05 <= args.switch_interval_ms <= 100:
-        raise UsageError(f"--switch-interval-ms must be between 0.05 and 100, got {args.switch_interval_ms}")
     if args.max_batch < 1:
         raise UsageError(f"--max-batch must be a positive integer, got {args.max_batch}")
     try:
@@ -95,9 +90,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
     torch.set_num_threads(args.threads)
-    # The suggest worker thread and the event loop share the GIL: hand it over every 0.5 ms rather
-    # than Python's default 5 ms, so a request waiting to be parsed is not held up by the worker.
-    sys.setswitchinterval(args.switch_interval_ms / 1000)
     ckpt = load_checkpoint(args.checkpoint, select_device(args.device))
     app = create_app(ckpt, max_body_bytes=args.max_body_bytes, max_batch=args.max_batch)
     sock = _bind(args.host, args.port)
