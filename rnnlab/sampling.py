@@ -88,15 +88,10 @@ def _stepper(model: LanguageModel, state):
 
 
 def generate(model: LanguageModel, vocab: Vocab, prefix: str, length: int, temperature: float = 0.0,
-             top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
-             tokenize=None) -> str:
-    """The prefix followed by ``length`` generated tokens (greedy by default), as text."""
-    tokens = tokenize(prefix) if tokenize is not None else (list(prefix) if vocab.separator == "" else prefix.split())
-    ids = vocab.encode(tokens)
-    gen = generate_ids(model, ids, length, temperature, top_k, top_p, 1, generator, _no_unk(vocab))[0]
-    text = vocab.decode(gen.tolist())
-    sep = vocab.separator if (prefix and text) else ""
-    return prefix + sep + text
+             top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None) -> str:
+    """The prefix followed by ``length`` generated tokens (greedy by default), as text: one
+    sample of ``generate_text``."""
+    return generate_text(model, vocab, prefix, length, temperature, top_k, top_p, 1, generator)[0]
 
 
 def generate_text(model: LanguageModel, vocab: Vocab, prefix: str, length: int, temperature: float = 0.0,
