@@ -49,6 +49,12 @@ def resolve_source(cfg: DataConfig) -> Path:
     return Path(cfg.path) if cfg.path is not None else dataset_path(cfg.dataset)
 
 
+def split_validation(ids: Ids, fraction: float) -> tuple[Ids, Ids | None]:
+    """(train, validation): the last ``fraction`` of the stream is held out (None when empty)."""
+    n_val = int(len(ids) * fraction)
+    return (ids[:len(ids) - n_val], ids[len(ids) - n_val:]) if n_val else (ids, None)
+
+
 def prepare_data(cfg: DataConfig, errors: str = "strict", vocab: Vocab | None = None) -> PreparedData:
     """Read, preprocess and tokenise the corpus, build the vocabulary (unless given), encode the
     stream and split off the last ``val_fraction`` of it for validation.
@@ -65,8 +71,7 @@ def prepare_data(cfg: DataConfig, errors: str = "strict", vocab: Vocab | None = 
         vocab = Vocab.build(corpus.tokens, min_freq=cfg.min_freq, separator="" if cfg.token == "char" else " ")
     tokens = corpus.tokens[:cfg.max_tokens] if cfg.max_tokens else corpus.tokens
     ids = torch.tensor(vocab.encode(tokens), dtype=torch.long)
-    n_val = int(len(ids) * cfg.val_fraction)
-    train_ids, val_ids = (ids[:len(ids) - n_val], ids[len(ids) - n_val:]) if n_val else (ids, None)
+    train_ids, val_ids = split_validation(ids, cfg.val_fraction)
     if cfg.dataset is not None:
         prefixes = list(DATASETS[cfg.dataset].prefixes)
     else:
@@ -86,8 +91,7 @@ def _prepared_data(cfg: DataConfig, vocab: Vocab | None) -> PreparedData:
     for name in ("preset", "token", "min_freq", "encoding"):
         setattr(cfg, name, p.meta[name])
     ids = p.ids[:cfg.max_tokens] if cfg.max_tokens else p.ids
-    n_val = int(len(ids) * cfg.val_fraction)
-    train_ids, val_ids = (ids[:len(ids) - n_val], ids[len(ids) - n_val:]) if n_val else (ids, None)
+    train_ids, val_ids = split_validation(ids, cfg.val_fraction)
     prefix = p.vocab.decode(ids[: (10 if cfg.token == "char" else 2)].tolist())
     return PreparedData(p.vocab, train_ids, val_ids, f"{p.meta['source']} (prepared in {p.path})", [prefix])
 
