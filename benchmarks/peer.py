@@ -31,6 +31,10 @@ one process, so a change in the machine's load hits both. Reported per configura
 * peak memory: the process's peak resident set while that side ran (``VmHWM`` of
   ``/proc/self/status``, reset through ``/proc/self/clear_refs`` before each chunk; whole process,
   so both include the interpreter, torch and the other side's model);
+* the products-only ceiling: tokens/s if the minibatch's matrix products, each timed alone (the
+  faster of ``torch.mm`` and oneDNN with a prepacked weight), were the whole cost
+  (``product_ceiling``; measured after every chunk, median). No implementation of the same
+  float32 maths can pass it here, so a target ratio above ceiling/book is out of reach;
 * achieved GFLOP/s = tokens/s x the model's matrix-product FLOPs per token (the recurrent product
   forward, its two backward products, and the output layer's three; the one-hot input product is
   not counted since it is a lookup), against a 2048^3 float32 matrix product timed in the same run.
@@ -221,6 +225,44 @@ def gemm_gflops(n: int = 2048, reps: int = 5) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
+def product_ceiling(model: str, hidden: int, vocab: int, B: int = 32, T: int = 35, reps: int = 15) -> float:
+    """Tokens/s of training if the matrix products were all there were: each product of one
+    minibatch (B=32, T=35) timed alone (median of ``reps``; the faster of ``torch.mm`` and oneDNN
+    with a prepacked weight), summed, and
+    everything else (elementwise work, loss, optimizer, data, Python) taken to cost nothing.
+
+    Per minibatch: T forward products (B, H) @ (H, G*H), T backward products (B, G*H) @ (G*H, H),
+    one weight-gradient product (G*H, T*B) @ (T*B, H), and the output layer's three products.
+    No implementation of these maths on this machine can train faster than this.
+    """
+    g = {"rnn": 1, "gru": 3, "lstm": 4}[model]
+    H, N = hidden, B * T
+
+    def median_time(a: torch.Tensor, b: torch.Tensor) -> float:
+        """The faster of torch.mm and, where torch has it, oneDNN with the weight prepacked."""
+        calls = [lambda: torch.mm(a, b)]
+        if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+            packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), a.shape[0])
+            calls.append(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""))
+        best = math.inf
+        for call in calls:
+            call()
+            times = []
+            for _ in range(reps):
+                start = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - start)
+            best = min(best, statistics.median(times))
+        return best
+
+    r = torch.randn
+    per_batch = (T * median_time(r(B, H), r(H, g * H)) + T * median_time(r(B, g * H), r(g * H, H))
+                 + median_time(r(g * H, N), r(N, H))  # dW_hh, all steps at once
+                 + median_time(r(N, H), r(H, vocab)) + median_time(r(N, vocab), r(vocab, H))
+                 + median_time(r(vocab, N), r(N, H)))  # output layer: forward, d_input, d_weight
+    return N / per_batch
+
+
 def flops_per_token(model: str, hidden: int, vocab: int) -> float:
     """Matrix-product FLOPs per token: recurrent (forward + 2 backward) and output layer (3)."""
     g = {"rnn": 1, "gru": 3, "lstm": 4}[model]
@@ -262,20 +304,23 @@ def main(argv=None) -> None:
         book, ours = BookRun(d2l, model, hidden, scratch), RnnlabRun(model, hidden, init, args.impl)
         assert len(book.vocab) == len(ours.data.vocab), "both sides must see the same 28-token vocabulary"
         mem = {"book": 0.0, "rnnlab": 0.0}
-        done = 0
+        done, ceilings = 0, []
         while done < args.epochs:
             n = min(args.chunk, args.epochs - done)
             for side, run in (("book", book), ("rnnlab", ours)):
                 reset_peak_rss()
                 run.epochs(n)
                 mem[side] = max(mem[side], peak_rss_mb())
+            ceilings.append(product_ceiling(model, hidden, len(book.vocab)))  # in step with the machine's load
             done += n
         fpt = flops_per_token(model, hidden, len(book.vocab))
         b_tps, r_tps = statistics.median(book.speeds), statistics.median(ours.speeds)
+        ceiling = statistics.median(ceilings)
         rows.append((name, b_tps, r_tps, book.ppl, ours.ppl, mem["book"], mem["rnnlab"],
-                     b_tps * fpt / 1e9, r_tps * fpt / 1e9))
+                     b_tps * fpt / 1e9, r_tps * fpt / 1e9, ceiling))
         print(f"{name}: book {b_tps:,.0f} tok/s ppl {book.ppl:.3f} | rnnlab {r_tps:,.0f} tok/s "
-              f"ppl {ours.ppl:.3f} | x{r_tps / b_tps:.2f}", flush=True)
+              f"ppl {ours.ppl:.3f} | x{r_tps / b_tps:.2f} | products-only ceiling {ceiling:,.0f} tok/s "
+              f"(x{ceiling / b_tps:.2f})", flush=True)
         gb = statistics.median(book.generate("time traveller", args.gen_chars) for _ in range(3))
         go = statistics.median(ours.generate("time traveller", args.gen_chars) for _ in range(3))
         g8 = statistics.median(ours.generate("time traveller", args.gen_chars, 8) for _ in range(3))
@@ -286,12 +331,14 @@ def main(argv=None) -> None:
           f"large-GEMM rate {peak:.0f} GFLOP/s")
     head = (f"{'config':<16} {'book tok/s':>11} {'rnnlab tok/s':>12} {'ratio':>6} {'target':>6} "
             f"{'book ppl':>8} {'rnnlab ppl':>10} {'book MB':>8} {'rnnlab MB':>9} "
-            f"{'book GF/s':>9} {'rnnlab GF/s':>11} {'% of GEMM':>9}")
+            f"{'book GF/s':>9} {'rnnlab GF/s':>11} {'% of GEMM':>9} {'ceiling tok/s':>13} {'ceil/book':>9}")
     print(head)
     print("-" * len(head))
-    for name, b, r, bp, rp, bm, rm, bg, rg in rows:
+    for name, b, r, bp, rp, bm, rm, bg, rg, ceil in rows:
         print(f"{name:<16} {b:>11,.0f} {r:>12,.0f} {r / b:>5.2f}x {TARGETS[name]:>5.1f}x {bp:>8.3f} {rp:>10.3f} "
-              f"{bm:>8.0f} {rm:>9.0f} {bg:>9.1f} {rg:>11.1f} {100 * rg / peak:>8.0f}%")
+              f"{bm:>8.0f} {rm:>9.0f} {bg:>9.1f} {rg:>11.1f} {100 * rg / peak:>8.0f}% {ceil:>13,.0f} {ceil / b:>8.2f}x")
+    print("ceiling: tokens/s if the minibatch's matrix products (each timed alone, torch.mm or oneDNN) were the only "
+          "cost; a target above ceil/book cannot be met by any implementation of the same maths on this machine")
     print()
     print(f"Generation, greedy from 'time traveller', {args.gen_chars} characters (median of 3)")
     head = f"{'config':<16} {'predict_ch8 ch/s':>16} {'rnnlab ch/s':>12} {'ratio':>6} {'rnnlab x8 ch/s':>15} {'ratio':>6}"

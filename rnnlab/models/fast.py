@@ -84,12 +84,15 @@ class RNNSequence(torch.autograd.Function):
         g = _grad_or_zeros(d_out, out).clone()  # (T, B, H): becomes dL/d(pre-activation) in place
         if d_hT is not None:
             g[-1] += d_hT
-        deriv = (out > 0).to(out.dtype) if ctx.relu else 1 - out * out  # act'(a), all steps at once
+        if ctx.relu:  # act'(a) for all steps at once
+            deriv = (out > 0).to(out.dtype)
+        else:  # 1 - h^2 in one pass
+            deriv = torch.addcmul(out.new_ones(()).expand_as(out), out, out, value=-1)
         g_u, deriv_u = g.unbind(0), deriv.unbind(0)
         for t in range(T - 1, 0, -1):
             g_u[t - 1].addmm_(g_u[t].mul_(deriv_u[t]), w_hh)  # d_out[t-1] + g_t W_hh
         g[0].mul_(deriv[0])
-        d_h0 = torch.mm(g[0], w_hh)
+        d_h0 = torch.mm(g[0], w_hh) if ctx.needs_input_grad[1] else None  # a detached start state needs none
         d_w = None
         if ctx.needs_input_grad[2]:  # sum_t g_t^T h_{t-1}: one (H, T*B) @ (T*B, H) product
             d_w = torch.mm(g[1:].reshape(-1, H).t(), out[:-1].reshape(-1, H)).addmm_(g[0].t(), h0)
@@ -157,7 +160,7 @@ class GRUSequence(torch.autograd.Function):
             torch.mul(dh_bu[t], k_u[t], out=dgh3_u[t])  # (B, 3, H)
             if t > 0:
                 torch.addcmul(d_out_u[t - 1], dh_u[t], z_u[t], out=dh_u[t - 1]).addmm_(dgh_u[t], w_hh)
-        d_h0 = torch.mul(dh[0], z[0]).addmm_(dgh[0], w_hh)
+        d_h0 = torch.mul(dh[0], z[0]).addmm_(dgh[0], w_hh) if ctx.needs_input_grad[1] else None
         d_xw = None
         if ctx.needs_input_grad[0]:
             d_xw = dgh.clone()  # r and z pre-activations are shared by the input and hidden parts
@@ -235,7 +238,7 @@ class LSTMSequence(torch.autograd.Function):
             torch.mul(dct, f[t], out=dc)
             if t > 0:
                 dh = dh_u[t - 1].addmm_(dg_u[t], w_hh)
-        d_h0 = torch.mm(dg[0], w_hh)
+        d_h0 = torch.mm(dg[0], w_hh) if ctx.needs_input_grad[1] else None
         d_w = None
         if ctx.needs_input_grad[3]:
             d_w = torch.mm(dg[1:].reshape(-1, 4 * H).t(), out[:-1].reshape(-1, H)).addmm_(dg[0].t(), h0)
