@@ -121,7 +121,7 @@ def passages(text: str, n: int, length: int, seed: int) -> list[str]:
 
 def start_server(args) -> tuple[subprocess.Popen, int]:
     cmd = [sys.executable, "-m", "rnnlab", "serve", str(args.checkpoint), "--host", "127.0.0.1", "--port", "0",
-           "--threads", str(args.threads), "--max-batch", str(args.max_batch)]
+           "--threads", str(args.threads), "--max-batch", str(args.max_batch), "--suggest-worker", args.suggest_worker]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     line = proc.stdout.readline()
     m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
@@ -157,7 +157,7 @@ async def run(args, port: int, texts: list[str]) -> dict:
     srv = [x for r in results for x in r["server_ms"]]
     errors = [e for r in results for e in r["errors"]]
     return {
-        "clients": args.clients, "threads": args.threads, "max_batch": args.max_batch, "requests_per_client": args.requests, "think_ms": args.think_ms, "k": args.k,
+        "clients": args.clients, "threads": args.threads, "max_batch": args.max_batch, "suggest_worker": args.suggest_worker, "requests_per_client": args.requests, "think_ms": args.think_ms, "k": args.k,
         "completed": len(lat), "errors": len(errors), "error_samples": errors[:5],
         "stopped_by_time": any(r.get("stopped_by_time") for r in results),
         "wall_s": round(wall, 2), "throughput_rps": round(len(lat) / wall, 1),
@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--threads", type=int, default=1, help="torch threads in the server")
     p.add_argument("--max-batch", type=int, default=64, help="the server's --max-batch (1 = no batching)")
+    p.add_argument("--suggest-worker", choices=("process", "thread"), default="process",
+                   help="the server's --suggest-worker (a process of its own, or a thread sharing the GIL)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)

@@ -38,7 +38,10 @@ engine queues requests to one worker thread that batches them at the level of mo
 call carries every request in flight at whatever stage it is (a context step, or the open beams of
 its search at its own depth, stacked along the batch dimension of the state), and a request is
 answered as soon as its own search ends; a request arriving meanwhile joins the next call. The
-answers are those of one request at a time (``max_batch=1``), up to float rounding.
+answers are those of one request at a time (``max_batch=1``), up to float rounding. A step's
+bookkeeping is batched as well (one top-k for the beams of every request), and the model step
+itself is a specialised inference step (``_BatchStep``: transposed weights, a lookup table for the
+inputs) checked against ``model.forward`` when the engine is built.
 """
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ import math
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
@@ -99,7 +102,14 @@ class Suggestions:
     beam_steps: int = 0  # model calls made by the completion search
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The suggestions as plain JSON types (what ``dataclasses.asdict`` gives, built directly: the
+        server calls this once per keystroke)."""
+        return {"mode": self.mode, "partial": self.partial,
+                "next_chars": [{"text": c.text, "prob": c.prob} for c in self.next_chars],
+                "completions": [{"word": c.word, "append": c.append, "prob": c.prob, "logprob": c.logprob}
+                                for c in self.completions],
+                "model_text": self.model_text, "context_tokens": self.context_tokens,
+                "beam_steps": self.beam_steps}
 
 
 @dataclass
@@ -159,6 +169,116 @@ class StateCache:
             self._clients.clear()
 
 
+# -- one model step for a batch of rows ---------------------------------------------------------
+
+def _rnn_cell(xw, h, c, w_hh_t, b_hh, relu):
+    """xw (N, H) with both biases; h (N, H) -> (h', None)."""
+    a = xw.addmm_(h, w_hh_t)
+    return (a.relu_() if relu else a.tanh_()), None
+
+
+def _gru_cell(xw, h, c, w_hh_t, b_hh, relu):
+    """xw (N, 3H) with the input bias only (the hidden bias sits inside the reset gate)."""
+    H = h.shape[1]
+    gh = torch.addmm(b_hh, h, w_hh_t)  # (N, 3H): r, z, n
+    rz = (xw[:, :2 * H] + gh[:, :2 * H]).sigmoid_()  # (N, 2H)
+    n = torch.addcmul(xw[:, 2 * H:], rz[:, :H], gh[:, 2 * H:]).tanh_()  # (N, H)
+    return torch.lerp(n, h, rz[:, H:]), None  # (1 - z) * n + z * h
+
+
+def _lstm_cell(xw, h, c, w_hh_t, b_hh, relu):
+    """xw (N, 4H) with both biases; h, c (N, H) -> (h', c')."""
+    H = h.shape[1]
+    a = xw.addmm_(h, w_hh_t)  # (N, 4H): i, f, g, o
+    s = a.sigmoid()
+    c = torch.addcmul(s[:, H:2 * H] * c, s[:, :H], a[:, 2 * H:3 * H].tanh())  # (N, H)
+    return s[:, 3 * H:] * c.tanh(), c
+
+
+# cell -> (its step, whether the hidden bias joins the input bias)
+_CELLS = {"rnn": (_rnn_cell, True), "gru": (_gru_cell, False), "lstm": (_lstm_cell, True)}
+
+
+class _BatchStep:
+    """One inference step of a recurrent model for ``N`` independent rows:
+    ``(ids (N,) long, state (L, N, H) each) -> (log-probs (N, V), state)``.
+
+    The suggestion worker makes thousands of one-step calls with a few dozen rows; this is the
+    model's own maths with the per-call overhead taken out: weights transposed once, the layer-0
+    input product (one-hot or embedding) a lookup in a (V, G*H) table that holds the biases, and
+    no autograd, dropout or time loop. It reads the parameters by the model contract's names
+    (``rnn.weight_ih_l{k}`` ..., ``head.weight/bias``, optional ``embedding.weight``) and checks
+    itself against ``model.forward`` once; a model it does not fit (or that disagrees) is stepped
+    through ``model.forward`` instead.
+    """
+
+    def __init__(self, model: LanguageModel):
+        self.model = model
+        self.layers: list | None = None
+        try:
+            self._build()
+            if not self._agrees():
+                self.layers = None
+        except (AttributeError, KeyError, RuntimeError, TypeError, ValueError):
+            self.layers = None
+
+    @property
+    def specialised(self) -> bool:
+        return self.layers is not None
+
+    @torch.inference_mode()
+    def _build(self) -> None:
+        cfg = self.model.cfg
+        cell, fold_hh = _CELLS[cfg.model]
+        self.cell, self.relu = cell, getattr(cfg, "activation", "tanh") == "relu"
+        p = {name: t.detach() for name, t in self.model.named_parameters()}
+        layers = []
+        for k in range(cfg.num_layers):
+            w_ih, w_hh = p[f"rnn.weight_ih_l{k}"], p[f"rnn.weight_hh_l{k}"]  # (G*H, I), (G*H, H)
+            b_ih, b_hh = p[f"rnn.bias_ih_l{k}"], p[f"rnn.bias_hh_l{k}"]  # (G*H,)
+            b_in = b_ih + b_hh if fold_hh else b_ih
+            layers.append([None, w_ih.t(), b_in, w_hh.t().contiguous(), b_hh])
+        emb = p.get("embedding.weight")  # (V, E) or absent (one-hot inputs)
+        _, w_ih_t, b_in, _, _ = layers[0]
+        layers[0][0] = (torch.addmm(b_in, emb, w_ih_t) if emb is not None else w_ih_t + b_in).contiguous()  # (V, G*H)
+        self.head_w_t, self.head_b = p["head.weight"].t().contiguous(), p["head.bias"]  # (H, V), (V,)
+        self.layers = layers
+
+    def _agrees(self) -> bool:
+        """The specialised step against ``model.forward`` on a few random rows and states."""
+        gen = torch.Generator().manual_seed(0)
+        V = self.head_b.shape[0]
+        ids = torch.randint(0, V, (3,), generator=gen).to(self.model.device)
+        state = tuple((torch.rand(s.shape, generator=gen) - 0.5).to(s) for s in self.model.begin_state(3))
+        with torch.inference_mode():
+            mine, mine_state = self(ids, state)
+            ref, ref_state = self._forward(ids, state)
+        return all(a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+                   for a, b in zip((mine, *mine_state), (ref, *ref_state)))
+
+    def _forward(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        logits, state = self.model(ids[:, None], state)  # (N, 1, V)
+        return torch.log_softmax(logits[:, -1].float(), dim=-1), state
+
+    def __call__(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        if self.layers is None:
+            return self._forward(ids, state)
+        hs = state[0].unbind(0)  # L x (N, H)
+        cs = state[1].unbind(0) if len(state) > 1 else [None] * len(hs)
+        new_h, new_c, x = [], [], None
+        for k, (table, w_ih_t, b_in, w_hh_t, b_hh) in enumerate(self.layers):
+            xw = table[ids] if k == 0 else torch.addmm(b_in, x, w_ih_t)  # (N, G*H)
+            x, c = self.cell(xw, hs[k], cs[k], w_hh_t, b_hh, self.relu)
+            new_h.append(x)
+            new_c.append(c)
+        logits = torch.addmm(self.head_b, x, self.head_w_t)  # (N, V)
+        h = new_h[0][None] if len(new_h) == 1 else torch.stack(new_h)  # (L, N, H)
+        if new_c[0] is None:
+            return torch.log_softmax(logits, dim=-1), (h,)
+        c = new_c[0][None] if len(new_c) == 1 else torch.stack(new_c)  # (L, N, H)
+        return torch.log_softmax(logits, dim=-1), (h, c)
+
+
 @dataclass
 class SuggestRequest:
     """One suggestion request: the text typed so far, how many answers, whose cache to use."""
@@ -185,15 +305,14 @@ class _BeamSearch:
         self.finished.sort(key=lambda f: -f[1])
         del self.finished[self.k:]
 
-    def extend(self, scores: torch.Tensor, toks: list[str], word_start: list[bool]) -> list[tuple[int, int]]:
-        """Keep the best extensions: ``scores`` (N, V) are the log-probs of each beam followed by each
-        token (-inf where not allowed). Returns the (beam row, token) pairs kept, possibly none."""
-        V = scores.shape[1]
-        flat = scores.flatten()  # (N*V,)
-        best = torch.topk(flat, min(self.width, flat.numel()))
+    def extend(self, best_lp: list[float], best_idx: list[int], V: int, toks: list[str],
+               word_start: list[bool]) -> list[tuple[int, int]]:
+        """Keep the best extensions: ``best_lp``/``best_idx`` are the best scores of (beam, token)
+        pairs, best first, as flat indices ``beam * V + token`` (-inf where not allowed). Returns the
+        (beam row, token) pairs kept, at most ``width``, possibly none."""
         floor = self.finished[-1][1] if len(self.finished) >= self.k else -math.inf
         new_beams, kept = [], []
-        for lp, idx in zip(best.values.tolist(), best.indices.tolist()):
+        for lp, idx in zip(best_lp[:self.width], best_idx):
             if lp <= floor:  # log-probs only fall: this beam and the rest cannot reach the top k
                 break
             row, col = divmod(idx, V)
@@ -267,8 +386,12 @@ class _Scheduler:
 
         rows of one model call:
         | job a: open beams, depth 3 | job b: open beams, depth 1 | job c: context step (1 row) |
-              -> logits (N, 1, V), state (L, N, H) -> the next step's rows
+              -> log-probs (N, V), state (L, N, H) -> the next step's rows
                  (job c then starts its search on its one row; a job whose search ends is answered)
+
+    The bookkeeping of a step is batched too: one top-k over the beams of every job (padded to
+    the same number of rows) picks each search's extensions, one top-k the next characters of
+    every new context, so the Python left per job is building its few beams' strings.
 
     A request whose context needs no step (a cache hit) or several tokens (a first request, run
     alone with T > 1) joins with its one row at the next step. The answers are those of answering
@@ -334,32 +457,23 @@ class _Scheduler:
         jobs, counts = self.jobs, self.counts
         lps = [self.logprobs] if jobs else []
         states = [self.state] if jobs else []
-        for job, entry in self.ready:
-            self._start(job, entry)
-            jobs, counts = [*jobs, job], [*counts, 1]
-            lps.append(entry.logprobs[None])  # (1, V)
-            states.append(entry.state)
-        self.ready = []
+        if self.ready:
+            ready, self.ready = self.ready, []
+            self._start([job for job, _ in ready], torch.stack([entry.logprobs for _, entry in ready]))
+            jobs, counts = [*jobs, *(job for job, _ in ready)], [*counts, *(1 for _ in ready)]
+            lps += [entry.logprobs[None] for _, entry in ready]  # (1, V) each
+            states += [entry.state for _, entry in ready]
         rows, cols, going, going_counts = [], [], [], []
         if jobs:
             logprobs = torch.cat(lps) if len(lps) > 1 else lps[0]  # (N, V)
             state = tuple(torch.cat(p, dim=1) for p in zip(*states)) if len(states) > 1 else states[0]
-            # finish here: a started word followed by any boundary character
-            end_lp = torch.logsumexp(logprobs.masked_fill(~e.boundary, -math.inf), dim=-1).tolist()  # (N,)
+            end_lp, best_lp, best_idx = self._score(jobs, counts, logprobs)
+            V, toks, word_start = logprobs.shape[1], e.vocab.idx_to_token, e._word_start_list
             offset = 0
-            for job, n in zip(jobs, counts):
-                job.search.finish(end_lp[offset:offset + n])
-                offset += n
-            # extend each search with its best allowed characters
-            codes = torch.tensor([2 * (job.search.depth < 3) + st for job in jobs for _, _, st in job.search.beams],
-                                 device=e.device)  # (N,)
-            base = torch.tensor([lp for job in jobs for _, lp, _ in job.search.beams], device=e.device)  # (N,)
-            scores = (base[:, None] + logprobs).masked_fill(e._blocked[codes], -math.inf)  # (N, V)
-            offset = 0
-            for job, n in zip(jobs, counts):
+            for job, n, b_lp, b_idx in zip(jobs, counts, best_lp, best_idx):
                 s = job.search
-                kept = s.extend(scores[offset:offset + n], e.vocab.idx_to_token, e._word_start_list) \
-                    if s.depth < e.max_word_length else []
+                s.finish(end_lp[offset:offset + n])  # a started word followed by any boundary
+                kept = s.extend(b_lp, b_idx, V, toks, word_start) if s.depth < e.max_word_length else []
                 if kept:
                     rows += [offset + r for r, _ in kept]
                     cols += [c for _, c in kept]
@@ -377,28 +491,51 @@ class _Scheduler:
         parts = [tuple(s.index_select(1, torch.tensor(rows, device=e.device)) for s in state)] if cols else []
         parts += [st for _, _, st, _ in context]
         state_in = tuple(torch.cat(p, dim=1) for p in zip(*parts)) if len(parts) > 1 else parts[0]  # each (L, N, H)
-        x = torch.tensor(cols + [t for _, _, _, t in context], dtype=torch.long, device=e.device)[:, None]  # (N, 1)
-        logits, state = e.model(x, state_in)  # (N, 1, V)
-        logprobs = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (N, V)
-        n = len(cols)
-        for j, (job, key, _, _) in enumerate(context):  # these rows are the jobs' new contexts
-            entry = _Entry(tuple(s[:, n + j:n + j + 1].clone() for s in state), logprobs[n + j].clone())  # (L, 1, H)
-            e.cache.put(job.request.client, key, entry)
-            self._start(job, entry)
-            going.append(job)
-            going_counts.append(1)
+        x = torch.tensor(cols + [t for _, _, _, t in context], dtype=torch.long, device=e.device)  # (N,)
+        logprobs, state = e._batch_step(x, state_in)  # (N, V), each (L, N, H)
+        if context:  # these rows are the jobs' new contexts
+            n = len(cols)
+            for j, (job, key, _, _) in enumerate(context):
+                entry = _Entry(tuple(s[:, n + j:n + j + 1].clone() for s in state), logprobs[n + j].clone())  # (L, 1, H)
+                e.cache.put(job.request.client, key, entry)
+            self._start([job for job, _, _, _ in context], logprobs[n:])
+            going += [job for job, _, _, _ in context]
+            going_counts += [1] * len(context)
         self.jobs, self.counts, self.logprobs, self.state = going, going_counts, logprobs, state
 
-    def _start(self, job: _Job, entry: _Entry) -> None:
-        """The next characters, and a completion search on the job's one row."""
-        e, k = self.engine, job.request.k
-        n = min(k, int(e.typable.sum()))
-        top = torch.topk(entry.logprobs.masked_fill(~e.typable, -math.inf), n)
-        job.out.next_chars = [TokenProb(e.vocab.idx_to_token[i], math.exp(lp))
-                              for lp, i in zip(top.values.tolist(), top.indices.tolist())]
-        # a new word may follow different boundaries (" the", "\nthe"): search deeper, keep the best
-        width = k if job.started else 2 * k
-        job.search = _BeamSearch(job.started, width, max(e.beam_width, width))
+    def _score(self, jobs: list[_Job], counts: list[int],
+               logprobs: torch.Tensor) -> tuple[list[float], list[list[float]], list[list[int]]]:
+        """For the beams of every job at once (``logprobs`` (N, V), the rows of job j after those
+        of jobs < j): log P(a boundary next) per beam, and per job its best (beam, token) scores,
+        best first, with their flat indices ``beam * V + token``."""
+        e = self.engine
+        N, V = logprobs.shape
+        beams = [b for job in jobs for b in job.search.beams]
+        depth_codes = [2 * (job.search.depth < 3) for job, n in zip(jobs, counts) for _ in range(n)]
+        codes = torch.tensor([c + st for c, (_, _, st) in zip(depth_codes, beams)], device=e.device)  # (N,)
+        base = torch.tensor([lp for _, lp, _ in beams], device=e.device, dtype=logprobs.dtype)  # (N,)
+        scores = (base[:, None] + logprobs).masked_fill_(e._blocked[codes], -math.inf)  # (N, V)
+        J, R = len(jobs), max(counts)
+        if J * R != N:  # pad every job to R rows of -inf, so that one top-k serves them all
+            dest = torch.tensor([j * R + r for j, n in enumerate(counts) for r in range(n)], device=e.device)
+            scores = scores.new_full((J * R, V), -math.inf).index_copy_(0, dest, scores)  # (J*R, V)
+        best = scores.view(J, R * V).topk(min(max(job.search.width for job in jobs), R * V), dim=1)  # (J, W)
+        end_lp = torch.logsumexp(logprobs.index_select(1, e._boundary_ids), dim=-1)  # (N,)
+        return end_lp.tolist(), best.values.tolist(), best.indices.tolist()
+
+    def _start(self, jobs: list[_Job], logprobs: torch.Tensor) -> None:
+        """The next characters of each job (``logprobs`` (J, V): row j after job j's text), and a
+        completion search on its one row."""
+        e = self.engine
+        k_max = min(max(job.request.k for job in jobs), e.n_typable)
+        top = logprobs.masked_fill(~e.typable, -math.inf).topk(k_max, dim=1)  # (J, k_max)
+        toks = e.vocab.idx_to_token
+        for job, lps, ids in zip(jobs, top.values.tolist(), top.indices.tolist()):
+            k = job.request.k
+            job.out.next_chars = [TokenProb(toks[i], math.exp(lp)) for lp, i in zip(lps[:k], ids[:k])]
+            # a new word may follow different boundaries (" the", "\nthe"): search deeper, keep the best
+            width = k if job.started else 2 * k
+            job.search = _BeamSearch(job.started, width, max(e.beam_width, width))
 
     def _answer(self, job: _Job) -> None:
         out, seen = job.out, set()
@@ -441,6 +578,7 @@ class SuggestEngine:
         typable = torch.ones(len(toks), dtype=torch.bool)
         typable[special] = False
         self.typable = typable.to(self.device)  # (V,) tokens a user could type (not <unk>)
+        self.n_typable = int(typable.sum())
         if not self.word_level:
             single = torch.tensor([len(t) == 1 for t in toks]) & typable
             word = torch.tensor([len(t) == 1 and is_word_char(t) for t in toks]) & single
@@ -450,6 +588,8 @@ class SuggestEngine:
             self.boundary = (single & ~word & ~inner).to(self.device)  # (V,) ends a word
             self.leading = (single & ~word).to(self.device)  # (V,) may come before a word starts
             self._word_start_list = word.tolist()
+            self._boundary_ids = self.boundary.nonzero()[:, 0]  # (number of boundary tokens,)
+            self._batch_step = _BatchStep(model)
             # what a beam may not append next, by row 2 * (depth < 3) + (word started): a started word
             # takes word characters; an unstarted one a word start or (up to three) leading boundaries
             self._blocked = torch.stack([~word, ~(word | inner), ~(word | (single & ~word)),

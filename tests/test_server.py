@@ -186,3 +186,53 @@ def test_concurrent_requests_get_the_same_answers_as_serial_ones(client):
         assert status == 200 and gstatus == 200
         assert [c["word"] for c in completions] == [c["word"] for c in serial[t]]
         assert [c["prob"] for c in completions] == pytest.approx([c["prob"] for c in serial[t]], rel=1e-4)
+
+
+def test_the_suggestion_process_answers_as_the_thread_does(ckpt):
+    """``rnnlab serve``'s default: suggestions from an engine in a child process. Same answers as
+    the in-process engine, the per-client cache kept in the child, bad requests still 422, and
+    the child stopped when the app shuts down."""
+    texts = ["the time trav", "we sat in the gar", "the ", "", "the traveller came back at din"]
+    with TestClient(create_app(ckpt), raise_server_exceptions=False) as threaded:
+        expected = {t: threaded.post("/v1/suggest", json={"text": t, "k": 4}).json() for t in texts}
+    app = create_app(ckpt, suggest_process=True)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        backend = app.state.suggest_backend
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(lambda t: c.post("/v1/suggest", json={"text": t, "k": 4}), texts * 3))
+        for t, r in zip(texts * 3, got):
+            assert r.status_code == 200
+            body, want = r.json(), expected[t]
+            assert body["elapsed_ms"] >= 0
+            for key in ("mode", "partial", "model_text", "beam_steps"):
+                assert body[key] == want[key]
+            for key in ("completions", "next_chars"):
+                assert [x.get("word", x.get("text")) for x in body[key]] == \
+                    [x.get("word", x.get("text")) for x in want[key]]
+                assert [x["prob"] for x in body[key]] == pytest.approx([x["prob"] for x in want[key]], rel=1e-5)
+        # the child keeps each client's states: one more character is one step
+        c.post("/v1/suggest", json={"text": "the time trav", "client": "p"})
+        assert c.post("/v1/suggest", json={"text": "the time trave", "client": "p"}).json()["context_tokens"] == 1
+        assert c.post("/v1/suggest", json={"text": "a", "k": 0}).status_code == 422
+        assert backend._proc.is_alive()
+    assert not backend._proc.is_alive()
+
+
+def test_the_suggestion_process_reports_engine_errors_to_the_caller(ckpt):
+    import asyncio
+
+    from rnnlab.errors import UsageError
+    from rnnlab.serve.backend import ProcessBackend
+
+    backend = ProcessBackend(ckpt)
+    try:
+        async def ask():
+            good = asyncio.ensure_future(backend.suggest("the psy", 3, "c"))
+            with pytest.raises(UsageError, match="k must be"):
+                await backend.suggest("the psy", 0, "c")  # the engine's own check, across the pipe
+            return json.loads(await good)
+
+        assert asyncio.run(ask())["completions"][0]["word"] == "psychologist"
+    finally:
+        backend.close()
+    assert not backend._proc.is_alive()

@@ -242,3 +242,110 @@ def test_a_bad_request_fails_alone_and_a_model_error_reaches_every_caller(ckpt):
             f.result(timeout=30)
     with pytest.raises(UsageError):
         SuggestEngine(ckpt.model, ckpt.vocab, max_batch=0)
+
+
+@pytest.mark.parametrize("cell, impl, layers, emb", [("lstm", "concise", 1, 0), ("lstm", "scratch", 2, 6),
+                                                     ("gru", "concise", 2, 0), ("gru", "fast", 1, 5),
+                                                     ("rnn", "concise", 1, 0), ("rnn", "scratch", 2, 4)])
+def test_the_batched_step_is_the_models_own_step(cell, impl, layers, emb):
+    """The worker's specialised one-step (lookup table, transposed weights) gives the log-probs and
+    state of ``model.forward`` for every cell, implementation, depth and input kind."""
+    from rnnlab.suggest import _BatchStep
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(model=cell, impl=impl, vocab_size=11, hidden_size=12, num_layers=layers, embedding_dim=emb,
+                      activation="relu" if (cell == "rnn" and impl == "scratch") else "tanh",
+                      init="torch")
+    model = build_model(cfg).eval()
+    step = _BatchStep(model)
+    assert step.specialised
+    ids = torch.tensor([0, 3, 10, 3, 7])
+    state = tuple(torch.randn_like(s) for s in model.begin_state(5))
+    with torch.inference_mode():
+        logprobs, new_state = step(ids, state)
+        logits, ref_state = model(ids[:, None], state)
+    assert torch.allclose(logprobs, torch.log_softmax(logits[:, -1], -1), atol=1e-5)
+    assert len(new_state) == len(ref_state)
+    for a, b in zip(new_state, ref_state):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+
+
+def test_a_model_the_batched_step_does_not_fit_is_stepped_through_forward(ckpt):
+    """A model without the recurrent contract's parameters (here a wrapper that hides them) is run
+    by its own ``forward``, and the suggestions are the same."""
+    from rnnlab.suggest import _BatchStep
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        @property
+        def device(self):
+            return self.inner.device
+
+        def begin_state(self, batch_size, device=None):
+            return self.inner.begin_state(batch_size, device)
+
+        def forward(self, tokens, state):
+            return self.inner(tokens, state)
+
+    assert not _BatchStep(Wrapped(ckpt.model)).specialised
+    generic = SuggestEngine(Wrapped(ckpt.model), ckpt.vocab)
+    fast = SuggestEngine(ckpt.model, ckpt.vocab)
+    assert fast._batch_step.specialised
+    for i, text in enumerate(BATCH_TEXTS):
+        _same(generic.suggest(text, k=2 + i % 5), fast.suggest(text, k=2 + i % 5))
+
+
+def test_batched_search_matches_a_plain_beam_search(ckpt):
+    """The batched search (one padded top-k for all jobs) against a direct, one-beam-at-a-time
+    beam search written from the definition, on requests of different k in one batch."""
+    engine = SuggestEngine(ckpt.model, ckpt.vocab)
+    vocab, model = ckpt.vocab, ckpt.model
+    toks = vocab.idx_to_token
+
+    def logprobs_after(text):
+        ids = vocab.encode(["\n"] + list(text))
+        with torch.no_grad():
+            logits, _ = model(torch.tensor([ids]), model.begin_state(1))
+        return torch.log_softmax(logits[0, -1].double(), -1).tolist()
+
+    def plain(text, k):
+        started = bool(split_partial_word(text)[1])
+        width = k if started else 2 * k
+        beam_w = max(engine.beam_width, width)
+        beams, finished = [("", 0.0, started)], []
+        for depth in range(engine.max_word_length + 1):
+            dists = [logprobs_after(text + app) for app, _, _ in beams]
+            for (app, lp, st), d in zip(beams, dists):
+                if st:
+                    finished.append((app, lp + math.log(sum(math.exp(d[i]) for i, t in enumerate(toks)
+                                                            if engine.boundary[i]))))
+            finished = sorted(finished, key=lambda f: -f[1])[:width]
+            if depth == engine.max_word_length:
+                break
+            floor = finished[-1][1] if len(finished) >= width else -math.inf
+            cand = []
+            for (app, lp, st), d in zip(beams, dists):
+                for i, t in enumerate(toks):
+                    ok = engine.word_continue[i] if st else (engine.word_start[i] or (depth < 3 and engine.leading[i]))
+                    if ok and lp + d[i] > floor:
+                        cand.append((app + t, lp + d[i], st or bool(engine.word_start[i])))
+            beams = sorted(cand, key=lambda b: -b[1])[:beam_w]
+            if not beams:
+                break
+        return finished
+
+    from rnnlab.suggest import _visible_word
+
+    requests = [SuggestRequest(t, k=1 + i % 4, client=f"p{i}") for i, t in enumerate(BATCH_TEXTS[:6])]
+    for r, s in zip(requests, engine.suggest_batch(requests)):
+        ref, seen = [], set()
+        for app, lp in plain(r.text, r.k):  # one completion per visible word, the best first
+            word = _visible_word(s.partial, app)
+            if word not in seen and len(ref) < r.k:
+                seen.add(word)
+                ref.append((app, lp))
+        assert [c.append for c in s.completions] == [a for a, _ in ref]
+        assert [c.logprob for c in s.completions] == pytest.approx([lp for _, lp in ref], abs=1e-4)

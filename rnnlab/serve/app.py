@@ -9,16 +9,18 @@
 
 Every request is validated before it reaches the model: a body over ``max_body_bytes`` is refused
 with 413 before it is read; malformed JSON is a 400 and out-of-range values a 422, each with a
-one-line ``error`` message. Suggest requests are queued to the engine, whose worker thread answers
-all pending ones together (cross-request batching, see ``rnnlab.suggest``); the endpoint awaits its
+one-line ``error`` message. Suggest requests are queued to the engine, whose worker answers all
+pending ones together (cross-request batching, see ``rnnlab.suggest``): a thread of this process,
+or with ``suggest_process=True`` (``rnnlab serve``'s default) a process of its own, so that the
+search and the event loop do not share one GIL (``rnnlab.serve.backend``); the endpoint awaits its
 answer on the event loop. The generate endpoints are sync and run in the thread pool; the model
 is only read, so they run concurrently with the suggestion worker.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Iterator
@@ -26,7 +28,7 @@ from typing import Annotated, Iterator
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -35,6 +37,7 @@ from ..checkpoint import Checkpoint, load_checkpoint
 from ..errors import RnnlabError
 from ..sampling import generate_ids
 from ..suggest import SuggestEngine, StateCache
+from .backend import ProcessBackend, ThreadBackend
 from .streaming import iter_generate_ids
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -176,14 +179,22 @@ def _validation_message(errors: list[dict]) -> tuple[int, str, list[dict]]:
 def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device = "cpu",
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, cache_clients: int = 256,
                cache_per_client: int = 16, beam_width: int = 8, max_word_length: int = 24,
-               max_batch: int = 64) -> FastAPI:
-    """The app for one checkpoint (a directory, or an already loaded ``Checkpoint``)."""
+               max_batch: int = 64, suggest_process: bool = False, suggest_threads: int = 1) -> FastAPI:
+    """The app for one checkpoint (a directory, or an already loaded ``Checkpoint``).
+
+    ``suggest_process=True`` answers ``/v1/suggest`` from an engine in a child process (with
+    ``suggest_threads`` torch threads), so that the search does not take turns with the event
+    loop on one GIL (see ``rnnlab.serve.backend``); the default keeps it in this process.
+    """
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, device)
     model, vocab = ckpt.model, ckpt.vocab
     model.eval()
-    engine = SuggestEngine(model, vocab, ckpt.data_config.preset, beam_width=beam_width,
-                           max_word_length=max_word_length, cache=StateCache(cache_clients, cache_per_client),
-                           max_batch=max_batch)
+    engine_kwargs = dict(beam_width=beam_width, max_word_length=max_word_length, max_batch=max_batch)
+    engine = SuggestEngine(model, vocab, ckpt.data_config.preset, cache=StateCache(cache_clients, cache_per_client),
+                           **engine_kwargs)
+    backend = (ProcessBackend(ckpt, threads=suggest_threads, cache_clients=cache_clients,
+                              cache_per_client=cache_per_client, **engine_kwargs)
+               if suggest_process else ThreadBackend(engine))
     info = {
         "status": "ok", "rnnlab_version": __version__,
         "model": {"model": ckpt.model_config.model, "impl": ckpt.model_config.impl,
@@ -195,9 +206,15 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
                    "max_body_bytes": max_body_bytes},
     }
 
-    app = FastAPI(title="rnnlab", version=__version__, docs_url=None, redoc_url=None,
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        backend.close()
+
+    app = FastAPI(title="rnnlab", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Suggestions and generation from an rnnlab language model.")
     app.state.engine = engine
+    app.state.suggest_backend = backend
     app.state.checkpoint = ckpt
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
@@ -233,12 +250,14 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
         return info
 
     @app.post("/v1/suggest", response_model=SuggestResponse)
-    async def suggest(req: SuggestRequest) -> dict:
+    async def suggest(req: SuggestRequest) -> Response:
         # queued to the engine's batching worker; the event loop awaits it without a thread per request
         start = time.perf_counter()
-        out = (await asyncio.wrap_future(engine.submit(req.text, req.k, client=req.client))).to_dict()
-        out["elapsed_ms"] = (time.perf_counter() - start) * 1e3
-        return out
+        body = await backend.suggest(req.text, req.k, req.client)  # a JSON object: b'{...}'
+        elapsed = json.dumps((time.perf_counter() - start) * 1e3)
+        # encoded by the backend: the body is SuggestResponse by construction, so FastAPI's second
+        # validation of it against response_model (still the documented schema) would only cost time
+        return Response(body[:-1] + b',"elapsed_ms":' + elapsed.encode() + b"}", media_type="application/json")
 
     @app.post("/v1/generate", response_model=GenerateResponse)
     def generate(req: GenerateRequest) -> dict:

@@ -38,6 +38,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="larger request bodies get 413")
     p.add_argument("--max-batch", type=int, default=64,
                    help="most suggest requests answered together (1 = one at a time, no batching)")
+    p.add_argument("--suggest-worker", choices=("process", "thread"), default="process",
+                   help="where suggestions are computed: a process of their own (the search and the HTTP "
+                        "event loop run on two cores) or a thread of the server (they share one GIL)")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=cmd_serve)
 
@@ -91,7 +94,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     ckpt = load_checkpoint(args.checkpoint, select_device(args.device))
-    app = create_app(ckpt, max_body_bytes=args.max_body_bytes, max_batch=args.max_batch)
+    app = create_app(ckpt, max_body_bytes=args.max_body_bytes, max_batch=args.max_batch,
+                     suggest_process=args.suggest_worker == "process", suggest_threads=args.threads)
     sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(app, log_level=args.log_level, access_log=False)
