@@ -17,6 +17,7 @@ from rnnlab.checkpoint import load_checkpoint, save_checkpoint
 from rnnlab.config import ModelConfig
 from rnnlab.data.vocab import Vocab
 from rnnlab.models import FastRNNLM, build_model, detach_state
+from rnnlab.models import fast
 from rnnlab.models.fast import FastRecurrent
 from rnnlab.sampling import generate_ids
 
@@ -81,16 +82,36 @@ def _assert_same(ours: list[dict], ref: list[dict], tol: float, what: str) -> No
             assert err <= tol * scale, f"{what}, minibatch {step + 1}, {key}: max error {err:.3g}"
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.fixture
+def lstm_kernel(request, monkeypatch):
+    """float32 LSTMs through oneDNN's fused kernel (the CPU default) or through the hand-written loop."""
+    if request.param == "fused" and not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    monkeypatch.setattr(fast, "FUSED_LSTM", request.param == "fused")
+    return request.param
+
+
+# every cell through the loops in float64 and float32, and the LSTM through its fused kernel
+KERNEL_CASES = [(m, a, d, "loop") for m, a in CELLS for d in (torch.float64, torch.float32)] + [
+    ("lstm", "tanh", torch.float32, "fused")]
+
+
 @pytest.mark.parametrize("carry", [True, False], ids=["sequential", "random"])
 @pytest.mark.parametrize("embedding_dim", [0, 4], ids=["onehot", "embedding"])
 @pytest.mark.parametrize("num_layers", [1, 2])
-@pytest.mark.parametrize("model,activation", CELLS)
-def test_fast_equals_scratch_and_concise(model, activation, num_layers, embedding_dim, carry, dtype):
+@pytest.mark.parametrize("model,activation,dtype,lstm_kernel", KERNEL_CASES, indirect=["lstm_kernel"],
+                         ids=[f"{m}-{a}-{str(d)[6:]}-{k}" for m, a, d, k in KERNEL_CASES])
+def test_fast_equals_scratch_and_concise(model, activation, num_layers, embedding_dim, carry, dtype, lstm_kernel):
     models = _models(model, activation, num_layers, embedding_dim, dtype)
     fast = _two_minibatches(models["fast"], dtype, carry)
     for impl in ("scratch", "concise"):
         _assert_same(fast, _two_minibatches(models[impl], dtype, carry), TOL[dtype], f"fast vs {impl}")
+
+
+def test_fused_lstm_is_the_cpu_float32_default():
+    w = torch.randn(8, 2)
+    assert fast.fused_lstm_applies(w) == torch.backends.mkldnn.is_available()
+    assert not fast.fused_lstm_applies(w.double())
 
 
 def test_fast_uses_gather_not_one_hot_and_keeps_parameter_names():
