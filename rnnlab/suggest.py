@@ -118,11 +118,23 @@ class _Entry:
     logprobs: torch.Tensor  # (V,) log P(next token | cached text)
 
 
+@dataclass
+class _Lookahead:
+    """The states one character past a client's last text, computed anyway by its completion
+    search (its first beams): a block of rows, the row of each next character."""
+    text: str
+    rows: dict[str, int]  # next character -> row
+    state: State  # each (L, n, H)
+    logprobs: torch.Tensor  # (n, V)
+
+
 class StateCache:
-    """A bounded, thread-safe LRU: client -> LRU of (text -> _Entry).
+    """A bounded, thread-safe LRU: client -> LRU of (text -> _Entry), plus per client a lookahead.
 
     At most ``max_clients`` clients, each with at most ``per_client`` texts; the least recently
-    used client (or text) is dropped first.
+    used client (or text) is dropped first. The lookahead of a client (``lookahead``) holds the
+    states of its last text followed by each character its completion search tried first, so
+    that typing one of those characters needs no model step; it is replaced by the next one.
     """
 
     def __init__(self, max_clients: int = 256, per_client: int = 16):
@@ -130,6 +142,7 @@ class StateCache:
             raise UsageError("the suggestion cache needs at least one client and one entry per client")
         self.max_clients, self.per_client = max_clients, per_client
         self._clients: OrderedDict[str, OrderedDict[str, _Entry]] = OrderedDict()
+        self._ahead: dict[str, _Lookahead] = {}
         self._lock = threading.Lock()
 
     def longest_prefix(self, client: str, text: str) -> tuple[str, _Entry | None]:
@@ -143,7 +156,14 @@ class StateCache:
             for key, entry in entries.items():
                 if len(key) > len(best) and text.startswith(key):
                     best, hit = key, entry
-            if hit is not None:
+            ahead = self._ahead.get(client)
+            if ahead is not None and len(ahead.text) >= len(best) and len(text) > len(ahead.text) \
+                    and text.startswith(ahead.text) and text[len(ahead.text)] in ahead.rows:
+                i = ahead.rows[text[len(ahead.text)]]
+                best = text[:len(ahead.text) + 1]
+                hit = _Entry(tuple(s[:, i:i + 1].clone() for s in ahead.state), ahead.logprobs[i].clone())  # (L, 1, H)
+                self._put(entries, best, hit)  # kept like any other text (for a later deletion, say)
+            elif hit is not None:
                 entries.move_to_end(best)
             return best, hit
 
@@ -153,12 +173,21 @@ class StateCache:
             if entries is None:
                 entries = self._clients[client] = OrderedDict()
                 while len(self._clients) > self.max_clients:
-                    self._clients.popitem(last=False)
+                    self._ahead.pop(self._clients.popitem(last=False)[0], None)
             self._clients.move_to_end(client)
-            entries[text] = entry
-            entries.move_to_end(text)
-            while len(entries) > self.per_client:
-                entries.popitem(last=False)
+            self._put(entries, text, entry)
+
+    def _put(self, entries: OrderedDict[str, _Entry], text: str, entry: _Entry) -> None:
+        entries[text] = entry
+        entries.move_to_end(text)
+        while len(entries) > self.per_client:
+            entries.popitem(last=False)
+
+    def lookahead(self, client: str, ahead: _Lookahead) -> None:
+        """Set the client's lookahead (a client not in the cache is not added)."""
+        with self._lock:
+            if client in self._clients:
+                self._ahead[client] = ahead
 
     def __len__(self) -> int:
         with self._lock:
@@ -167,6 +196,7 @@ class StateCache:
     def clear(self) -> None:
         with self._lock:
             self._clients.clear()
+            self._ahead.clear()
 
 
 # -- one model step for a batch of rows ---------------------------------------------------------
@@ -376,6 +406,7 @@ class _Job:
     out: Suggestions
     future: Future
     started: bool  # the text ends inside a word
+    key: str = ""  # the text's cache key
     search: "_BeamSearch | None" = None
 
 
@@ -426,7 +457,7 @@ class _Scheduler:
             key, hit, ids = e._pending(mtext, request.client)
             out = Suggestions(mode="complete" if partial_model else "next_word", partial=partial_user,
                               model_text=mtext, context_tokens=len(ids))
-            job = _Job(request, out, future, bool(partial_model))
+            job = _Job(request, out, future, bool(partial_model), key)
             if len(ids) == 1:  # the usual keystroke: one step, batched with the others
                 state = hit.state if hit is not None else e.model.begin_state(1, e.device)
                 self.context.append((job, key, state, ids[0]))
@@ -464,6 +495,7 @@ class _Scheduler:
             lps += [entry.logprobs[None] for _, entry in ready]  # (1, V) each
             states += [entry.state for _, entry in ready]
         rows, cols, going, going_counts = [], [], [], []
+        first = []  # (job, its first row in the next call, the characters of its first beams)
         if jobs:
             logprobs = torch.cat(lps) if len(lps) > 1 else lps[0]  # (N, V)
             state = tuple(torch.cat(p, dim=1) for p in zip(*states)) if len(states) > 1 else states[0]
@@ -475,6 +507,8 @@ class _Scheduler:
                 s.finish(end_lp[offset:offset + n])  # a started word followed by any boundary
                 kept = s.extend(b_lp, b_idx, V, toks, word_start) if s.depth < e.max_word_length else []
                 if kept:
+                    if s.depth == 0:
+                        first.append((job, len(rows), [toks[c] for _, c in kept]))
                     rows += [offset + r for r, _ in kept]
                     cols += [c for _, c in kept]
                     s.steps += 1
@@ -493,6 +527,11 @@ class _Scheduler:
         state_in = tuple(torch.cat(p, dim=1) for p in zip(*parts)) if len(parts) > 1 else parts[0]  # each (L, N, H)
         x = torch.tensor(cols + [t for _, _, _, t in context], dtype=torch.long, device=e.device)  # (N,)
         logprobs, state = e._batch_step(x, state_in)  # (N, V), each (L, N, H)
+        for job, start, chars in first:  # the text plus each first character: the likely next keystrokes
+            end = start + len(chars)
+            e.cache.lookahead(job.request.client, _Lookahead(
+                job.key, {ch: i for i, ch in enumerate(chars)}, tuple(s[:, start:end].clone() for s in state),
+                logprobs[start:end].clone()))  # each (L, n, H), (n, V)
         if context:  # these rows are the jobs' new contexts
             n = len(cols)
             for j, (job, key, _, _) in enumerate(context):

@@ -53,9 +53,12 @@ def test_suggest_happy_path(client):
     assert body["completions"][0]["word"] == "traveller" and body["completions"][0]["append"] == "eller"
     assert len(body["completions"]) <= 3 and len(body["next_chars"]) == 3
     assert all(c["word"] in WORDS for c in body["completions"] if c["prob"] > 0.05)
-    # one more character is one more step of the cached state
+    # one more character is at most one more step of the cached state (none for a character the
+    # completion search tried first)
     r = client.post("/v1/suggest", json={"text": "the time trave", "k": 3, "client": "t1"})
-    assert r.json()["context_tokens"] == 1
+    assert r.json()["context_tokens"] == 0
+    r = client.post("/v1/suggest", json={"text": "the time trave77", "k": 3, "client": "t1"})
+    assert r.json()["context_tokens"] == 2
     # k defaults to 5; an empty text gets first-word suggestions
     r = client.post("/v1/suggest", json={"text": ""})
     assert r.status_code == 200 and r.json()["mode"] == "next_word" and len(r.json()["next_chars"]) == 5
@@ -212,7 +215,8 @@ def test_the_suggestion_process_answers_as_the_thread_does(ckpt):
                 assert [x["prob"] for x in body[key]] == pytest.approx([x["prob"] for x in want[key]], rel=1e-5)
         # the child keeps each client's states: one more character is one step
         c.post("/v1/suggest", json={"text": "the time trav", "client": "p"})
-        assert c.post("/v1/suggest", json={"text": "the time trave", "client": "p"}).json()["context_tokens"] == 1
+        assert c.post("/v1/suggest", json={"text": "the time trave", "client": "p"}).json()["context_tokens"] == 0
+        assert c.post("/v1/suggest", json={"text": "the time trave7", "client": "p"}).json()["context_tokens"] == 1
         assert c.post("/v1/suggest", json={"text": "a", "k": 0}).status_code == 422
         assert backend._proc.is_alive()
     assert not backend._proc.is_alive()
