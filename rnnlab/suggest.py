@@ -217,16 +217,19 @@ def _gru_cell(xw, h, c, w_hh_t, b_hh, relu):
 
 
 def _lstm_cell(xw, h, c, w_hh_t, b_hh, relu):
-    """xw (N, 4H) with both biases; h, c (N, H) -> (h', c')."""
+    """xw (N, 4H) with both biases; h, c (N, H) -> (h', c'). The weights of the g gate are doubled
+    (``_DOUBLED``) so that one sigmoid serves all four gates: tanh(x) = 2 sigmoid(2x) - 1 (a CPU
+    sigmoid is several times cheaper than a tanh)."""
     H = h.shape[1]
-    a = xw.addmm_(h, w_hh_t)  # (N, 4H): i, f, g, o
-    s = a.sigmoid()
-    c = torch.addcmul(s[:, H:2 * H] * c, s[:, :H], a[:, 2 * H:3 * H].tanh())  # (N, H)
-    return s[:, 3 * H:] * c.tanh(), c
+    s = xw.addmm_(h, w_hh_t).sigmoid_()  # (N, 4H): sigmoid of i, f, 2g, o
+    g = s[:, 2 * H:3 * H].mul(2).sub_(1)  # (N, H) tanh(g)
+    c = torch.addcmul(s[:, H:2 * H] * c, s[:, :H], g)  # (N, H)
+    return s[:, 3 * H:] * (c * 2).sigmoid_().mul_(2).sub_(1), c  # o * tanh(c')
 
 
 # cell -> (its step, whether the hidden bias joins the input bias)
 _CELLS = {"rnn": (_rnn_cell, True), "gru": (_gru_cell, False), "lstm": (_lstm_cell, True)}
+_DOUBLED = {"lstm": (2, 3)}  # cell -> the gate columns [a*H, b*H) whose weights and biases are doubled
 
 
 class _BatchStep:
@@ -262,12 +265,17 @@ class _BatchStep:
         cell, fold_hh = _CELLS[cfg.model]
         self.cell, self.relu = cell, getattr(cfg, "activation", "tanh") == "relu"
         p = {name: t.detach() for name, t in self.model.named_parameters()}
+        H, doubled = cfg.hidden_size, _DOUBLED.get(cfg.model)
         layers = []
         for k in range(cfg.num_layers):
             w_ih, w_hh = p[f"rnn.weight_ih_l{k}"], p[f"rnn.weight_hh_l{k}"]  # (G*H, I), (G*H, H)
             b_ih, b_hh = p[f"rnn.bias_ih_l{k}"], p[f"rnn.bias_hh_l{k}"]  # (G*H,)
-            b_in = b_ih + b_hh if fold_hh else b_ih
-            layers.append([None, w_ih.t(), b_in, w_hh.t().contiguous(), b_hh])
+            b_in = b_ih + b_hh if fold_hh else b_ih.clone()
+            w_ih_t, w_hh_t = w_ih.t().contiguous(), w_hh.t().contiguous()  # (I, G*H), (H, G*H): copies
+            if doubled is not None:
+                for t in (w_ih_t, w_hh_t, b_in):
+                    t[..., doubled[0] * H:doubled[1] * H] *= 2
+            layers.append([None, w_ih_t, b_in, w_hh_t, b_hh])
         emb = p.get("embedding.weight")  # (V, E) or absent (one-hot inputs)
         _, w_ih_t, b_in, _, _ = layers[0]
         layers[0][0] = (torch.addmm(b_in, emb, w_ih_t) if emb is not None else w_ih_t + b_in).contiguous()  # (V, G*H)
@@ -297,7 +305,7 @@ class _BatchStep:
         cs = state[1].unbind(0) if len(state) > 1 else [None] * len(hs)
         new_h, new_c, x = [], [], None
         for k, (table, w_ih_t, b_in, w_hh_t, b_hh) in enumerate(self.layers):
-            xw = table[ids] if k == 0 else torch.addmm(b_in, x, w_ih_t)  # (N, G*H)
+            xw = table.index_select(0, ids) if k == 0 else torch.addmm(b_in, x, w_ih_t)  # (N, G*H)
             x, c = self.cell(xw, hs[k], cs[k], w_hh_t, b_hh, self.relu)
             new_h.append(x)
             new_c.append(c)
@@ -522,7 +530,11 @@ class _Scheduler:
         if not cols and not context:
             self.jobs, self.counts, self.logprobs, self.state = [], [], None, None
             return
-        parts = [tuple(s.index_select(1, torch.tensor(rows, device=e.device)) for s in state)] if cols else []
+        if cols:
+            idx = torch.tensor(rows, device=e.device)  # (n,) the rows of the beams kept
+            parts = [tuple(s.index_select(1, idx) for s in state)]
+        else:
+            parts = []
         parts += [st for _, _, st, _ in context]
         state_in = tuple(torch.cat(p, dim=1) for p in zip(*parts)) if len(parts) > 1 else parts[0]  # each (L, N, H)
         x = torch.tensor(cols + [t for _, _, _, t in context], dtype=torch.long, device=e.device)  # (N,)

@@ -1,7 +1,8 @@
 """Where ``POST /v1/suggest`` is answered: the engine in this process, or in a process of its own.
 
 Both backends have one coroutine, ``suggest(text, k, client) -> bytes``: the suggestions as a JSON
-object (``Suggestions.to_dict()``), raising the engine's ``UsageError`` for a bad request.
+object (``Suggestions.to_dict()``), raising the engine's ``UsageError`` for a bad request. The
+JSON is encoded on the event loop's side (the engine is the busier of the two).
 
 * ``ThreadBackend``: the ``SuggestEngine`` of this process (its batching worker is a thread).
   Simple, and what the tests and the library use; but the worker's Python and the event loop's
@@ -15,7 +16,7 @@ object (``Suggestions.to_dict()``), raising the engine's ``UsageError`` for a ba
 
         event loop (this process)                     engine process
         suggest(): send (id, text, k, client) ──pipe──> queue -> admit -> step() -> ...
-        pipe readable: resolve the futures   <──pipe── [(id, ok, JSON bytes | error), ...] per step
+        pipe readable: resolve the futures   <──pipe── [(id, ok, to_dict() | error), ...] per step
 
 The child holds its own copy of the weights (sent at start) and the per-client state cache; it
 stops when the pipe closes (the server exits) or on ``close()``.
@@ -32,12 +33,12 @@ from concurrent.futures import Future
 
 from ..checkpoint import Checkpoint
 from ..errors import RnnlabError
-from ..suggest import Suggestions, SuggestEngine, SuggestRequest, StateCache, _Scheduler
+from ..suggest import SuggestEngine, SuggestRequest, StateCache, _Scheduler
 
 
-def suggestions_json(s: Suggestions) -> bytes:
-    """Compact UTF-8 JSON of one answer, as FastAPI's own responses (a non-finite float is null)."""
-    d = s.to_dict()
+def suggestions_json(d: dict) -> bytes:
+    """Compact UTF-8 JSON of one answer (``Suggestions.to_dict()``), as FastAPI's own responses
+    (a non-finite float is null)."""
     try:
         return json.dumps(d, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
     except ValueError:  # an infinite log-probability, say: JSON has no such number
@@ -55,7 +56,7 @@ class ThreadBackend:
         self.engine = engine
 
     async def suggest(self, text: str, k: int, client: str) -> bytes:
-        return suggestions_json(await asyncio.wrap_future(self.engine.submit(text, k, client=client)))
+        return suggestions_json((await asyncio.wrap_future(self.engine.submit(text, k, client=client))).to_dict())
 
     def close(self) -> None:
         pass
@@ -105,7 +106,7 @@ class ProcessBackend:
                 del self._pending[rid]
                 self._fail(exc)
                 raise RuntimeError("the suggestion process has stopped") from exc
-        return await future
+        return suggestions_json(await future)
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
         """Read the answers on ``loop`` whenever the pipe is readable."""
@@ -199,7 +200,7 @@ def _engine_main(conn, checkpoint: Checkpoint, threads: int, engine_kwargs: dict
             if not future.done():
                 still.append((rid, future))
             elif future.exception() is None:
-                answers.append((rid, True, suggestions_json(future.result())))
+                answers.append((rid, True, future.result().to_dict()))
             else:
                 answers.append((rid, False, _picklable(future.exception())))
         waiting = still
