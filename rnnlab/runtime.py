@@ -1,6 +1,8 @@
-"""Device selection and seeding: one function each, used by every entry point."""
+"""Device selection, seeding and the CPU allocator setting: one function each, used by every entry point."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import random
 
 import numpy as np
@@ -31,3 +33,29 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+_kept = False
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed blocks for reuse instead of handing them back to the OS.
+
+    Training on the CPU allocates and frees the same few-megabyte buffers every minibatch. By
+    default glibc serves blocks that large with ``mmap`` and unmaps them on ``free``, so every
+    minibatch pays its page faults again: measured ~1,000 faults and ~2 ms of system time per
+    minibatch of a 256-hidden GRU (B=32, T=35), ~50 with this setting. Process-wide; freed memory
+    stays in the process (its peak resident size is kept). Idempotent; ``False`` off glibc.
+    """
+    global _kept
+    if _kept:
+        return True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    # serve blocks up to 32 MiB (glibc's largest allowed threshold) from the heap; trim rarely
+    _kept = bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    return _kept

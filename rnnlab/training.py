@@ -28,6 +28,7 @@ from .distributed import LOCAL, DistContext, all_gather_object, all_gather_rows,
 from .errors import RnnlabError
 from .metrics import bits_per_token, perplexity
 from .models import LanguageModel, State, detach_state
+from .runtime import keep_freed_memory
 
 EpochCallback = Callable[["Trainer", dict], None]
 StepCallback = Callable[["Trainer", float, int], None]  # (trainer, loss of the step, tokens of the step)
@@ -126,6 +127,8 @@ class Trainer:
             raise RnnlabError("the validation split has fewer than 2 tokens; raise --val-fraction or use more text")
         self.model, self.cfg, self.dist = model, cfg, dist_ctx
         check_batch(cfg.batch_size, dist_ctx)
+        if model.device.type == "cpu":
+            keep_freed_memory()  # no page faults for the per-minibatch buffers
         self.train_ids = _to_device(train_ids, model.device)
         self.val_ids = _to_device(val_ids, model.device) if val_ids is not None else None
         # the training forward goes through DDP (gradient all-reduce); everything else uses the module

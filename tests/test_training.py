@@ -110,3 +110,20 @@ def test_evaluate_scores_every_token_in_order_with_carried_state():
     assert got["ppl"] == pytest.approx(math.exp(ref), rel=1e-5)
     batched = evaluate(model, ids, batch_size=5, num_steps=7)
     assert batched["tokens"] == 202  # the leftover targets are scored too
+
+
+def test_keep_freed_memory_stops_per_minibatch_page_faults():
+    """After the allocator setting, freeing and re-allocating a few-MB buffer faults no pages in again."""
+    import resource
+    import sys
+
+    from rnnlab.runtime import keep_freed_memory
+
+    if not sys.platform.startswith("linux") or not keep_freed_memory():
+        pytest.skip("glibc's mallopt only")
+    for _ in range(3):  # settle: the first allocation may fault the heap in
+        torch.ones(1 << 20)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        torch.ones(1 << 20)  # 4 MiB, above glibc's default mmap threshold
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 200  # 20 x 1024 pages without it
