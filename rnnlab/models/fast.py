@@ -165,15 +165,14 @@ class GRUSequence(torch.autograd.Function):
             if t > 0:
                 torch.addcmul(d_out_u[t - 1], dh_u[t], z_u[t], out=dh_u[t - 1]).addmm_(dgh_u[t], w_hh)
         d_h0 = torch.mul(dh[0], z[0]).addmm_(dgh[0], w_hh) if ctx.needs_input_grad[1] else None
-        d_xw = None
-        if ctx.needs_input_grad[0]:
-            d_xw = dgh.clone()  # r and z pre-activations are shared by the input and hidden parts
-            torch.mul(dh, k_n, out=d_xw[:, :, 2 * H:])
-        d_w = d_b = None
+        d_w = d_b = d_xw = None
         if ctx.needs_input_grad[2]:
             d_w = torch.mm(dgh[1:].reshape(-1, 3 * H).t(), out[:-1].reshape(-1, H)).addmm_(dgh[0].t(), h0)
         if ctx.needs_input_grad[3]:
             d_b = dgh.sum((0, 1))
+        if ctx.needs_input_grad[0]:  # r and z pre-activations are shared by the input and hidden parts,
+            d_xw = dgh  # so only the n part differs: overwrite it in place, dgh is no longer needed
+            torch.mul(dh, k_n, out=d_xw[:, :, 2 * H:])
         return d_xw, d_h0, d_w, d_b
 
 
