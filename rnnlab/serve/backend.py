@@ -158,8 +158,11 @@ class ProcessBackend:
 
 def _engine_main(conn, checkpoint: Checkpoint, threads: int, engine_kwargs: dict) -> None:
     """The child: the engine's batching loop, fed by the pipe instead of a queue of threads."""
+    import signal
+
     import torch
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle; it closes the pipe
     try:
         torch.set_num_threads(threads)
         model = checkpoint.model
