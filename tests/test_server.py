@@ -240,3 +240,24 @@ def test_the_suggestion_process_reports_engine_errors_to_the_caller(ckpt):
     finally:
         backend.close()
     assert not backend._proc.is_alive()
+
+
+def test_the_fast_path_answers_as_the_route(ckpt):
+    """Valid suggest requests skip the framework (SuggestFastPath); their responses are the route's."""
+    from rnnlab.serve.app import SuggestFastPath
+
+    app = create_app(ckpt)
+    assert any(m.cls is SuggestFastPath for m in app.user_middleware)
+    plain = create_app(ckpt, suggest_fast_path=False)
+    assert not any(m.cls is SuggestFastPath for m in plain.user_middleware)
+    texts = ("the ti", "the tim", "", "é€😀 the")
+    with TestClient(app) as c:
+        via_fast = [c.post("/v1/suggest", json={"text": t, "k": 3, "client": "f"}) for t in texts]
+    with TestClient(plain) as c:
+        via_route = [c.post("/v1/suggest", json={"text": t, "k": 3, "client": "f"}) for t in texts]
+    for a, b in zip(via_fast, via_route):
+        assert a.status_code == b.status_code == 200
+        assert a.headers["content-type"] == b.headers["content-type"] == "application/json"
+        ja, jb = a.json(), b.json()
+        assert ja.pop("elapsed_ms") >= 0 and jb.pop("elapsed_ms") >= 0
+        assert ja == jb
