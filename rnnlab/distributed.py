@@ -11,6 +11,8 @@ processes: who am I, how many are we, reduce / gather / wait.
 """
 from __future__ import annotations
 
+import gc
+
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -103,6 +105,9 @@ def cleanup(ctx: DistContext) -> None:
     """Wait for every rank, then leave the group (only if ``setup`` created it)."""
     if ctx.owns_group and dist.is_initialized():
         dist.barrier()
+        # free finished DDP wrappers (their reducer holds the group) now rather than during interpreter
+        # teardown, where gloo's worker threads can abort the process ("terminate called ...", seen once in CI)
+        gc.collect()
         dist.destroy_process_group()
 
 
