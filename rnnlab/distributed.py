@@ -12,7 +12,6 @@ processes: who am I, how many are we, reduce / gather / wait.
 from __future__ import annotations
 
 import gc
-
 import os
 from dataclasses import dataclass
 from datetime import timedelta
