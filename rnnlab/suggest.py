@@ -445,6 +445,7 @@ class _Scheduler:
         self.state: State | None = None  # each (L, N, H)
         self.context: list[tuple[_Job, str, State, int]] = []  # (job, cache key, state (L, 1, H), token)
         self.ready: list[tuple[_Job, _Entry]] = []  # jobs whose context is known, search not started
+        self.open: list[_Job] = []  # every admitted job not yet answered (an error answers them all)
 
     @property
     def in_flight(self) -> int:
@@ -466,6 +467,7 @@ class _Scheduler:
             out = Suggestions(mode="complete" if partial_model else "next_word", partial=partial_user,
                               model_text=mtext, context_tokens=len(ids))
             job = _Job(request, out, future, bool(partial_model), key)
+            self.open.append(job)
             if len(ids) == 1:  # the usual keystroke: one step, batched with the others
                 state = hit.state if hit is not None else e.model.begin_state(1, e.device)
                 self.context.append((job, key, state, ids[0]))
@@ -485,8 +487,9 @@ class _Scheduler:
         try:
             with torch.inference_mode():
                 self._step()
+            self.open = [job for job in self.open if not job.future.done()]
         except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller
-            for job in [*self.jobs, *(c[0] for c in self.context), *(r[0] for r in self.ready)]:
+            for job in self.open:  # including the jobs _step had taken out of its queues
                 if not job.future.done():
                     job.future.set_exception(exc)
             self.__init__(self.engine)

@@ -25,9 +25,11 @@ def _metrics(d):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
-def _configs(path, sampling, epochs, dropout=0.1):
-    return (DataConfig(path=str(path), val_fraction=0.1),
-            ModelConfig(model="lstm", impl="concise", hidden_size=24, num_layers=2, embedding_dim=8, dropout=dropout),
+def _configs(path, sampling, epochs, dropout=0.1, model="lstm"):
+    mcfg = (ModelConfig(model="unrolled", hidden_size=24, window=3, embedding_dim=8, dropout=dropout)
+            if model == "unrolled" else
+            ModelConfig(model="lstm", impl="concise", hidden_size=24, num_layers=2, embedding_dim=8, dropout=dropout))
+    return (DataConfig(path=str(path), val_fraction=0.1), mcfg,
             TrainConfig(batch_size=4, num_steps=10, sampling=sampling, epochs=epochs, seed=3, predict_every=0,
                         optimizer="adam", lr=0.01, save_every=1))
 
@@ -47,13 +49,13 @@ class StopAfter:
             trainer.request_stop()
 
 
-@pytest.mark.parametrize("sampling", ["sequential", "random"])
-def test_resumed_run_equals_uninterrupted_run(tmp_path, sampling, monkeypatch):
+@pytest.mark.parametrize("sampling,model", [("sequential", "lstm"), ("random", "lstm"), ("sequential", "unrolled")])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, sampling, model, monkeypatch):
     src = tmp_path / "text.txt"
     src.write_text(TEXT)
     quiet = lambda msg: None  # noqa: E731
     full = tmp_path / "full"
-    train_run(*_configs(src, sampling, 4), full, log=quiet)
+    train_run(*_configs(src, sampling, 4, model=model), full, log=quiet)
 
     # the same run, stopped inside epoch 2 (mid-epoch: carried state, partial sums) then resumed
     part = tmp_path / "part"
@@ -66,7 +68,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, sampling, monkeypatch):
             self.step_callbacks.append(StopAfter(self.batches_per_epoch + 3))
 
     monkeypatch.setattr(pl, "Trainer", Interrupting)
-    r = train_run(*_configs(src, sampling, 4), part, log=quiet)
+    r = train_run(*_configs(src, sampling, 4, model=model), part, log=quiet)
     assert r.interrupted
     monkeypatch.setattr(pl, "Trainer", orig)
     stored = stored_configs(part)

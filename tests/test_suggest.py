@@ -371,3 +371,47 @@ def test_a_character_the_search_tried_first_needs_no_model_step(ckpt, engine):
     nxt = engine.suggest("we sa", client="c").completions[0].append[0]
     assert engine.suggest("we sa" + nxt + "7", client="c").context_tokens == 1  # from the lookahead's state
     assert engine.suggest("we sa" + nxt + "77", client="c").context_tokens == 1  # the lookahead is of "we sa" only
+
+
+def test_an_error_in_a_batched_step_reaches_every_waiting_caller(ckpt):
+    """A model that fails only in the one-token steps of the search (not while reading the context)
+    must fail the requests that step was carrying, not leave them waiting forever."""
+
+    class FailsInSteps(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        @property
+        def device(self):
+            return self.inner.device
+
+        def begin_state(self, batch_size, device=None):
+            return self.inner.begin_state(batch_size, device)
+
+        def forward(self, tokens, state):
+            if tokens.shape[1] == 1:
+                raise RuntimeError("step exploded")
+            return self.inner(tokens, state)
+
+    engine = SuggestEngine(FailsInSteps(ckpt.model), ckpt.vocab)
+    futures = [engine.submit(t, 3, client=f"c{i}") for i, t in enumerate(["the psy", "we sat in the gar"])]
+    for f in futures:
+        with pytest.raises(RuntimeError, match="step exploded"):
+            f.result(timeout=30)
+    with pytest.raises(RuntimeError, match="step exploded"):
+        engine.suggest_batch([SuggestRequest("the mach", 2)])
+
+
+def test_the_unrolled_model_suggests_in_batches_too(ckpt):
+    """The AWS post's many-to-one model keeps its window in the contract's (L, B, ...) layout, so
+    the scheduler batches it like a recurrent state, with the answers of one request at a time."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(model="unrolled", vocab_size=len(ckpt.vocab), hidden_size=16, window=3)).eval()
+    alone = SuggestEngine(model, ckpt.vocab, max_batch=1)
+    together = SuggestEngine(model, ckpt.vocab)
+    requests = [SuggestRequest(t, k=3, client=f"c{i}") for i, t in enumerate(BATCH_TEXTS[:6])]
+    expected = [alone.suggest(r.text, r.k, r.client) for r in requests]
+    for a, b in zip(together.suggest_batch(requests), expected):
+        _same(a, b)
+    assert all(len(s.next_chars) == 3 for s in expected)

@@ -91,9 +91,9 @@ def test_streaming_forward_equals_window_by_window(window, embedding_dim):
     ids = _ids(30)
     logits, (prev,) = m(ids[None, :-1], m.begin_state(1))  # (1, 29, V)
     X, y = window_dataset(ids, window)
-    assert logits.shape == (1, 29, V) and prev.shape == (1, window - 1)
+    assert logits.shape == (1, 29, V) and prev.shape == (1, 1, window - 1)  # (L=1, B, W-1)
     assert torch.allclose(logits[0, window - 1:], m.predict_windows(X), atol=1e-12, rtol=0)
-    assert prev[0].tolist() == ids[29 - (window - 1):29].tolist()
+    assert prev[0, 0].tolist() == ids[29 - (window - 1):29].tolist()
 
 
 def test_start_of_stream_reads_a_shorter_chain():
@@ -115,7 +115,7 @@ def test_start_of_stream_reads_a_shorter_chain():
 def test_begin_state_is_padding_and_batches_are_independent():
     m = _model(window=4)
     (prev,) = m.begin_state(3)
-    assert prev.shape == (3, 3) and prev.dtype == torch.long and (prev == PAD).all()
+    assert prev.shape == (1, 3, 3) and prev.dtype == torch.long and (prev == PAD).all()
     tokens = torch.randint(0, V, (3, 7), generator=torch.Generator().manual_seed(5))
     logits, _ = m(tokens)
     for b in range(3):
@@ -134,7 +134,7 @@ def test_state_carry_equals_one_call_over_the_concatenation(chunk):
         parts.append(out)
     assert torch.allclose(torch.cat(parts, dim=1), whole, atol=1e-12, rtol=0)
     assert torch.equal(state[0], prev_whole)
-    assert torch.equal(prev_whole, tokens[:, -3:])
+    assert torch.equal(prev_whole[0], tokens[:, -3:])
 
 
 def test_gradients_reach_every_parameter():

@@ -21,8 +21,9 @@ returns a prediction at every position: logits[:, t] predicts the token after ``
 window ``x_{t-W+1} .. x_t``. Training on a ``(B, T)`` minibatch is therefore training on all its
 ``T`` sliding windows at once (the post's data preparation, ``window_dataset``, cuts the same
 windows out of the stream). The state is the last ``W - 1`` token ids, ``(prev,)`` with ``prev``
-of shape ``(B, W-1)`` long, so sequential batching carries the window across minibatches and
-generation slides it one token at a time.
+of shape ``(1, B, W-1)`` long (the contract's ``(L, B, ...)`` layout: batch on dim 1, so batching,
+DDP and the suggestion scheduler treat it like any recurrent state), so sequential batching
+carries the window across minibatches and generation slides it one token at a time.
 
 **Start of a stream.** ``begin_state`` fills ``prev`` with ``PAD = -1`` ("no token yet"). A
 window with ``j`` leading pads is read as the post's chain over its ``W - j`` real tokens:
@@ -65,7 +66,7 @@ def window_dataset(ids: torch.Tensor, window: int, stride: int = 1) -> tuple[tor
 class UnrolledRNN(LanguageModel):
     """The unrolled many-to-one model of the module docstring; ``cfg.window`` is ``W``.
 
-    begin_state(B) -> (prev,) with prev (B, W-1) long, all ``PAD``.
+    begin_state(B) -> (prev,) with prev (1, B, W-1) long, all ``PAD``.
     forward(tokens (B, T), state) -> logits (B, T, V), (prev,) = the last W-1 ids seen.
     predict_windows(X (N, W)) -> logits (N, V): the post's forward, one window per row.
     """
@@ -96,16 +97,16 @@ class UnrolledRNN(LanguageModel):
 
     def begin_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         device = device if device is not None else self.device
-        return (torch.full((batch_size, self.window - 1), PAD, dtype=torch.long, device=device),)  # (B, W-1)
+        return (torch.full((1, batch_size, self.window - 1), PAD, dtype=torch.long, device=device),)  # (1, B, W-1)
 
     def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         if state is None:
             state = self.begin_state(tokens.shape[0], tokens.device)
         W = self.window
-        stream = torch.cat([state[0], tokens], dim=1)  # (B, W-1+T)
+        stream = torch.cat([state[0][0], tokens], dim=1)  # (B, W-1+T)
         windows = stream.unfold(1, W, 1)  # (B, T, W): windows[:, t] = x_{t-W+1} .. x_t
         logits = self.predict_windows(windows)  # (B, T, V)
-        return logits, (stream[:, stream.shape[1] - (W - 1):],)  # (B, W-1)
+        return logits, (stream[None, :, stream.shape[1] - (W - 1):],)  # (1, B, W-1)
 
     def predict_windows(self, windows: torch.Tensor) -> torch.Tensor:
         """windows (..., W) long, ids or ``PAD`` -> logits (..., V) for the token after each window.
