@@ -13,6 +13,7 @@ import torch
 from .data.vocab import Vocab
 from .errors import RnnlabError
 from .models import LanguageModel
+from .models.step import BatchStep
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -74,15 +75,14 @@ def generate_ids(model: LanguageModel, prefix_ids: list[int], length: int, tempe
 
 
 def _stepper(model: LanguageModel, state):
-    """``step(ids (N,)) -> logits (N, V)`` carrying the state: the model's own lean one when it has
-    one (``FastRNNLM.stepper``), else a one-step ``forward``."""
-    if hasattr(model, "stepper"):
-        return model.stepper(state)
+    """``step(ids (N,)) -> logits (N, V)`` carrying the state: the models' specialised one-token
+    step (``BatchStep``; a one-step ``forward`` for a model it does not fit)."""
+    batch_step = BatchStep(model)
 
     def step(tok: torch.Tensor) -> torch.Tensor:
         nonlocal state
-        logits, state = model(tok[:, None], state)  # (N, 1, V)
-        return logits[:, -1]
+        logits, state = batch_step(tok, state)  # (N, V)
+        return logits
 
     return step
 

@@ -10,6 +10,7 @@ from rnnlab.config import ModelConfig
 from rnnlab.data.vocab import Vocab
 from rnnlab.errors import UsageError
 from rnnlab.models import build_model
+from rnnlab.models.step import BatchStep
 from rnnlab.suggest import MAX_K, StateCache, SuggestEngine, SuggestRequest, split_partial_word, suggest
 from tiny_keyboard_model import WORDS, tiny_checkpoint
 
@@ -249,49 +250,49 @@ def test_a_bad_request_fails_alone_and_a_model_error_reaches_every_caller(ckpt):
                                                      ("gru", "concise", 2, 0), ("gru", "fast", 1, 5),
                                                      ("rnn", "concise", 1, 0), ("rnn", "scratch", 2, 4)])
 def test_the_batched_step_is_the_models_own_step(cell, impl, layers, emb):
-    """The worker's specialised one-step (lookup table, transposed weights) gives the log-probs and
-    state of ``model.forward`` for every cell, implementation, depth and input kind."""
-    from rnnlab.suggest import _BatchStep
+    """The specialised one-step (lookup table, transposed weights) gives the logits and state of
+    ``model.forward`` for every cell, implementation, depth and input kind."""
 
     torch.manual_seed(0)
     cfg = ModelConfig(model=cell, impl=impl, vocab_size=11, hidden_size=12, num_layers=layers, embedding_dim=emb,
                       activation="relu" if (cell == "rnn" and impl == "scratch") else "tanh",
                       init="torch")
     model = build_model(cfg).eval()
-    step = _BatchStep(model)
+    step = BatchStep(model)
     assert step.specialised
     ids = torch.tensor([0, 3, 10, 3, 7])
     state = tuple(torch.randn_like(s) for s in model.begin_state(5))
     with torch.inference_mode():
-        logprobs, new_state = step(ids, state)
+        step_logits, new_state = step(ids, state)
         logits, ref_state = model(ids[:, None], state)
-    assert torch.allclose(logprobs, torch.log_softmax(logits[:, -1], -1), atol=1e-5)
+    assert torch.allclose(step_logits, logits[:, -1], atol=1e-5)
     assert len(new_state) == len(ref_state)
     for a, b in zip(new_state, ref_state):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
 
 
+class Wrapped(torch.nn.Module):
+    """A model that hides its parameters from the specialised step: it can only be run by forward."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    @property
+    def device(self):
+        return self.inner.device
+
+    def begin_state(self, batch_size, device=None):
+        return self.inner.begin_state(batch_size, device)
+
+    def forward(self, tokens, state):
+        return self.inner(tokens, state)
+
+
 def test_a_model_the_batched_step_does_not_fit_is_stepped_through_forward(ckpt):
     """A model without the recurrent contract's parameters (here a wrapper that hides them) is run
     by its own ``forward``, and the suggestions are the same."""
-    from rnnlab.suggest import _BatchStep
-
-    class Wrapped(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        @property
-        def device(self):
-            return self.inner.device
-
-        def begin_state(self, batch_size, device=None):
-            return self.inner.begin_state(batch_size, device)
-
-        def forward(self, tokens, state):
-            return self.inner(tokens, state)
-
-    assert not _BatchStep(Wrapped(ckpt.model)).specialised
+    assert not BatchStep(Wrapped(ckpt.model)).specialised
     generic = SuggestEngine(Wrapped(ckpt.model), ckpt.vocab)
     fast = SuggestEngine(ckpt.model, ckpt.vocab)
     assert fast._batch_step.specialised
@@ -377,18 +378,7 @@ def test_an_error_in_a_batched_step_reaches_every_waiting_caller(ckpt):
     """A model that fails only in the one-token steps of the search (not while reading the context)
     must fail the requests that step was carrying, not leave them waiting forever."""
 
-    class FailsInSteps(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        @property
-        def device(self):
-            return self.inner.device
-
-        def begin_state(self, batch_size, device=None):
-            return self.inner.begin_state(batch_size, device)
-
+    class FailsInSteps(Wrapped):
         def forward(self, tokens, state):
             if tokens.shape[1] == 1:
                 raise RuntimeError("step exploded")

@@ -15,8 +15,6 @@ What makes it fast (the numbers agree with ``scratch`` to float32 rounding; test
   the LSTM's ``g`` rows are doubled so one sigmoid covers all four gates.
 * **In-place, view-free loops.** The input term buffer is private, so each step's ``h W_hh^T``
   is added in place (``addmm_``, no copy); per-step views come from one ``unbind``.
-* **Generation** (``FastRNNLM.stepper``): weight transposes and the one-hot lookup table made once,
-  then a handful of small ops per token, state carried.
 
 * **LSTM on CPU float32** runs oneDNN's fused LSTM (``torch.lstm``, the kernel behind
   ``nn.LSTM``), which beats the loop below there; float64, CUDA and torch builds without oneDNN
@@ -338,50 +336,3 @@ class FastRNNLM(RNNLM):
         out = F.dropout(out, self.cfg.dropout, self.training)
         logits = self.head(out)  # (T, B, V): one product over T*B rows
         return logits.transpose(0, 1), state  # (B, T, V) view
-
-    @torch.inference_mode()
-    def stepper(self, state: State):
-        """A generation step carrying ``state`` inside: ``step(ids (N,)) -> logits (N, V)``.
-
-        Inference only (no dropout, no autograd): every weight transpose and the one-hot lookup
-        table are made once here, so a step is a handful of small ops per layer.
-        """
-        cfg, rnn = self.cfg, self.rnn
-        H = cfg.hidden_size
-        layers = []
-        for k in range(rnn.num_layers):
-            w_ih, w_hh, b_ih, b_hh = rnn.layer_params(k)
-            b_in = b_ih if cfg.model == "gru" else b_ih + b_hh
-            table = (w_ih.t() + b_in) if (k == 0 and self.embedding is None) else None  # (V, G*H)
-            layers.append((table, w_ih.t(), b_in, w_hh.t(), b_hh))
-        if self.embedding is not None:  # fold the embedding into layer 0's lookup table
-            _, w_ih_t, b_in, w_hh_t, b_hh = layers[0]
-            layers[0] = (torch.addmm(b_in, self.embedding.weight, w_ih_t), w_ih_t, b_in, w_hh_t, b_hh)
-        hs = list(state[0].unbind(0))  # L x (N, H)
-        cs = list(state[1].unbind(0)) if cfg.model == "lstm" else None
-        head_w_t, head_b = self.head.weight.t(), self.head.bias
-
-        @torch.inference_mode()
-        def step(ids: torch.Tensor) -> torch.Tensor:
-            x = None
-            for k, (table, w_ih_t, b_in, w_hh_t, b_hh) in enumerate(layers):
-                xw = table[ids] if table is not None else torch.addmm(b_in, x, w_ih_t)  # (N, G*H)
-                h = hs[k]
-                if cfg.model == "rnn":
-                    a = xw.addmm_(h, w_hh_t)
-                    h = a.tanh_() if cfg.activation == "tanh" else a.relu_()
-                elif cfg.model == "gru":
-                    gh = torch.addmm(b_hh, h, w_hh_t)  # (N, 3H)
-                    rz = (xw[:, :2 * H] + gh[:, :2 * H]).sigmoid_()
-                    n = torch.addcmul(xw[:, 2 * H:], rz[:, :H], gh[:, 2 * H:]).tanh_()
-                    h = torch.lerp(n, h, rz[:, H:])
-                else:
-                    a = xw.addmm_(h, w_hh_t)  # (N, 4H): i, f, g, o
-                    i, f, g, o = a.sigmoid().chunk(4, 1)
-                    c = torch.addcmul(f * cs[k], i, a[:, 2 * H:3 * H].tanh())
-                    cs[k] = c
-                    h = o * c.tanh()
-                hs[k] = x = h
-            return torch.addmm(head_b, x, head_w_t)  # (N, V)
-
-        return step
