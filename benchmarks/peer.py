@@ -296,6 +296,8 @@ def main(argv=None) -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; epochs {args.epochs} per side, "
           f"alternating every {args.chunk}", flush=True)
+    from rnnlab.models import native
+    print("rnnlab C++ time loops: " + ("on" if native.available() else f"off ({native.reason()})"), flush=True)
     peak = gemm_gflops()
     print(f"large matrix product (2048^3 float32): {peak:.0f} GFLOP/s", flush=True)
     rows, gen_rows = [], []

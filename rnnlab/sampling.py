@@ -60,9 +60,15 @@ def generate_ids(model: LanguageModel, prefix_ids: list[int], length: int, tempe
     state = model.begin_state(num_samples, device)
     logits, state = model(prefix, state)  # (N, P, V)
     last = logits[:, -1]  # (N, V)
-    step = _stepper(model, state)
-    out = []
+    batch_step = BatchStep.for_model(model)
     banned = torch.tensor(list(suppress), dtype=torch.long, device=device)
+    if (temperature <= 0 or top_k == 1) and length > 0:  # greedy: the whole loop in C++ where it can
+        ids = batch_step.greedy(last, state, length, banned)
+        if ids is not None:
+            model.train(was_training)
+            return ids
+    step = _stepper(batch_step, state)
+    out = []
     for t in range(length):
         if len(banned):
             last = last.index_fill(-1, banned, float("-inf"))
@@ -74,10 +80,9 @@ def generate_ids(model: LanguageModel, prefix_ids: list[int], length: int, tempe
     return torch.stack(out, dim=1) if out else torch.empty(num_samples, 0, dtype=torch.long, device=device)
 
 
-def _stepper(model: LanguageModel, state):
-    """``step(ids (N,)) -> logits (N, V)`` carrying the state: the models' specialised one-token
+def _stepper(batch_step: BatchStep, state):
+    """``step(ids (N,)) -> logits (N, V)`` carrying the state: the model's specialised one-token
     step (``BatchStep``; a one-step ``forward`` for a model it does not fit)."""
-    batch_step = BatchStep(model)
 
     def step(tok: torch.Tensor) -> torch.Tensor:
         nonlocal state

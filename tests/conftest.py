@@ -20,3 +20,11 @@ def _data_dir(monkeypatch):
 def data_available(name: str) -> bool:
     d = Path(os.environ.get("RNNLAB_DATA_DIR", SHARED_DATA))
     return (d / name).is_file()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _native_loops_built():
+    """Build the C++ loops once, up front, so that no test's subprocess pays for (or prints) the build."""
+    from rnnlab.models import native
+
+    native.available()

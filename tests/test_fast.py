@@ -9,6 +9,7 @@ drawn larger than any init (U(-0.6, 0.6)) so every gate works far from its linea
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import pytest
 import torch
@@ -17,8 +18,9 @@ from rnnlab.checkpoint import load_checkpoint, save_checkpoint
 from rnnlab.config import ModelConfig
 from rnnlab.data.vocab import Vocab
 from rnnlab.models import FastRNNLM, build_model, detach_state
-from rnnlab.models import fast
+from rnnlab.models import fast, native
 from rnnlab.models.fast import FastRecurrent
+from rnnlab.models.step import BatchStep
 from rnnlab.sampling import generate_ids
 
 V, H, B, T = 11, 6, 5, 7  # vocabulary, hidden, batch, steps
@@ -83,29 +85,71 @@ def _assert_same(ours: list[dict], ref: list[dict], tol: float, what: str) -> No
 
 
 @pytest.fixture
-def lstm_kernel(request, monkeypatch):
-    """float32 LSTMs through oneDNN's fused kernel (the CPU default) or through the hand-written loop."""
+def kernel(request, monkeypatch):
+    """Which loops run: the Python loops, the C++ loops (``native``), or for float32 LSTMs oneDNN's
+    fused kernel (the CPU default)."""
     if request.param == "fused" and not torch.backends.mkldnn.is_available():
         pytest.skip("this torch has no oneDNN")
+    if request.param == "native" and not native.available():
+        pytest.skip(f"no C++ loops here: {native.reason()}")
     monkeypatch.setattr(fast, "FUSED_LSTM", request.param == "fused")
+    monkeypatch.setattr(fast, "NATIVE", request.param == "native")
     return request.param
 
 
-# every cell through the loops in float64 and float32, and the LSTM through its fused kernel
-KERNEL_CASES = [(m, a, d, "loop") for m, a in CELLS for d in (torch.float64, torch.float32)] + [
-    ("lstm", "tanh", torch.float32, "fused")]
+# every cell through the Python loops in float64 and float32 and through the C++ loops (float32
+# only), and the LSTM through its fused kernel
+KERNEL_CASES = ([(m, a, d, "python") for m, a in CELLS for d in (torch.float64, torch.float32)]
+                + [(m, a, torch.float32, "native") for m, a in CELLS] + [("lstm", "tanh", torch.float32, "fused")])
 
 
 @pytest.mark.parametrize("carry", [True, False], ids=["sequential", "random"])
 @pytest.mark.parametrize("embedding_dim", [0, 4], ids=["onehot", "embedding"])
 @pytest.mark.parametrize("num_layers", [1, 2])
-@pytest.mark.parametrize("model,activation,dtype,lstm_kernel", KERNEL_CASES, indirect=["lstm_kernel"],
+@pytest.mark.parametrize("model,activation,dtype,kernel", KERNEL_CASES, indirect=["kernel"],
                          ids=[f"{m}-{a}-{str(d)[6:]}-{k}" for m, a, d, k in KERNEL_CASES])
-def test_fast_equals_scratch_and_concise(model, activation, num_layers, embedding_dim, carry, dtype, lstm_kernel):
+def test_fast_equals_scratch_and_concise(model, activation, num_layers, embedding_dim, carry, dtype, kernel,
+                                         monkeypatch):
+    calls = []
+    for name in ("NativeRNN", "NativeGRU", "NativeLSTM"):  # count what ran: the case must test its kernel
+        fn = getattr(native, name)
+        monkeypatch.setattr(fn, "apply", (lambda f: lambda *a: calls.append(f) or f(*a))(fn.apply))
     models = _models(model, activation, num_layers, embedding_dim, dtype)
-    fast = _two_minibatches(models["fast"], dtype, carry)
+    ours = _two_minibatches(models["fast"], dtype, carry)
+    assert bool(calls) == (kernel == "native")
     for impl in ("scratch", "concise"):
-        _assert_same(fast, _two_minibatches(models[impl], dtype, carry), TOL[dtype], f"fast vs {impl}")
+        _assert_same(ours, _two_minibatches(models[impl], dtype, carry), TOL[dtype], f"fast vs {impl}")
+
+
+def test_native_loops_build_where_there_is_a_compiler():
+    """With a C++ compiler on the machine the extension must build: a silent fallback would hide
+    a broken build behind skipped tests."""
+    if not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("no C++ compiler")
+    assert native.available(), native.reason()
+    assert native.applies(torch.ones(1)) and not native.applies(torch.ones(1, dtype=torch.float64))
+
+
+def test_native_build_failure_falls_back_to_python_loops(tmp_path, monkeypatch):
+    """A source that does not compile: one notice, ``available()`` False with the reason, and the
+    fast model still trains (Python loops)."""
+    broken = tmp_path / "loops.cpp"
+    broken.write_text("this is not C++\n")
+    monkeypatch.setattr(native, "_SOURCE", broken)
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(native, "ops", None)
+    monkeypatch.setenv("RNNLAB_NATIVE_DIR", str(tmp_path / "cache"))
+    assert not native.available() and native.reason()
+    m = build_model(ModelConfig(model="gru", impl="fast", vocab_size=V, hidden_size=H))
+    logits, _ = m(torch.randint(0, V, (B, T)))
+    logits.sum().backward()
+    assert m.rnn.weight_hh_l0.grad is not None
+
+
+def test_native_off_by_environment(monkeypatch):
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setenv("RNNLAB_NATIVE", "0")
+    assert not native.available() and native.reason() == "RNNLAB_NATIVE=0"
 
 
 def test_fused_lstm_is_the_cpu_float32_default():
@@ -174,3 +218,43 @@ def test_fast_and_concise_on_cuda_equal_scratch_on_cpu(model, activation):
         res = _two_minibatches(gpu[impl], torch.float64, True, device="cuda")
         res = [{k: v.cpu() for k, v in r.items()} for r in res]
         _assert_same(res, cpu, 1e-9, f"{impl} on cuda vs scratch on cpu")
+
+
+@pytest.mark.parametrize("embedding_dim", [0, 4], ids=["onehot", "embedding"])
+@pytest.mark.parametrize("model,activation", CELLS)
+def test_native_greedy_generation_equals_python_steps(model, activation, embedding_dim, monkeypatch):
+    """Greedy generation's C++ loop (float32, CPU) gives the tokens of the Python step loop: two
+    layers, three rows, a suppressed id."""
+    if not native.available():
+        pytest.skip(f"no C++ loops here: {native.reason()}")
+    m = _models(model, activation, 2, embedding_dim, torch.float32)["fast"]
+    used = []
+    real_greedy = BatchStep.greedy
+    monkeypatch.setattr(BatchStep, "greedy", lambda self, *a: used.append(1) or real_greedy(self, *a))
+    ours = generate_ids(m, [1, 2, 3, 4], 40, num_samples=3, suppress=[5])
+    assert used and ours.shape == (3, 40) and not (ours == 5).any()
+    monkeypatch.setattr(native, "_state", {"ok": False, "why": "test: Python steps"})
+    assert torch.equal(ours, generate_ids(m, [1, 2, 3, 4], 40, num_samples=3, suppress=[5]))
+
+
+def test_cached_step_follows_weight_changes():
+    """Generation reuses the model's step while the weights are unchanged, and rebuilds it after an
+    in-place update or a load_state_dict: each result equals a fresh model's with those weights."""
+    models = _models("gru", "tanh", 1, 0, torch.float32)
+    m, other = models["fast"], _models("gru", "tanh", 1, 0, torch.float32)["fast"]
+
+    def fresh(state_dict):
+        f = build_model(m.cfg)
+        f.load_state_dict(state_dict)
+        return generate_ids(f, [1, 2], 25)
+
+    assert torch.equal(generate_ids(m, [1, 2], 25), fresh(m.state_dict()))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(-1.7)
+    assert torch.equal(generate_ids(m, [1, 2], 25), fresh(m.state_dict()))
+    with torch.no_grad():
+        for p in other.parameters():
+            p.uniform_(-1, 1)
+    m.load_state_dict(other.state_dict())
+    assert torch.equal(generate_ids(m, [1, 2], 25), fresh(other.state_dict()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from . import native
 from .base import LanguageModel, State
 
 
@@ -43,6 +44,42 @@ _CELLS = {"rnn": (_rnn_cell, True), "gru": (_gru_cell, False), "lstm": (_lstm_ce
 _DOUBLED = {"lstm": (2, 3)}  # cell -> the gate columns [a*H, b*H) whose weights and biases are doubled
 
 
+@torch.inference_mode()
+def step_weights(model: LanguageModel, doubled: bool, transposed: bool = True
+                 ) -> tuple[torch.Tensor, list, torch.Tensor, torch.Tensor]:
+    """The model's weights laid out for one-token steps, read by the contract's parameter names.
+
+    -> ``table`` (V, G*H): layer 0's input product of each token (one-hot or embedding row) with its
+    biases; per layer ``[w_ih_t (I, G*H), b_in (G*H,), w_hh_t (H, G*H), b_hh (G*H,)]``, where
+    ``b_in`` holds both biases except for the GRU (whose hidden bias sits inside the reset gate);
+    the head ``w_t (H, V)`` and ``b (V,)``. ``doubled``: the LSTM's g-gate columns times 2 (for the
+    one-sigmoid cell above). ``transposed=False``: the weights in torch's (out, in) layout instead,
+    ``w_ih (G*H, I)``, ``w_hh (G*H, H)``, head ``(V, H)``. All copies, contiguous.
+    """
+    cfg = model.cfg
+    _, fold_hh = _CELLS[cfg.model]
+    p = {name: t.detach() for name, t in model.named_parameters()}
+    H, cols = cfg.hidden_size, _DOUBLED.get(cfg.model) if doubled else None
+    layers = []
+    for k in range(cfg.num_layers):
+        w_ih, w_hh = p[f"rnn.weight_ih_l{k}"], p[f"rnn.weight_hh_l{k}"]  # (G*H, I), (G*H, H)
+        b_ih, b_hh = p[f"rnn.bias_ih_l{k}"], p[f"rnn.bias_hh_l{k}"]  # (G*H,)
+        b_in = b_ih + b_hh if fold_hh else b_ih.clone()
+        if transposed:
+            w_ih, w_hh = w_ih.t(), w_hh.t()  # (I, G*H), (H, G*H)
+        w_ih, w_hh = w_ih.contiguous().clone(), w_hh.contiguous().clone()
+        if cols is not None:
+            for t in (w_ih, w_hh, b_in):
+                t[..., cols[0] * H:cols[1] * H] *= 2
+        layers.append([w_ih, b_in, w_hh, b_hh.contiguous()])
+    emb = p.get("embedding.weight")  # (V, E) or absent (one-hot inputs)
+    w_ih_t = layers[0][0] if transposed else layers[0][0].t()  # (I, G*H)
+    b_in = layers[0][1]
+    table = (torch.addmm(b_in, emb, w_ih_t) if emb is not None else w_ih_t + b_in).contiguous()  # (V, G*H)
+    head = p["head.weight"]  # (V, H)
+    return table, layers, (head.t() if transposed else head).contiguous(), p["head.bias"].contiguous()
+
+
 class BatchStep:
     """One inference step of a recurrent model for ``N`` independent rows:
     ``(ids (N,) long, state (L, N, H) each) -> (logits (N, V), state)``.
@@ -59,12 +96,27 @@ class BatchStep:
     def __init__(self, model: LanguageModel):
         self.model = model
         self.layers: list | None = None
+        self._greedy_weights = None
         try:
             self._build()
             if not self._agrees():
                 self.layers = None
         except (AttributeError, KeyError, RuntimeError, TypeError, ValueError):
             self.layers = None
+
+    @classmethod
+    def for_model(cls, model: LanguageModel) -> "BatchStep":
+        """The model's step, reused while its parameters are unchanged (each generation call would
+        otherwise rebuild and re-check it: a few ms, as long as 500 greedy characters take).
+        In-place updates (optimizer steps, ``load_state_dict``) bump a parameter's version; moves
+        (``.to``) change its storage."""
+        key = tuple((id(p), p._version, p.data_ptr(), p.device, p.dtype) for p in model.parameters())
+        cached = model.__dict__.get("_rnnlab_batch_step")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        step = cls(model)
+        model.__dict__["_rnnlab_batch_step"] = (key, step)
+        return step
 
     @property
     def specialised(self) -> bool:
@@ -73,25 +125,10 @@ class BatchStep:
     @torch.inference_mode()
     def _build(self) -> None:
         cfg = self.model.cfg
-        cell, fold_hh = _CELLS[cfg.model]
-        self.cell, self.relu = cell, getattr(cfg, "activation", "tanh") == "relu"
-        p = {name: t.detach() for name, t in self.model.named_parameters()}
-        H, doubled = cfg.hidden_size, _DOUBLED.get(cfg.model)
-        layers = []
-        for k in range(cfg.num_layers):
-            w_ih, w_hh = p[f"rnn.weight_ih_l{k}"], p[f"rnn.weight_hh_l{k}"]  # (G*H, I), (G*H, H)
-            b_ih, b_hh = p[f"rnn.bias_ih_l{k}"], p[f"rnn.bias_hh_l{k}"]  # (G*H,)
-            b_in = b_ih + b_hh if fold_hh else b_ih.clone()
-            w_ih_t, w_hh_t = w_ih.t().contiguous(), w_hh.t().contiguous()  # (I, G*H), (H, G*H): copies
-            if doubled is not None:
-                for t in (w_ih_t, w_hh_t, b_in):
-                    t[..., doubled[0] * H:doubled[1] * H] *= 2
-            layers.append([None, w_ih_t, b_in, w_hh_t, b_hh])
-        emb = p.get("embedding.weight")  # (V, E) or absent (one-hot inputs)
-        _, w_ih_t, b_in, _, _ = layers[0]
-        layers[0][0] = (torch.addmm(b_in, emb, w_ih_t) if emb is not None else w_ih_t + b_in).contiguous()  # (V, G*H)
-        self.head_w_t, self.head_b = p["head.weight"].t().contiguous(), p["head.bias"]  # (H, V), (V,)
-        self.layers = layers
+        self.cell, _ = _CELLS[cfg.model]
+        self.relu = getattr(cfg, "activation", "tanh") == "relu"
+        table, layers, self.head_w_t, self.head_b = step_weights(self.model, doubled=True)
+        self.layers = [[table if k == 0 else None, *layer] for k, layer in enumerate(layers)]
 
     def _agrees(self) -> bool:
         """The specialised step against ``model.forward`` on a few random rows and states."""
@@ -104,6 +141,20 @@ class BatchStep:
             ref, ref_state = self._forward(ids, state)
         return all(a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5)
                    for a, b in zip((mine, *mine_state), (ref, *ref_state)))
+
+    def greedy(self, logits: torch.Tensor, state: State, length: int, banned: torch.Tensor) -> torch.Tensor | None:
+        """``length`` greedy tokens after ``logits`` (N, V) and ``state``, the whole loop in C++
+        (``native.py``): ids (N, length). None where that does not apply (the caller loops)."""
+        if not (self.specialised and native.applies(self.head_w_t)):
+            return None
+        if self._greedy_weights is None:  # torch's (out, in) layouts: the C++ loop reads rows
+            table, layers, head_w, head_b = step_weights(self.model, doubled=False, transposed=False)
+            self._greedy_weights = table, [list(col) for col in zip(*layers)], head_w, head_b
+        table, (w_ih, b_in, w_hh, b_hh), head_w, head_b = self._greedy_weights
+        h = state[0].contiguous().clone()  # (L, N, H): updated in place
+        c = state[1].contiguous().clone() if len(state) > 1 else h.new_empty(0)
+        return native.ops.greedy(self.model.cfg.model, self.relu, table, w_ih, b_in, w_hh, b_hh, head_w, head_b,
+                                 h, c, logits.float().contiguous(), banned.to(torch.long).cpu(), length)
 
     def _forward(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         logits, state = self.model(ids[:, None], state)  # (N, 1, V)

@@ -1,0 +1,197 @@
+"""The ``fast`` time loops in C++ (``rnnlab/csrc/loops.cpp``), for CPU float32.
+
+In Python every per-step op costs 3-8 us of dispatch next to a 30-150 us matrix product, and the
+GRU and LSTM need several elementwise ops per step. The C++ loops do one product per step (ATen)
+and one fused, vectorised elementwise pass; everything that is not per step (the input projection
+of all steps, the weight gradients, the output layer) stays in Python as one large op each.
+
+The extension is compiled on first use with the machine's C++ compiler (``torch.utils.cpp_extension``,
+10-20 s, cached under the user cache directory). Without a compiler, or with ``RNNLAB_NATIVE=0``, the
+``fast`` implementation runs its Python loops (``fast.py``): the same maths, a little slower.
+Tests compare these loops with ``scratch``/``concise`` and with the Python loops.
+
+Numbers: the C++ loops compute ``tanh``/``sigmoid`` from their own vectorised ``exp`` (about 2 float
+ulp), so they agree with torch's to float32 rounding (tests: ≤1e-5), not bit for bit.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import threading
+from pathlib import Path
+
+import torch
+from torch.autograd.function import once_differentiable
+
+_SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "loops.cpp"
+_FLAGS = ["-O3", "-march=native", "-fopenmp"]
+_lock = threading.Lock()
+_state: dict = {}  # "ok": bool once tried, "why": the reason it is off
+ops = None  # torch.ops.rnnlab once loaded
+
+
+def _cpu_tag() -> str:
+    """What ``-march=native`` compiled for: the CPU's model and flags (a cache shared between
+    different machines must not hand one the other's binary)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))][:2]
+        return "\n".join(lines)
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _build_dir(name: str) -> Path:
+    from platformdirs import user_cache_dir
+
+    root = Path(os.environ.get("RNNLAB_NATIVE_DIR") or Path(user_cache_dir("rnnlab")) / "native")
+    path = root / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def available() -> bool:
+    """Whether the C++ loops are loaded (compiling them the first time); never raises."""
+    if "ok" in _state:
+        return _state["ok"]
+    with _lock:
+        if "ok" in _state:
+            return _state["ok"]
+        if os.environ.get("RNNLAB_NATIVE", "1") == "0":
+            _state.update(ok=False, why="RNNLAB_NATIVE=0")
+            return False
+        try:
+            source = _SOURCE.read_bytes()
+            key = hashlib.sha1(source + " ".join(_FLAGS).encode() + torch.__version__.encode()
+                               + _cpu_tag().encode()).hexdigest()[:12]
+            name = f"rnnlab_loops_{key}"
+            build_dir = _build_dir(name)
+            if not any(build_dir.glob(f"{name}*.so")):
+                print("rnnlab: compiling the C++ time loops (once per machine, ~15 s)...", file=sys.stderr, flush=True)
+            from torch.utils import cpp_extension
+
+            path = os.environ.get("PATH", "")
+            os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + path  # the venv's ninja
+            try:
+                cpp_extension.load(name, [str(_SOURCE)], extra_cflags=_FLAGS, extra_ldflags=["-fopenmp"],
+                                   build_directory=str(build_dir), is_python_module=False, verbose=False)
+            finally:
+                os.environ["PATH"] = path
+            global ops
+            ops = torch.ops.rnnlab
+            _state.update(ok=hasattr(ops, "gru_forward"), why="")
+        except Exception as exc:  # no compiler, no ninja, headers missing...: the Python loops serve
+            why = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            _state.update(ok=False, why=why[:200])
+            print(f"rnnlab: C++ time loops unavailable ({_state['why']}); using the Python loops",
+                  file=sys.stderr, flush=True)
+        return _state["ok"]
+
+
+def reason() -> str:
+    """Why the C++ loops are off ('' when they are on or not yet tried)."""
+    return _state.get("why", "")
+
+
+def applies(w: torch.Tensor) -> bool:
+    """Whether a layer with weights like ``w`` runs the C++ loops: CPU float32, extension loaded."""
+    return w.device.type == "cpu" and w.dtype == torch.float32 and available()
+
+
+def _grad(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """A private contiguous copy of an incoming gradient (zeros when there is none)."""
+    return torch.zeros_like(like) if g is None else g.contiguous().clone()
+
+
+def _weight_grad(d_pre: torch.Tensor, out: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """sum_t d_pre_t^T h_{t-1}: one (G*H, T*B) @ (T*B, H) product plus the first step. -> (G*H, H)"""
+    GH, H = d_pre.shape[2], out.shape[2]
+    return torch.mm(d_pre[1:].reshape(-1, GH).t(), out[:-1].reshape(-1, H)).addmm_(d_pre[0].t(), h0)
+
+
+class NativeRNN(torch.autograd.Function):
+    """h_t = act(xw_t + h_{t-1} W_hh^T). xw (T, B, H), h0 (B, H), w_hh (H, H) -> out (T, B, H), h_T."""
+
+    @staticmethod
+    def forward(ctx, xw, h0, w_hh, relu: bool):
+        out = xw.contiguous().clone()  # (T, B, H): the input term, then h_t in place
+        h0 = h0.contiguous()
+        ops.rnn_forward(out, h0, w_hh.t(), relu)
+        ctx.relu = relu
+        ctx.save_for_backward(out, h0, w_hh)
+        return out, out[-1].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out, d_hT):
+        out, h0, w_hh = ctx.saved_tensors
+        g = _grad(d_out, out)  # (T, B, H): becomes dL/d(pre-activation)
+        if d_hT is not None:
+            g[-1] += d_hT
+        ops.rnn_backward(g, out, w_hh.contiguous(), ctx.relu)
+        d_h0 = torch.mm(g[0], w_hh) if ctx.needs_input_grad[1] else None
+        d_w = _weight_grad(g, out, h0) if ctx.needs_input_grad[2] else None
+        return g, d_h0, d_w, None
+
+
+class NativeGRU(torch.autograd.Function):
+    """torch's GRU. xw (T, B, 3H) = x W_ih^T + b_ih, h0 (B, H), w_hh (3H, H), b_hh (3H,) -> out, h_T."""
+
+    @staticmethod
+    def forward(ctx, xw, h0, w_hh, b_hh):
+        T, B, H3 = xw.shape
+        xw, h0 = xw.contiguous(), h0.contiguous()
+        gh = torch.empty_like(xw)  # (T, B, 3H): h W_hh^T + b_hh
+        gates = torch.empty_like(xw)  # (T, B, 3H): r, z, n
+        out = xw.new_empty(T, B, H3 // 3)
+        ops.gru_forward(xw, h0, w_hh.t(), b_hh, gh, gates, out)
+        ctx.save_for_backward(out, h0, w_hh, gh, gates)
+        return out, out[-1].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out, d_hT):
+        out, h0, w_hh, gh, gates = ctx.saved_tensors
+        H = out.shape[2]
+        dh = _grad(d_out, out)  # (T, B, H): becomes the total dL/dh_t
+        if d_hT is not None:
+            dh[-1] += d_hT
+        dgh, dxn = torch.empty_like(gh), torch.empty_like(out)  # (T, B, 3H), (T, B, H)
+        d_h0 = ops.gru_backward(dh, out, h0, gh, gates, w_hh.contiguous(), dgh, dxn)
+        d_w = _weight_grad(dgh, out, h0) if ctx.needs_input_grad[2] else None
+        d_b = dgh.sum((0, 1)) if ctx.needs_input_grad[3] else None
+        d_xw = None
+        if ctx.needs_input_grad[0]:  # r, z: the same as dgh's; n: dL/d(xn). dgh is no longer needed
+            d_xw = dgh
+            d_xw[:, :, 2 * H:] = dxn
+        return d_xw, (d_h0 if ctx.needs_input_grad[1] else None), d_w, d_b
+
+
+class NativeLSTM(torch.autograd.Function):
+    """torch's LSTM (gates i, f, g, o). xw (T, B, 4H) = x W_ih^T + b_ih + b_hh, h0, c0 (B, H),
+    w_hh (4H, H) -> out (T, B, H), h_T, c_T."""
+
+    @staticmethod
+    def forward(ctx, xw, h0, c0, w_hh):
+        T, B, H4 = xw.shape
+        xw, h0, c0 = xw.contiguous(), h0.contiguous(), c0.contiguous()
+        act = torch.empty_like(xw)  # (T, B, 4H): gate activations
+        cs, tc, out = (xw.new_empty(T, B, H4 // 4) for _ in range(3))  # c_t, tanh(c_t), h_t
+        ops.lstm_forward(xw, h0, c0, w_hh.t(), act, cs, tc, out)
+        ctx.save_for_backward(out, h0, c0, w_hh, act, cs, tc)
+        return out, out[-1].clone(), cs[-1].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out, d_hT, d_cT):
+        out, h0, c0, w_hh, act, cs, tc = ctx.saved_tensors
+        dh = _grad(d_out, out)  # (T, B, H)
+        if d_hT is not None:
+            dh[-1] += d_hT
+        dc = _grad(d_cT, c0)  # (B, H): dL/dc_T in, dL/dc_0 out
+        dg = torch.empty_like(act)  # (T, B, 4H)
+        d_h0 = ops.lstm_backward(dh, dc, c0, act, cs, tc, w_hh.contiguous(), dg)
+        d_w = _weight_grad(dg, out, h0) if ctx.needs_input_grad[3] else None
+        return dg, d_h0, dc, d_w
