@@ -133,23 +133,30 @@ void gemv(const float* __restrict W, const float* b, int64_t b_stride, const flo
           int64_t N, int64_t R, int64_t C) {
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1));  // ~128 KB of W per task
   at::parallel_for(0, R, grain, [&](int64_t r0, int64_t r1) {
-    for (int64_t n = 0; n < N; ++n) {
-      const float* xn = x + n * C;
-      int64_t r = r0;
-      for (; r + 4 <= r1; r += 4) {  // four rows at once: four independent sums keep the FMA units busy
-        const float *w0 = W + r * C, *w1 = w0 + C, *w2 = w1 + C, *w3 = w2 + C;
-        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
+    int64_t r = r0;
+    for (; r + 8 <= r1; r += 8) {  // eight rows of W at once: eight independent sums keep the FMA units busy
+      const float* w0 = W + r * C;
+      for (int64_t n = 0; n < N; ++n) {  // the rows of W stay in L1 across the N inputs
+        const float* xn = x + n * C;
+        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f, a4 = 0.0f, a5 = 0.0f, a6 = 0.0f, a7 = 0.0f;
+#pragma omp simd reduction(+ : a0, a1, a2, a3, a4, a5, a6, a7)
         for (int64_t k = 0; k < C; ++k) {
-          a0 += w0[k] * xn[k]; a1 += w1[k] * xn[k]; a2 += w2[k] * xn[k]; a3 += w3[k] * xn[k];
+          const float xk = xn[k];
+          a0 += w0[k] * xk; a1 += w0[C + k] * xk; a2 += w0[2 * C + k] * xk; a3 += w0[3 * C + k] * xk;
+          a4 += w0[4 * C + k] * xk; a5 += w0[5 * C + k] * xk; a6 += w0[6 * C + k] * xk; a7 += w0[7 * C + k] * xk;
         }
         const float* bn = b + n * b_stride + r;
         float* yn = y + n * R + r;
         const float b0 = bn[0], b1 = bn[1], b2 = bn[2], b3 = bn[3];  // b may be y: read all first
+        const float b4 = bn[4], b5 = bn[5], b6 = bn[6], b7 = bn[7];
         yn[0] = b0 + a0; yn[1] = b1 + a1; yn[2] = b2 + a2; yn[3] = b3 + a3;
+        yn[4] = b4 + a4; yn[5] = b5 + a5; yn[6] = b6 + a6; yn[7] = b7 + a7;
       }
-      for (; r < r1; ++r) {
-        const float* w = W + r * C;
+    }
+    for (; r < r1; ++r) {
+      const float* w = W + r * C;
+      for (int64_t n = 0; n < N; ++n) {
+        const float* xn = x + n * C;
         float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
         for (int64_t k = 0; k < C; ++k) acc += w[k] * xn[k];
