@@ -20,6 +20,7 @@ import os
 import platform
 import sys
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -52,6 +53,18 @@ def _build_dir(name: str) -> Path:
     return path
 
 
+def _clear_stale_lock(build_dir: Path, max_age_s: float = 600.0) -> None:
+    """torch's builder waits while a ``lock`` file exists in the build directory; a build that was
+    killed (Ctrl-C during the first compile) leaves one behind, and every later run would wait
+    forever. A build takes well under a minute, so a lock older than ``max_age_s`` is stale."""
+    lock = build_dir / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime > max_age_s:
+            lock.unlink()
+    except OSError:
+        pass
+
+
 def available() -> bool:
     """Whether the C++ loops are loaded (compiling them the first time); never raises."""
     if "ok" in _state:
@@ -68,6 +81,7 @@ def available() -> bool:
                                + _cpu_tag().encode()).hexdigest()[:12]
             name = f"rnnlab_loops_{key}"
             build_dir = _build_dir(name)
+            _clear_stale_lock(build_dir)
             if not any(build_dir.glob(f"{name}*.so")):
                 print("rnnlab: compiling the C++ time loops (once per machine, ~15 s)...", file=sys.stderr, flush=True)
             from torch.utils import cpp_extension
