@@ -27,7 +27,9 @@ import torch
 from torch.autograd.function import once_differentiable
 
 _SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "loops.cpp"
-_FLAGS = ["-O3", "-march=native", "-fopenmp"]
+# (compile flags, link flags), best first: threads (OpenMP, the same runtime torch uses) and the
+# CPU's own instruction set; then without OpenMP (e.g. Apple clang); then plain -O3.
+_FLAG_SETS = [(["-O3", "-march=native", "-fopenmp"], ["-fopenmp"]), (["-O3", "-march=native"], []), (["-O3"], [])]
 _lock = threading.Lock()
 _state: dict = {}  # "ok": bool once tried, "why": the reason it is off
 ops = None  # torch.ops.rnnlab once loaded
@@ -65,6 +67,26 @@ def _clear_stale_lock(build_dir: Path, max_age_s: float = 600.0) -> None:
         pass
 
 
+def _load(cflags: list[str], ldflags: list[str]) -> None:
+    """Build (or find in the cache) the extension with these flags and load it; raises on failure."""
+    key = hashlib.sha1(_SOURCE.read_bytes() + " ".join(cflags + ldflags).encode() + torch.__version__.encode()
+                       + _cpu_tag().encode()).hexdigest()[:12]
+    name = f"rnnlab_loops_{key}"
+    build_dir = _build_dir(name)
+    _clear_stale_lock(build_dir)
+    if not any(build_dir.glob(f"{name}*.so")):
+        print("rnnlab: compiling the C++ time loops (once per machine, ~20 s)...", file=sys.stderr, flush=True)
+    from torch.utils import cpp_extension
+
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + path  # the venv's ninja
+    try:
+        cpp_extension.load(name, [str(_SOURCE)], extra_cflags=cflags, extra_ldflags=ldflags,
+                           build_directory=str(build_dir), is_python_module=False, verbose=False)
+    finally:
+        os.environ["PATH"] = path
+
+
 def available() -> bool:
     """Whether the C++ loops are loaded (compiling them the first time); never raises."""
     if "ok" in _state:
@@ -75,33 +97,22 @@ def available() -> bool:
         if os.environ.get("RNNLAB_NATIVE", "1") == "0":
             _state.update(ok=False, why="RNNLAB_NATIVE=0")
             return False
-        try:
-            source = _SOURCE.read_bytes()
-            key = hashlib.sha1(source + " ".join(_FLAGS).encode() + torch.__version__.encode()
-                               + _cpu_tag().encode()).hexdigest()[:12]
-            name = f"rnnlab_loops_{key}"
-            build_dir = _build_dir(name)
-            _clear_stale_lock(build_dir)
-            if not any(build_dir.glob(f"{name}*.so")):
-                print("rnnlab: compiling the C++ time loops (once per machine, ~15 s)...", file=sys.stderr, flush=True)
-            from torch.utils import cpp_extension
-
-            path = os.environ.get("PATH", "")
-            os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + path  # the venv's ninja
+        why = ""
+        for cflags, ldflags in _FLAG_SETS:  # compilers without OpenMP or -march=native get a plainer build
             try:
-                cpp_extension.load(name, [str(_SOURCE)], extra_cflags=_FLAGS, extra_ldflags=["-fopenmp"],
-                                   build_directory=str(build_dir), is_python_module=False, verbose=False)
-            finally:
-                os.environ["PATH"] = path
-            global ops
-            ops = torch.ops.rnnlab
-            _state.update(ok=hasattr(ops, "gru_forward"), why="")
-        except Exception as exc:  # no compiler, no ninja, headers missing...: the Python loops serve
-            why = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            _state.update(ok=False, why=why[:200])
-            print(f"rnnlab: C++ time loops unavailable ({_state['why']}); using the Python loops",
-                  file=sys.stderr, flush=True)
-        return _state["ok"]
+                _load(cflags, ldflags)
+                global ops
+                ops = torch.ops.rnnlab
+                _state.update(ok=hasattr(ops, "gru_forward"), why="")
+                return _state["ok"]
+            except Exception as exc:  # no compiler, no ninja, headers missing...
+                text = str(exc).strip()
+                why = (text.splitlines()[-1] if text else type(exc).__name__)[:200]
+                if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+                    break  # e.g. an unwritable cache directory: other flags will not help
+        _state.update(ok=False, why=why)
+        print(f"rnnlab: C++ time loops unavailable ({why}); using the Python loops", file=sys.stderr, flush=True)
+        return False
 
 
 def reason() -> str:
