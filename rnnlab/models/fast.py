@@ -39,6 +39,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from . import native
+from .bptt import step_grads, weight_grad
 from .base import State
 from .rnnlm import RNNLM
 from .scratch import ScratchRecurrent
@@ -87,9 +88,7 @@ class RNNSequence(torch.autograd.Function):
     def backward(ctx, d_out, d_hT):
         out, h0, w_hh = ctx.saved_tensors
         T, B, H = out.shape
-        g = _grad_or_zeros(d_out, out).clone()  # (T, B, H): becomes dL/d(pre-activation) in place
-        if d_hT is not None:
-            g[-1] += d_hT
+        g = step_grads(d_out, d_hT, out)  # (T, B, H): becomes dL/d(pre-activation) in place
         if ctx.relu:  # act'(a) for all steps at once
             deriv = (out > 0).to(out.dtype)
         else:  # 1 - h^2 in one pass
@@ -101,7 +100,7 @@ class RNNSequence(torch.autograd.Function):
         d_h0 = torch.mm(g[0], w_hh) if ctx.needs_input_grad[1] else None  # a detached start state needs none
         d_w = None
         if ctx.needs_input_grad[2]:  # sum_t g_t^T h_{t-1}: one (H, T*B) @ (T*B, H) product
-            d_w = torch.mm(g[1:].reshape(-1, H).t(), out[:-1].reshape(-1, H)).addmm_(g[0].t(), h0)
+            d_w = weight_grad(g, out, h0)
         return g, d_h0, d_w, None
 
 
@@ -169,7 +168,7 @@ class GRUSequence(torch.autograd.Function):
         d_h0 = torch.mul(dh[0], z[0]).addmm_(dgh[0], w_hh) if ctx.needs_input_grad[1] else None
         d_w = d_b = d_xw = None
         if ctx.needs_input_grad[2]:
-            d_w = torch.mm(dgh[1:].reshape(-1, 3 * H).t(), out[:-1].reshape(-1, H)).addmm_(dgh[0].t(), h0)
+            d_w = weight_grad(dgh, out, h0)
         if ctx.needs_input_grad[3]:
             d_b = dgh.sum((0, 1))
         if ctx.needs_input_grad[0]:  # r and z pre-activations are shared by the input and hidden parts,
@@ -215,7 +214,6 @@ class LSTMSequence(torch.autograd.Function):
         cs, tc, act = ctx.buffers
         del ctx.buffers
         T, B, H = out.shape
-        d_out = _grad_or_zeros(d_out, out)
         dg = torch.empty_like(act)  # (T, B, 4H): dL/d(gate pre-activations)
         o, i, f, g = act.split(H, dim=2)  # each (T, B, H)
         c_prev = torch.cat([c0.unsqueeze(0), cs[:-1]])  # (T, B, H)
@@ -226,12 +224,10 @@ class LSTMSequence(torch.autograd.Function):
         torch.mul(g, i * (1 - i), out=k[:, :, 0])
         torch.mul(c_prev, f * (1 - f), out=k[:, :, 1])
         torch.mul(i, 1 - g * g, out=k[:, :, 2])
-        dh_all = d_out.clone()  # (T, B, H): dL/dh_t, completed in place step by step
-        if d_hT is not None:
-            dh_all[-1] += d_hT
+        dh_all = step_grads(d_out, d_hT, out)  # (T, B, H): dL/dh_t, completed in place step by step
         dh_u = dh_all.unbind(0)
         dh = dh_u[-1]  # (B, H)
-        dc = torch.zeros_like(dh) if d_cT is None else d_cT.clone()
+        dc = step_grads(d_cT, None, c0)  # (B, H): dL/dc_T in, dL/dc_t as the loop goes back
         dct = torch.empty_like(dh)
         dct_b = dct.unsqueeze(1)  # (B, 1, H)
         dg_u, dg_o, dg_ifg = dg.unbind(0), dg[:, :, :H].unbind(0), dg[:, :, H:].view(T, B, 3, H).unbind(0)
@@ -246,7 +242,7 @@ class LSTMSequence(torch.autograd.Function):
         d_h0 = torch.mm(dg[0], w_hh) if ctx.needs_input_grad[1] else None
         d_w = None
         if ctx.needs_input_grad[3]:
-            d_w = torch.mm(dg[1:].reshape(-1, 4 * H).t(), out[:-1].reshape(-1, H)).addmm_(dg[0].t(), h0)
+            d_w = weight_grad(dg, out, h0)
         return dg, d_h0, dc, d_w
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch.autograd.function import once_differentiable
 
+from .bptt import step_grads, weight_grad
+
 _SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "loops.cpp"
 # (compile flags, link flags), best first: threads (OpenMP, the same runtime torch uses) and the
 # CPU's own instruction set; then without OpenMP (e.g. Apple clang); then plain -O3.
@@ -125,17 +127,6 @@ def applies(w: torch.Tensor) -> bool:
     return w.device.type == "cpu" and w.dtype == torch.float32 and available()
 
 
-def _grad(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    """A private contiguous copy of an incoming gradient (zeros when there is none)."""
-    return torch.zeros_like(like) if g is None else g.contiguous().clone()
-
-
-def _weight_grad(d_pre: torch.Tensor, out: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    """sum_t d_pre_t^T h_{t-1}: one (G*H, T*B) @ (T*B, H) product plus the first step. -> (G*H, H)"""
-    GH, H = d_pre.shape[2], out.shape[2]
-    return torch.mm(d_pre[1:].reshape(-1, GH).t(), out[:-1].reshape(-1, H)).addmm_(d_pre[0].t(), h0)
-
-
 class NativeRNN(torch.autograd.Function):
     """h_t = act(xw_t + h_{t-1} W_hh^T). xw (T, B, H), h0 (B, H), w_hh (H, H) -> out (T, B, H), h_T."""
 
@@ -152,12 +143,10 @@ class NativeRNN(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, d_out, d_hT):
         out, h0, w_hh = ctx.saved_tensors
-        g = _grad(d_out, out)  # (T, B, H): becomes dL/d(pre-activation)
-        if d_hT is not None:
-            g[-1] += d_hT
+        g = step_grads(d_out, d_hT, out)  # (T, B, H): becomes dL/d(pre-activation)
         ops.rnn_backward(g, out, w_hh.contiguous(), ctx.relu)
         d_h0 = torch.mm(g[0], w_hh) if ctx.needs_input_grad[1] else None
-        d_w = _weight_grad(g, out, h0) if ctx.needs_input_grad[2] else None
+        d_w = weight_grad(g, out, h0) if ctx.needs_input_grad[2] else None
         return g, d_h0, d_w, None
 
 
@@ -180,12 +169,10 @@ class NativeGRU(torch.autograd.Function):
     def backward(ctx, d_out, d_hT):
         out, h0, w_hh, gh, gates = ctx.saved_tensors
         H = out.shape[2]
-        dh = _grad(d_out, out)  # (T, B, H): becomes the total dL/dh_t
-        if d_hT is not None:
-            dh[-1] += d_hT
+        dh = step_grads(d_out, d_hT, out)  # (T, B, H): becomes the total dL/dh_t
         dgh, dxn = torch.empty_like(gh), torch.empty_like(out)  # (T, B, 3H), (T, B, H)
         d_h0 = ops.gru_backward(dh, out, h0, gh, gates, w_hh.contiguous(), dgh, dxn)
-        d_w = _weight_grad(dgh, out, h0) if ctx.needs_input_grad[2] else None
+        d_w = weight_grad(dgh, out, h0) if ctx.needs_input_grad[2] else None
         d_b = dgh.sum((0, 1)) if ctx.needs_input_grad[3] else None
         d_xw = None
         if ctx.needs_input_grad[0]:  # r, z: the same as dgh's; n: dL/d(xn). dgh is no longer needed
@@ -212,11 +199,9 @@ class NativeLSTM(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, d_out, d_hT, d_cT):
         out, h0, c0, w_hh, act, cs, tc = ctx.saved_tensors
-        dh = _grad(d_out, out)  # (T, B, H)
-        if d_hT is not None:
-            dh[-1] += d_hT
-        dc = _grad(d_cT, c0)  # (B, H): dL/dc_T in, dL/dc_0 out
+        dh = step_grads(d_out, d_hT, out)  # (T, B, H)
+        dc = step_grads(d_cT, None, c0)  # (B, H): dL/dc_T in, dL/dc_0 out
         dg = torch.empty_like(act)  # (T, B, 4H)
         d_h0 = ops.lstm_backward(dh, dc, c0, act, cs, tc, w_hh.contiguous(), dg)
-        d_w = _weight_grad(dg, out, h0) if ctx.needs_input_grad[3] else None
+        d_w = weight_grad(dg, out, h0) if ctx.needs_input_grad[3] else None
         return dg, d_h0, dc, d_w
