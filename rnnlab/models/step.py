@@ -67,7 +67,7 @@ def step_weights(model: LanguageModel, doubled: bool, transposed: bool = True
         b_in = b_ih + b_hh if fold_hh else b_ih.clone()
         if transposed:
             w_ih, w_hh = w_ih.t(), w_hh.t()  # (I, G*H), (H, G*H)
-        w_ih, w_hh = w_ih.contiguous().clone(), w_hh.contiguous().clone()
+        w_ih, w_hh = (w.clone(memory_format=torch.contiguous_format) for w in (w_ih, w_hh))  # private copies
         if cols is not None:
             for t in (w_ih, w_hh, b_in):
                 t[..., cols[0] * H:cols[1] * H] *= 2
