@@ -45,8 +45,10 @@ a lookup table for the inputs) checked against ``model.forward`` when the engine
 """
 from __future__ import annotations
 
+import atexit
 import math
 import threading
+import weakref
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -55,7 +57,7 @@ import torch
 
 from .data.corpus import preprocess
 from .data.vocab import Vocab
-from .errors import UsageError
+from .errors import RnnlabError, UsageError
 from .models import LanguageModel, State
 from .models.step import BatchStep
 
@@ -253,41 +255,75 @@ class _Batcher:
         submit(r3) ─┘               _Scheduler.step(): one model call for every request in flight
         submit(r4) ───> queue ──> (r4 arrived during that step: admitted before the next one)
 
-    The worker exits after ``idle_s`` without work, so an idle engine holds no thread.
+    The worker exits after ``idle_s`` without work, so an idle engine holds no thread; ``close``
+    stops it at once. Every live batcher is closed when the interpreter starts to exit (before
+    it joins threads), so no worker is ever inside a torch call while the interpreter shuts down
+    (which aborts the process: "terminate called without an active exception").
     """
 
     def __init__(self, engine: "SuggestEngine", max_batch: int, idle_s: float = 1.0):
         self.engine, self.max_batch, self.idle_s = engine, max_batch, idle_s
         self._queue: list[tuple[SuggestRequest, Future]] = []
         self._cv = threading.Condition()
-        self._working = False
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        _LIVE_BATCHERS.add(self)
 
     def submit(self, request: SuggestRequest) -> Future:
         future: Future = Future()
         with self._cv:
+            if self._closed:
+                raise RnnlabError("the suggestion engine is closed")
             self._queue.append((request, future))
-            if self._working:
+            if self._thread is not None:
                 self._cv.notify()
             else:
-                self._working = True
-                threading.Thread(target=self._work, name="rnnlab-suggest", daemon=True).start()
+                self._thread = threading.Thread(target=self._work, name="rnnlab-suggest")
+                self._thread.start()
         return future
+
+    def close(self) -> None:
+        """Stop the worker (after the step it is in) and wait for it; queued requests fail."""
+        with self._cv:
+            self._closed = True
+            queued, self._queue = self._queue, []
+            thread = self._thread
+            self._cv.notify_all()
+        for _, future in queued:
+            future.set_exception(RnnlabError("the suggestion engine is closed"))
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
 
     def _work(self) -> None:
         scheduler = _Scheduler(self.engine)
-        while True:
-            with self._cv:
-                if not self._queue and not scheduler.in_flight:
-                    self._cv.wait(self.idle_s)
-                    if not self._queue:
-                        self._working = False
+        try:
+            while True:
+                with self._cv:
+                    if not self._queue and not scheduler.in_flight and not self._closed:
+                        self._cv.wait(self.idle_s)
+                    if self._closed or (not self._queue and not scheduler.in_flight):
+                        self._thread = None
                         return
-                room = max(0, self.max_batch - scheduler.in_flight)
-                taken = self._queue[:room]
-                del self._queue[:room]
-            for request, future in taken:
-                scheduler.admit(request, future)
-            scheduler.step()
+                    room = max(0, self.max_batch - scheduler.in_flight)
+                    taken = self._queue[:room]
+                    del self._queue[:room]
+                for request, future in taken:
+                    scheduler.admit(request, future)
+                scheduler.step()
+        finally:
+            scheduler.fail(RnnlabError("the suggestion engine is closed"))
+
+
+_LIVE_BATCHERS: "weakref.WeakSet[_Batcher]" = weakref.WeakSet()
+
+
+def _close_live_batchers() -> None:
+    for batcher in list(_LIVE_BATCHERS):
+        batcher.close()
+
+
+# run when the interpreter starts to exit, before it joins threads (as concurrent.futures does)
+getattr(threading, "_register_atexit", atexit.register)(_close_live_batchers)
 
 
 @dataclass
@@ -365,6 +401,13 @@ class _Scheduler:
         except BaseException as exc:  # noqa: BLE001 - the caller's error, not the worker's
             future.set_exception(exc)
 
+    def fail(self, exc: BaseException) -> None:
+        """Answer every job still open with ``exc`` and start empty."""
+        for job in self.open:
+            if not job.future.done():
+                job.future.set_exception(exc)
+        self.__init__(self.engine)
+
     def step(self) -> None:
         """One model call for every job in flight; answers the jobs whose search ends."""
         try:
@@ -372,10 +415,7 @@ class _Scheduler:
                 self._step()
             self.open = [job for job in self.open if not job.future.done()]
         except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller
-            for job in self.open:  # including the jobs _step had taken out of its queues
-                if not job.future.done():
-                    job.future.set_exception(exc)
-            self.__init__(self.engine)
+            self.fail(exc)  # including the jobs _step had taken out of its queues
 
     def _step(self) -> None:
         e = self.engine
@@ -598,6 +638,10 @@ class SuggestEngine:
             raise UsageError(f"k must be between 1 and {MAX_K}, got {k}")
         return self.batcher.submit(SuggestRequest(text, k, client))
 
+    def close(self) -> None:
+        """Stop the batching worker thread (it also stops after a second idle, and at exit)."""
+        self.batcher.close()
+
     def suggest(self, text: str, k: int = 5, client: str = "") -> Suggestions:
         """Next characters and word completions for ``text``; ``client`` names whose cache to use.
         Safe to call from many threads: concurrent requests are answered in batches."""
@@ -653,5 +697,7 @@ def _visible_word(partial_user: str, append: str) -> str:
 
 
 def suggest(model: LanguageModel, vocab: Vocab, text: str, k: int = 5, preset: str = "raw") -> Suggestions:
-    """One-off suggestions for ``text`` (no cache kept between calls); see ``SuggestEngine``."""
-    return SuggestEngine(model, vocab, preset).suggest(text, k)
+    """One-off suggestions for ``text`` (no cache kept between calls), computed in the calling
+    thread; see ``SuggestEngine``."""
+    return SuggestEngine(model, vocab, preset).suggest_batch([SuggestRequest(text, k)])[0]
+

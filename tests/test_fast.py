@@ -9,8 +9,6 @@ drawn larger than any init (U(-0.6, 0.6)) so every gate works far from its linea
 from __future__ import annotations
 
 import dataclasses
-import os
-import time
 import shutil
 
 import pytest
@@ -260,15 +258,3 @@ def test_cached_step_follows_weight_changes():
             p.uniform_(-1, 1)
     m.load_state_dict(other.state_dict())
     assert torch.equal(generate_ids(m, [1, 2], 25), fresh(other.state_dict()))
-
-
-def test_stale_build_lock_is_cleared(tmp_path):
-    """A lock left by a killed build would make every later build wait forever."""
-    lock = tmp_path / "lock"
-    lock.write_text("")
-    native._clear_stale_lock(tmp_path)
-    assert lock.exists()  # fresh: another process may be building
-    old = time.time() - 3600
-    os.utime(lock, (old, old))
-    native._clear_stale_lock(tmp_path)
-    assert not lock.exists()

@@ -218,8 +218,9 @@ def test_the_suggestion_process_answers_as_the_thread_does(ckpt):
         assert c.post("/v1/suggest", json={"text": "the time trave", "client": "p"}).json()["context_tokens"] == 0
         assert c.post("/v1/suggest", json={"text": "the time trave7", "client": "p"}).json()["context_tokens"] == 1
         assert c.post("/v1/suggest", json={"text": "a", "k": 0}).status_code == 422
-        assert backend._proc.is_alive()
-    assert not backend._proc.is_alive()
+        proc = backend._worker.proc
+        assert proc.is_alive() and backend.status()["state"] == "ready"
+    assert not proc.is_alive() and backend.status()["state"] == "closed"
 
 
 def test_the_suggestion_process_reports_engine_errors_to_the_caller(ckpt):
@@ -239,7 +240,7 @@ def test_the_suggestion_process_reports_engine_errors_to_the_caller(ckpt):
         assert asyncio.run(ask())["completions"][0]["word"] == "psychologist"
     finally:
         backend.close()
-    assert not backend._proc.is_alive()
+    assert not backend._worker.proc.is_alive()
 
 
 def test_the_fast_path_answers_as_the_route(ckpt):

@@ -20,7 +20,6 @@ import os
 import platform
 import sys
 import threading
-import time
 from pathlib import Path
 
 import torch
@@ -48,36 +47,89 @@ def _cpu_tag() -> str:
         return platform.processor() or platform.machine()
 
 
-def _build_dir(name: str) -> Path:
+def cache_root() -> Path:
+    """Where builds are cached: ``RNNLAB_NATIVE_DIR``, else the per-user cache directory."""
     from platformdirs import user_cache_dir
 
-    root = Path(os.environ.get("RNNLAB_NATIVE_DIR") or Path(user_cache_dir("rnnlab")) / "native")
-    path = root / name
+    return Path(os.environ.get("RNNLAB_NATIVE_DIR") or Path(user_cache_dir("rnnlab")) / "native")
+
+
+def build_name(cflags: list[str], ldflags: list[str]) -> str:
+    """The extension's name for this source, flags, torch and CPU (one build directory each)."""
+    key = hashlib.sha1(_SOURCE.read_bytes() + " ".join(cflags + ldflags).encode() + torch.__version__.encode()
+                       + _cpu_tag().encode()).hexdigest()[:12]
+    return f"rnnlab_loops_{key}"
+
+
+def _build_dir(name: str) -> Path:
+    path = cache_root() / name
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def _clear_stale_lock(build_dir: Path, max_age_s: float = 600.0) -> None:
-    """torch's builder waits while a ``lock`` file exists in the build directory; a build that was
-    killed (Ctrl-C during the first compile) leaves one behind, and every later run would wait
-    forever. A build takes well under a minute, so a lock older than ``max_age_s`` is stale."""
-    lock = build_dir / "lock"
+#: How long a process waits for another one's build of the same extension before it gives up and
+#: runs the Python loops (``RNNLAB_NATIVE_WAIT`` seconds overrides it). A build takes ~20 s here.
+DEFAULT_WAIT_S = 180.0
+
+
+class BuildBusy(RuntimeError):
+    """Another process held the build lock for longer than the wait allows."""
+
+
+def _wait_seconds() -> float:
     try:
-        if time.time() - lock.stat().st_mtime > max_age_s:
-            lock.unlink()
-    except OSError:
-        pass
+        return max(0.0, float(os.environ.get("RNNLAB_NATIVE_WAIT", DEFAULT_WAIT_S)))
+    except ValueError:
+        return DEFAULT_WAIT_S
 
 
 def _load(cflags: list[str], ldflags: list[str]) -> None:
-    """Build (or find in the cache) the extension with these flags and load it; raises on failure."""
-    key = hashlib.sha1(_SOURCE.read_bytes() + " ".join(cflags + ldflags).encode() + torch.__version__.encode()
-                       + _cpu_tag().encode()).hexdigest()[:12]
-    name = f"rnnlab_loops_{key}"
+    """Build (or find in the cache) the extension with these flags and load it; raises on failure.
+
+    Builders of one extension take an OS file lock (``build.lock``, ``filelock``): the kernel drops it
+    when its holder dies, however it dies, so a killed build never blocks a later one. Holding it,
+    torch's own ``lock`` file (a plain file torch waits on for as long as it exists, and which a
+    killed build leaves behind) can only be stale, and is removed. A process that finds the lock
+    taken says so on stderr and waits at most ``RNNLAB_NATIVE_WAIT`` seconds (then ``BuildBusy``).
+    """
+    from filelock import FileLock, Timeout
+
+    name = build_name(cflags, ldflags)
     build_dir = _build_dir(name)
-    _clear_stale_lock(build_dir)
-    if not any(build_dir.glob(f"{name}*.so")):
-        print("rnnlab: compiling the C++ time loops (once per machine, ~20 s)...", file=sys.stderr, flush=True)
+    lock = FileLock(str(build_dir / "build.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        wait = _wait_seconds()
+        print(f"rnnlab: another process is compiling the C++ time loops in {build_dir}; waiting up to "
+              f"{wait:.0f} s (RNNLAB_NATIVE_WAIT)...", file=sys.stderr, flush=True)
+        try:
+            lock.acquire(timeout=wait)
+        except Timeout:
+            raise BuildBusy(f"another process was still compiling them after {wait:.0f} s") from None
+    try:
+        (build_dir / "lock").unlink(missing_ok=True)  # torch's baton: stale, since we hold the OS lock
+        built = any(build_dir.glob(f"{name}*.so"))
+        if not built:
+            print("rnnlab: compiling the C++ time loops (once per machine, ~20 s)...", file=sys.stderr, flush=True)
+        try:
+            _cpp_load(name, build_dir, cflags, ldflags)
+        except Exception:
+            if not built:
+                raise
+            # a build killed while linking can leave a truncated library that ninja thinks is up to date:
+            # start this flag set's build over once
+            for f in build_dir.iterdir():
+                if f.name != "build.lock" and f.is_file():
+                    f.unlink()
+            print("rnnlab: the cached C++ loops did not load; compiling them again (~20 s)...", file=sys.stderr,
+                  flush=True)
+            _cpp_load(name, build_dir, cflags, ldflags)
+    finally:
+        lock.release()
+
+
+def _cpp_load(name: str, build_dir: Path, cflags: list[str], ldflags: list[str]) -> None:
     from torch.utils import cpp_extension
 
     path = os.environ.get("PATH", "")
@@ -110,8 +162,8 @@ def available() -> bool:
             except Exception as exc:  # no compiler, no ninja, headers missing...
                 text = str(exc).strip()
                 why = (text.splitlines()[-1] if text else type(exc).__name__)[:200]
-                if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
-                    break  # e.g. an unwritable cache directory: other flags will not help
+                if isinstance(exc, BuildBusy) or (isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError)):
+                    break  # another process is building, or an unwritable cache: other flags will not help
         _state.update(ok=False, why=why)
         print(f"rnnlab: C++ time loops unavailable ({why}); using the Python loops", file=sys.stderr, flush=True)
         return False

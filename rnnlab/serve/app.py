@@ -37,7 +37,7 @@ from ..checkpoint import Checkpoint, load_checkpoint
 from ..errors import RnnlabError
 from ..sampling import generate_ids
 from ..suggest import SuggestEngine, StateCache
-from .backend import ProcessBackend, ThreadBackend
+from .backend import ProcessBackend, ThreadBackend, WorkerUnavailable
 from .streaming import iter_generate_ids
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -204,6 +204,10 @@ class SuggestFastPath:
         await send({"type": "http.response.body", "body": payload})
 
 
+def _error_json(message: str) -> bytes:
+    return json.dumps({"error": message}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 async def _send_error(send, status: int, message: str) -> None:
     body = json.dumps({"error": message}).encode()
     await send({"type": "http.response.start", "status": status,
@@ -269,8 +273,10 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
         start = time.perf_counter()
         try:
             body = await backend.suggest(req.text, req.k, req.client)  # a JSON object: b'{...}'
+        except WorkerUnavailable as exc:  # the suggestion process died or is restarting: not the client's fault
+            return 503, _error_json(str(exc))
         except RnnlabError as exc:
-            return 400, json.dumps({"error": str(exc)}, ensure_ascii=False, separators=(",", ":")).encode()
+            return 400, _error_json(str(exc))
         elapsed = json.dumps((time.perf_counter() - start) * 1e3)
         return 200, body[:-1] + b',"elapsed_ms":' + elapsed.encode() + b"}"
 
@@ -306,8 +312,13 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     @app.get("/healthz")
-    def healthz() -> dict:
-        return info
+    def healthz() -> JSONResponse:
+        """200 and ``status: ok`` while suggestions can be answered; 503 and ``degraded`` while the
+        suggestion process restarts (or could not be restarted)."""
+        worker = backend.status()
+        ok = worker["state"] == "ready"
+        return JSONResponse({**info, "status": "ok" if ok else "degraded", "suggest_worker": worker},
+                            status_code=200 if ok else 503)
 
     @app.post("/v1/suggest", response_model=SuggestResponse)
     async def suggest(req: SuggestRequest) -> Response:

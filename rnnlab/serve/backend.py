@@ -8,27 +8,33 @@ JSON is encoded on the event loop's side (the engine is the busier of the two).
   Simple, and what the tests and the library use; but the worker's Python and the event loop's
   share one GIL, so on a small machine the HTTP work and the search take turns on one core.
 * ``ProcessBackend``: the same engine and the same batching loop in a child process
-  (``rnnlab serve`` uses it). The event loop sends each request down a pipe and goes back to HTTP;
-  the child steps every request in flight at once (``_Scheduler``, as the thread does) and sends
-  the answers of each step back in one message, read by the event loop when the pipe is readable
-  (no thread on this side). The two processes run on two cores; a request costs a few dozen
-  microseconds of pickling each way.
+  (``rnnlab serve`` uses it). The event loop queues each request for a writer thread and goes back
+  to HTTP; the child steps every request in flight at once (``_Scheduler``, as the thread does)
+  and sends the answers of each step back in one message, which a reader thread (blocked in
+  ``recv``) hands to the event loop. The two processes run on two cores; a request costs a few
+  dozen microseconds of pickling each way.
 
-        event loop (this process)                     engine process
-        suggest(): send (id, text, k, client) ──pipe──> queue -> admit -> step() -> ...
-        pipe readable: resolve the futures   <──pipe── [(id, ok, to_dict() | error), ...] per step
+        event loop             this process's threads              engine process
+        suggest() ─► outbox ─► writer: send (id, text, k, client) ─pipe─► admit -> step() -> ...
+        future set ◄─ call_soon_threadsafe ◄─ reader: recv ◄─pipe─ [(id, ok, answer | error), ...]
 
-The child holds its own copy of the weights (sent at start) and the per-client state cache; it
-stops when the pipe closes (the server exits) or on ``close()``.
+The pipe is ``multiprocessing.connection`` with blocking ends only (its framing is whole
+messages; a non-blocking end would tear a large answer). The child holds its own copy of the
+weights (sent at start) and the per-client state cache; it stops when the pipe closes (the server
+exits) or on ``close()``. A child that dies is replaced (see ``ProcessBackend``).
 """
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import math
 import multiprocessing
 import pickle
+import queue
+import sys
 import threading
+import weakref
 from concurrent.futures import Future
 
 from ..checkpoint import Checkpoint
@@ -58,102 +64,251 @@ class ThreadBackend:
     async def suggest(self, text: str, k: int, client: str) -> bytes:
         return suggestions_json((await asyncio.wrap_future(self.engine.submit(text, k, client=client))).to_dict())
 
+    def status(self) -> dict:
+        return {"kind": "thread", "state": "ready"}
+
     def close(self) -> None:
-        pass
+        self.engine.close()
+
+
+class WorkerUnavailable(RnnlabError):
+    """The suggestion process cannot answer now (it stopped and is being restarted, or could not be
+    started): the server answers 503 with this message."""
+
+
+class _Worker:
+    """One engine process and the two threads of this process that talk to it.
+
+    The pipe is ``multiprocessing.connection`` (its own length-prefixed framing, pickled messages,
+    blocking reads and writes only): a *reader* thread blocks in ``recv`` and hands each batch of
+    answers to the event loop; a *writer* thread sends the queued requests, so the event loop never
+    blocks on a full pipe and no end of the pipe is ever made non-blocking (which tears a message
+    that arrives in two writes: the server's old bug).
+    """
+
+    def __init__(self, checkpoint: Checkpoint, threads: int, engine_kwargs: dict, generation: int):
+        ctx = multiprocessing.get_context("spawn")  # never fork a process that runs torch threads
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_engine_main, args=(child, checkpoint, threads, engine_kwargs),
+                                name="rnnlab-suggest", daemon=True)
+        self.proc.start()
+        child.close()
+        self.generation = generation
+        self.outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait for the child's "ready"; raises ``RnnlabError`` with its reason if it does not come."""
+        if not self.conn.poll(timeout):
+            raise RnnlabError(f"the suggestion process did not start within {timeout:.0f} s")
+        try:
+            status, detail = self.conn.recv()
+        except (EOFError, OSError):
+            status, detail = "error", f"it exited (exit code {self.proc.exitcode})"
+        if status != "ready":
+            raise RnnlabError(f"the suggestion process failed to start: {detail}")
+
+    def start_threads(self, on_answers, on_exit) -> None:
+        def read() -> None:
+            try:
+                while True:
+                    on_answers(self, self.conn.recv())
+            except (EOFError, OSError):
+                pass
+            except Exception as exc:  # noqa: BLE001 - an unreadable message: treat as a dead worker
+                print(f"rnnlab: suggestion process: unreadable answer ({type(exc).__name__}: {exc})",
+                      file=sys.stderr)
+            on_exit(self)
+
+        def write() -> None:
+            while (msg := self.outbox.get()) is not None:
+                try:
+                    self.conn.send(msg)
+                except (OSError, ValueError):
+                    break  # the child is gone: the reader sees the end of the pipe too
+
+        self.threads = [threading.Thread(target=read, name="rnnlab-suggest-read", daemon=True),
+                        threading.Thread(target=write, name="rnnlab-suggest-write", daemon=True)]
+        for t in self.threads:
+            t.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the child to stop (a ``None`` message), then make sure it has; close the pipe."""
+        self.outbox.put(None)  # ends the writer after what is queued
+        try:
+            self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self.proc.join(timeout)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(timeout)
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+        for t in self.threads:
+            if t is not threading.current_thread():
+                t.join(timeout)
 
 
 class ProcessBackend:
-    """The engine in a child process (see the module docstring). ``engine_kwargs`` are those of
-    ``SuggestEngine`` plus ``cache_clients``/``cache_per_client``; ``threads`` is the child's torch
-    thread count."""
+    """The engine in a child process (see the module docstring), restarted when it dies.
 
-    def __init__(self, checkpoint: Checkpoint, threads: int = 1, start_timeout: float = 120.0, **engine_kwargs):
-        ctx = multiprocessing.get_context("spawn")  # never fork a process that runs torch threads
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_engine_main, args=(child, checkpoint, threads, engine_kwargs),
-                                 name="rnnlab-suggest", daemon=True)
-        self._proc.start()
-        child.close()
-        if not self._conn.poll(start_timeout):
-            self.close()
-            raise RnnlabError(f"the suggestion process did not start within {start_timeout:.0f} s")
-        try:
-            status, detail = self._conn.recv()
-        except EOFError:
-            status, detail = "error", "it exited"
-        if status != "ready":
-            self.close()
-            raise RnnlabError(f"the suggestion process failed to start: {detail}")
-        self._pending: dict[int, asyncio.Future] = {}
+    ``engine_kwargs`` are those of ``SuggestEngine`` plus ``cache_clients``/``cache_per_client``;
+    ``threads`` is the child's torch thread count. If the child dies (killed, crashed, out of
+    memory), the requests it held fail with ``WorkerUnavailable`` (503), a new child is started in
+    the background, and requests that arrive meanwhile wait for it; after ``max_start_failures``
+    failed starts in a row the backend reports itself failed and answers 503 at once.
+    ``status()`` is what ``/healthz`` shows.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, threads: int = 1, start_timeout: float = 120.0,
+                 max_start_failures: int = 3, **engine_kwargs):
+        self._args = (checkpoint, threads, engine_kwargs)
+        self.start_timeout, self.max_start_failures = start_timeout, max_start_failures
+        self._lock = threading.Lock()
+        self._pending: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future, int]] = {}
+        self._backlog: list[tuple] = []  # requests that arrived while no worker was ready
         self._next_id = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()  # the pipe's writer side (one event loop normally; tests may use others)
-        self._dead: BaseException | None = None
+        self._closed = False
+        self.restarts = 0
+        self.state = "starting"
+        self.last_error = ""
+        self._worker = _Worker(checkpoint, threads, engine_kwargs, generation=0)
+        try:
+            self._worker.wait_ready(start_timeout)
+        except RnnlabError:
+            self._worker.stop()
+            raise
+        self._worker.start_threads(self._on_answers, self._on_exit)
+        self.state = "ready"
+        _LIVE_BACKENDS.add(self)
 
+    # -- the event loop's side -----------------------------------------------------------------
     async def suggest(self, text: str, k: int, client: str) -> bytes:
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            self._watch(loop)
-        if self._dead is not None:
-            raise RuntimeError("the suggestion process has stopped") from self._dead
         future = loop.create_future()
         with self._lock:
+            if self._closed or self.state == "failed":
+                raise WorkerUnavailable(f"the suggestion process is not running ({self.last_error or 'closed'}); "
+                                        f"restart the server")
             rid = self._next_id = self._next_id + 1
-            self._pending[rid] = future
-            try:
-                self._conn.send((rid, text, k, client))
-            except OSError as exc:
-                del self._pending[rid]
-                self._fail(exc)
-                raise RuntimeError("the suggestion process has stopped") from exc
+            msg = (rid, text, k, client)
+            if self.state == "ready":
+                self._pending[rid] = (loop, future, self._worker.generation)
+                self._worker.outbox.put(msg)
+            else:  # restarting: sent as soon as the new process is ready
+                self._pending[rid] = (loop, future, -1)
+                self._backlog.append(msg)
         return suggestions_json(await future)
 
-    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Read the answers on ``loop`` whenever the pipe is readable."""
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(self._conn.fileno())
-        self._loop = loop
-        loop.add_reader(self._conn.fileno(), self._on_readable)
+    def status(self) -> dict:
+        with self._lock:
+            return {"kind": "process", "state": self.state, "pid": self._worker.proc.pid, "restarts": self.restarts,
+                    "in_flight": len(self._pending), **({"error": self.last_error} if self.last_error else {})}
 
-    def _on_readable(self) -> None:
-        try:
-            while self._conn.poll():
-                for rid, ok, payload in self._conn.recv():
-                    future = self._pending.pop(rid, None)
-                    if future is None or future.done():
-                        continue
-                    if ok:
-                        future.set_result(payload)
-                    else:
-                        future.set_exception(payload)
-        except (EOFError, OSError) as exc:
-            self._fail(exc)
+    # -- the reader thread's side --------------------------------------------------------------
+    def _on_answers(self, worker: _Worker, answers: list) -> None:
+        for rid, ok, payload in answers:
+            with self._lock:
+                entry = self._pending.pop(rid, None)
+            if entry is not None:
+                loop, future, _ = entry
+                _resolve(loop, future, payload if ok else None, None if ok else payload)
 
-    def _fail(self, exc: BaseException) -> None:
-        self._dead = exc
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(self._conn.fileno())
-        pending, self._pending = self._pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(RuntimeError("the suggestion process has stopped"))
+    def _on_exit(self, worker: _Worker) -> None:
+        """The pipe to ``worker`` closed: fail what it held; start a new worker unless closing."""
+        with self._lock:
+            if worker is not self._worker or self._closed:
+                return
+            code = worker.proc.exitcode
+            if code is None:
+                worker.proc.join(1.0)
+                code = worker.proc.exitcode
+            self.last_error = f"the suggestion process stopped (exit code {code})"
+            lost = [rid for rid, (_, _, gen) in self._pending.items() if gen == worker.generation]
+            entries = [self._pending.pop(rid) for rid in lost]
+            self.state = "restarting"
+        message = f"{self.last_error} while answering; it is being restarted, try again in a moment"
+        for loop, future, _ in entries:
+            _resolve(loop, future, None, WorkerUnavailable(message))
+        print(f"rnnlab: {self.last_error}; restarting it", file=sys.stderr, flush=True)
+        threading.Thread(target=self._restart, args=(worker,), name="rnnlab-suggest-restart", daemon=True).start()
+
+    def _restart(self, dead: _Worker) -> None:
+        dead.stop(timeout=1.0)
+        failures = 0
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                generation = dead.generation + 1 + failures
+            worker = _Worker(*self._args, generation=generation)
+            try:
+                worker.wait_ready(self.start_timeout)
+            except RnnlabError as exc:
+                worker.stop(timeout=1.0)
+                failures += 1
+                if failures < self.max_start_failures:
+                    continue
+                with self._lock:
+                    self.state, self.last_error = "failed", str(exc)
+                    backlog, self._backlog = self._backlog, []
+                    entries = [self._pending.pop(m[0], None) for m in backlog]
+                for entry in entries:
+                    if entry is not None:
+                        _resolve(entry[0], entry[1], None, WorkerUnavailable(f"{exc}; restart the server"))
+                print(f"rnnlab: {exc}; suggestions are unavailable until the server is restarted", file=sys.stderr)
+                return
+            with self._lock:
+                if self._closed:
+                    worker.stop(timeout=1.0)
+                    return
+                self._worker = worker
+                worker.start_threads(self._on_answers, self._on_exit)
+                self.restarts += 1
+                self.state, self.last_error = "ready", ""
+                for msg in self._backlog:
+                    loop, future, _ = self._pending[msg[0]]
+                    self._pending[msg[0]] = (loop, future, worker.generation)
+                    worker.outbox.put(msg)
+                self._backlog = []
+            print("rnnlab: the suggestion process is running again", file=sys.stderr, flush=True)
+            return
 
     def close(self) -> None:
-        """Stop the child (it also stops by itself when this process exits and the pipe closes)."""
-        if self._loop is not None and not self._loop.is_closed():
-            try:
-                self._loop.remove_reader(self._conn.fileno())
-            except (OSError, ValueError):
-                pass
-        try:
-            self._conn.send(None)
-        except OSError:
-            pass
-        self._proc.join(5)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(5)
-        self._conn.close()
+        """Stop the child and the threads (idempotent); waiting requests fail with 503."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self.state = "closed"
+            entries, self._pending, self._backlog = list(self._pending.values()), {}, []
+        for loop, future, _ in entries:
+            _resolve(loop, future, None, WorkerUnavailable("the server is shutting down"))
+        self._worker.stop()
+        _LIVE_BACKENDS.discard(self)
+
+
+def _resolve(loop: asyncio.AbstractEventLoop, future: asyncio.Future, result, exc) -> None:
+    """Settle ``future`` on its own event loop, from any thread (a closed loop is skipped)."""
+    def settle() -> None:
+        if not future.done():
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    try:
+        loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # the loop is closed: nobody waits for this answer any more
+        pass
+
+
+_LIVE_BACKENDS: "weakref.WeakSet[ProcessBackend]" = weakref.WeakSet()
+# stop the children and the pipe threads when the interpreter starts to exit, before it joins threads
+getattr(threading, "_register_atexit", atexit.register)(lambda: [b.close() for b in list(_LIVE_BACKENDS)])
 
 
 def _engine_main(conn, checkpoint: Checkpoint, threads: int, engine_kwargs: dict) -> None:
@@ -175,11 +330,11 @@ def _engine_main(conn, checkpoint: Checkpoint, threads: int, engine_kwargs: dict
         return
     conn.send(("ready", None))
     scheduler = _Scheduler(engine)
-    queue: list[tuple[int, SuggestRequest]] = []
+    incoming: list[tuple[int, SuggestRequest]] = []
     waiting: list[tuple[int, Future]] = []
     while True:
         # block for work only when nothing is in flight; otherwise take what has arrived and step
-        if not queue and not scheduler.in_flight:
+        if not incoming and not scheduler.in_flight:
             conn.poll(None)
         try:
             while conn.poll():
@@ -187,15 +342,15 @@ def _engine_main(conn, checkpoint: Checkpoint, threads: int, engine_kwargs: dict
                 if msg is None:
                     return
                 rid, text, k, client = msg
-                queue.append((rid, SuggestRequest(text, k, client)))
+                incoming.append((rid, SuggestRequest(text, k, client)))
         except (EOFError, OSError):
             return  # the server is gone
         room = max(0, engine.batcher.max_batch - scheduler.in_flight)
-        for rid, request in queue[:room]:
+        for rid, request in incoming[:room]:
             future: Future = Future()
             scheduler.admit(request, future)
             waiting.append((rid, future))
-        del queue[:room]
+        del incoming[:room]
         if scheduler.in_flight:
             scheduler.step()
         answers, still = [], []

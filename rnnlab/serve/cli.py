@@ -48,7 +48,7 @@ def add_parsers(sub) -> None:
 def cmd_suggest(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint
     from ..runtime import select_device
-    from ..suggest import MAX_K, SuggestEngine
+    from ..suggest import MAX_K, SuggestEngine, SuggestRequest
 
     if not 1 <= args.k <= MAX_K:
         raise UsageError(f"--k must be between 1 and {MAX_K}, got {args.k}")
@@ -57,7 +57,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint, select_device(args.device))
     engine = SuggestEngine(ckpt.model, ckpt.vocab, ckpt.data_config.preset, beam_width=args.beam_width,
                            max_word_length=args.max_word_length)
-    s = engine.suggest(args.text, args.k)
+    s = engine.suggest_batch([SuggestRequest(args.text, args.k)])[0]  # in this thread: no worker to stop
     if args.json:
         print(json.dumps(s.to_dict(), ensure_ascii=False))
         return 0
