@@ -6,8 +6,12 @@ every keystroke (the whole text so far, with its own client id, so the server's 
 cache is exercised as a real keyboard would). Each client sends at most M requests; the run stops
 at the time limit whatever is left. Reports latency percentiles, throughput and errors.
 
-    flock /tmp/rnnlab-heavy.lock python benchmarks/load_suggest.py /work/runs/tm-lstm256 \\
-        --clients 16 --requests 500 --time-limit 300
+    python benchmarks/load_suggest.py runs/tm-lstm256 --clients 16 --requests 500 --time-limit 300
+    python benchmarks/load_suggest.py runs/tm-lstm256 --clients 16 --requests 500 --mixed 4
+
+``--mixed N`` adds N clients that, while the typists type, keep sending the largest valid requests
+(4,000 characters of ASCII, CJK, emoji or corpus text, k = 20, each a new text): errors are
+counted for everyone, and the typists' latency is reported separately from theirs.
 
 The client is a small keep-alive HTTP/1.1 client on asyncio (one connection per typist), so that
 the load generator spends as little of the machine's CPU as possible.
@@ -112,6 +116,36 @@ async def typist(i: int, passage: str, args, port: int, deadline: float, out: di
         await conn.close()
 
 
+LONG_TEXTS = ["x" * 4000, "分" * 4000, "😀" * 4000, "é€ the " * 571]
+
+
+async def heavy_client(i: int, corpus_text: str, args, port: int, stop: asyncio.Event, out: dict) -> None:
+    """The mixed workload: the largest valid requests, back to back, until the typists are done."""
+    conn = Connection("127.0.0.1", port)
+    await conn.open()
+    rng = random.Random(args.seed + 1000 + i)
+    texts = LONG_TEXTS + [corpus_text[s:s + 4000] for s in rng.sample(range(max(1, len(corpus_text) - 4000)), 4)]
+    n = 0
+    try:
+        while not stop.is_set():
+            req = {"text": rng.choice(texts)[: 4000 - (n % 7)], "k": 20, "client": f"heavy-{i}-{n}"}
+            n += 1
+            start = time.perf_counter()
+            try:
+                status, data = await asyncio.wait_for(conn.post("/v1/suggest", req), args.request_timeout)
+                if status != 200:
+                    out["errors"].append(f"HTTP {status}: {data[:200]!r}")
+                    continue
+                json.loads(data)
+                out["latency_ms"].append((time.perf_counter() - start) * 1e3)
+            except (OSError, asyncio.TimeoutError, ValueError, asyncio.IncompleteReadError) as e:
+                out["errors"].append(f"{type(e).__name__}: {e}")
+                await conn.close()
+                await conn.open()
+    finally:
+        await conn.close()
+
+
 def passages(text: str, n: int, length: int, seed: int) -> list[str]:
     """``n`` different passages of ``length`` characters, each starting at the start of a line."""
     starts = [m.end() for m in re.finditer(r"\n(?=[A-Za-z])", text) if m.end() + length <= len(text)]
@@ -140,7 +174,7 @@ def start_server(args) -> tuple[subprocess.Popen, int]:
     raise SystemExit("the server did not answer /healthz")
 
 
-async def run(args, port: int, texts: list[str]) -> dict:
+async def run(args, port: int, texts: list[str], corpus_text: str = "") -> dict:
     results = [{"latency_ms": [], "server_ms": [], "beam_steps": [], "context_tokens": [], "errors": []}
                for _ in texts]
     # warm-up (not measured): one short typed word per client id that will not be reused
@@ -151,12 +185,21 @@ async def run(args, port: int, texts: list[str]) -> dict:
     await warm.close()
     start = time.perf_counter()
     deadline = start + args.time_limit
+    stop = asyncio.Event()
+    heavy = [{"latency_ms": [], "errors": []} for _ in range(args.mixed)]
+    heavies = [asyncio.ensure_future(heavy_client(i, corpus_text, args, port, stop, h)) for i, h in enumerate(heavy)]
     await asyncio.gather(*(typist(i, t, args, port, deadline, r) for i, (t, r) in enumerate(zip(texts, results))))
+    stop.set()
+    await asyncio.gather(*heavies)
     wall = time.perf_counter() - start
     lat = [x for r in results for x in r["latency_ms"]]
     srv = [x for r in results for x in r["server_ms"]]
-    errors = [e for r in results for e in r["errors"]]
+    errors = [e for r in results for e in r["errors"]] + [e for h in heavy for e in h["errors"]]
+    heavy_lat = [x for h in heavy for x in h["latency_ms"]]
     return {
+        "mixed_clients": args.mixed, "mixed_completed": len(heavy_lat),
+        "mixed_latency_ms": {"p50": round(percentile(heavy_lat, 50), 2), "p95": round(percentile(heavy_lat, 95), 2)}
+        if heavy_lat else None,
         "clients": args.clients, "threads": args.threads, "max_batch": args.max_batch, "suggest_worker": args.suggest_worker, "requests_per_client": args.requests, "think_ms": args.think_ms, "k": args.k,
         "completed": len(lat), "errors": len(errors), "error_samples": errors[:5],
         "stopped_by_time": any(r.get("stopped_by_time") for r in results),
@@ -188,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=64, help="the server's --max-batch (1 = no batching)")
     p.add_argument("--suggest-worker", choices=("process", "thread"), default="process",
                    help="the server's --suggest-worker (a process of its own, or a thread sharing the GIL)")
+    p.add_argument("--mixed", type=int, default=0,
+                   help="extra clients sending the largest valid requests (4,000 characters, k = 20) meanwhile")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
@@ -201,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     texts = passages(text, args.clients, args.requests, args.seed)
     proc, port = start_server(args)
     try:
-        result = asyncio.run(run(args, port, texts))
+        result = asyncio.run(run(args, port, texts, text))
     finally:
         proc.terminate()
         try:

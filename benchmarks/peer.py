@@ -40,7 +40,7 @@ one process, so a change in the machine's load hits both. Reported per configura
   not counted since it is a lookup), against a 2048^3 float32 matrix product timed in the same run.
 
 Then generation: characters per second of the book's ``predict_ch8`` (greedy, one character per
-call) against ``rnnlab.sampling.generate`` (greedy, state carried) and batched ``generate_ids``,
+call) against ``rnnlab.decoding.generate`` (greedy, state carried) and batched ``generate_ids``,
 on each side's trained model of every configuration.
 """
 from __future__ import annotations
@@ -156,23 +156,23 @@ class BookRun:
 
 class RnnlabRun:
     def __init__(self, model: str, hidden: int, init: str, impl: str = "fast"):
-        from rnnlab.config import DataConfig, ModelConfig, TrainConfig
+        from rnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+        from rnnlab.data import prepare_data
         from rnnlab.models import build_model
-        from rnnlab.pipeline import prepare_data
         from rnnlab.training import Trainer
 
         self.data = prepare_data(DataConfig(dataset="timemachine", preset="letters", max_tokens=10000))
         cfg = ModelConfig(model=model, impl=impl, vocab_size=len(self.data.vocab), hidden_size=hidden, init=init)
         self.model = build_model(cfg)
-        tcfg = TrainConfig(batch_size=32, num_steps=35, lr=1.0, clip_norm=1.0, epochs=1,
-                           sampling="sequential", device="cpu", predict_every=0)
-        self.trainer = Trainer(self.model, tcfg, self.data.train_ids)
+        tcfg = TrainConfig(batch_size=32, num_steps=35, lr=1.0, clip_norm=1.0, sampling="sequential")
+        self.trainer = Trainer(self.model, tcfg, self.data.train_ids, run=RunConfig(epochs=1, device="cpu",
+                                                                                   predict_every=0))
         self.speeds, self.ppl, self.ppls = [], float("nan"), []
 
     def epochs(self, n: int) -> None:
         tr = self.trainer
         for _ in range(n):
-            tr.cfg.epochs = tr.epoch + 1  # one more epoch, timed from outside like the book's timer
+            tr.run.epochs = tr.epoch + 1  # one more epoch, timed from outside like the book's timer
             start = time.perf_counter()
             tr.fit()
             self.speeds.append(tokens_in_epoch(tr) / (time.perf_counter() - start))
@@ -180,13 +180,14 @@ class RnnlabRun:
             self.ppls.append(self.ppl)
 
     def generate(self, prefix: str, n: int, num_samples: int = 1) -> float:
-        from rnnlab.sampling import generate, generate_ids
+        from rnnlab.config import GenerateConfig
+        from rnnlab.decoding import generate, generate_ids
 
         start = time.perf_counter()
         if num_samples == 1:
-            generate(self.model, self.data.vocab, prefix, n)
+            generate(self.model, self.data.tokenizer, prefix, n)
         else:
-            generate_ids(self.model, self.data.vocab.encode(list(prefix)), n, num_samples=num_samples)
+            generate_ids(self.model, self.data.vocab.encode(list(prefix)), GenerateConfig(length=n, num_samples=num_samples))
         return n * num_samples / (time.perf_counter() - start)
 
 

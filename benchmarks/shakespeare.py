@@ -34,9 +34,10 @@ from rnnlab import DataConfig, ModelConfig, TrainConfig
 from rnnlab.checkpoint import save_checkpoint
 from rnnlab.data.batching import epoch_batches
 from rnnlab.models import LanguageModel, build_model, detach_state
-from rnnlab.pipeline import prepare_data
+from rnnlab.data import prepare_data
+from rnnlab.evaluation import evaluate
 from rnnlab.runtime import seed_everything, select_device
-from rnnlab.training import evaluate, lm_loss, make_optimizer
+from rnnlab.training import lm_loss, make_optimizer
 
 RECIPE = dict(model="lstm", impl="concise", hidden_size=256, num_layers=1, embedding_dim=64, dropout=0.0,
               batch_size=64, num_steps=64, optimizer="adam", lr=7e-3, min_lr=1e-4, lr_schedule="cosine",
@@ -116,8 +117,7 @@ def main() -> None:
     dcfg = DataConfig(dataset="tinyshakespeare", preset="raw", val_fraction=0.1)
     data = prepare_data(dcfg)
     mcfg = ModelConfig(vocab_size=len(data.vocab), **{k: getattr(args, k) for k in MODEL_KEYS})
-    tcfg = TrainConfig(**{k: getattr(args, k) for k in RECIPE if k not in MODEL_KEYS}, epochs=10_000,
-                       max_seconds=args.seconds, seed=args.seed, device=args.device, predict_every=0)
+    tcfg = TrainConfig(**{k: getattr(args, k) for k in RECIPE if k not in MODEL_KEYS}, seed=args.seed)
     tcfg.validate()
     device = select_device(args.device)
     seed_everything(args.seed)
@@ -136,7 +136,7 @@ def main() -> None:
     val = evaluate(model, data.val_ids, args.eval_batch, args.eval_steps)
     eval_s = time.perf_counter() - t0
     if args.out:
-        save_checkpoint(Path(args.out), model, data.vocab, mcfg, dcfg, tcfg,
+        save_checkpoint(Path(args.out), model, data.tokenizer, mcfg, dcfg, tcfg, None,
                         info={"step": steps, "val_loss": val["loss"], "seconds": args.seconds})
     print("recipe: " + " ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in (*RECIPE, "precision")))
     print(f"trained {wall:.1f} s ({args.precision}): {steps} steps, {epochs:.2f} epochs, "

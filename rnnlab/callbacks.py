@@ -5,8 +5,7 @@ import json
 import math
 from pathlib import Path
 
-
-from .checkpoint import atomic_write
+from .io import atomic_write
 
 
 class MetricsWriter:

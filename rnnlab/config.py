@@ -1,156 +1,166 @@
 """Typed configuration, one dataclass per concern, stored in every checkpoint as JSON.
 
-Names are the same everywhere: a field ``num_steps`` is the CLI flag ``--num-steps``.
+    DataConfig      where the text comes from and how it becomes tokens
+    ModelConfig     the architecture (``rnnlab.models.config``)
+    TrainConfig     how to optimise: batching, optimiser, schedule, clipping, seed
+    RunConfig       how long and how to run it: epochs, time limit, device, logging, checkpoints
+    GenerateConfig  how to decode: length, temperature, top-k, top-p, samples, seed
+    SuggestConfig   how the keyboard searches: k, beam width, longest word
+
+Every field is declared once with its help, choices and bounds (``rnnlab.fields.setting``); the CLI
+generates its flags from them (``num_steps`` is ``--num-steps``) and the server reads the same
+bounds, so a value is validated once, in one place, for the CLI, the library and the server.
+``merge_resume`` (for ``train --resume``) also lives here, next to the configs it merges.
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from .errors import UsageError
+from .fields import Settings, flag, setting
+from .models.config import ModelConfig
 
-MODELS = ("rnn", "gru", "lstm", "unrolled")
-IMPLS = ("scratch", "concise", "fast")
+PRESETS = ("raw", "letters")
+TOKENS = ("char", "word")
 SAMPLINGS = ("sequential", "random")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine")
-PRESETS = ("raw", "letters")
-TOKENS = ("char", "word")
+DEVICE_HELP = "auto (CUDA when present, else the CPU), cpu, cuda, cuda:N, mps"
+
+# one maximum per limit, for the CLI, the library and the server alike
+MAX_TEXT_CHARS = 10_000  # a prompt, or the text typed so far
+MAX_LENGTH = 10_000  # tokens generated per call
+MAX_SAMPLES = 1_000
+MAX_TEMPERATURE = 100.0
+MAX_K = 20  # suggestions per request
+MAX_SEED = 2**63 - 1
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Settings):
     """Where the text comes from and how it becomes tokens."""
 
-    path: str | None = None  # a text file, or None when ``dataset`` names one
-    dataset: str | None = None  # a registry name (rnnlab.data.registry)
-    preset: str = "raw"  # raw: keep every character; letters: the book's 26 letters + space
-    token: str = "char"  # char | word
-    max_tokens: int = 0  # keep the first N tokens of the stream (0 = all)
-    encoding: str = "utf-8"
-    min_freq: int = 0
-    val_fraction: float = 0.0  # the last fraction of the token stream is held out (0 = the book: none)
-    prepared: str | None = None  # a directory written by `rnnlab prepare` (memory-mapped ids + vocab)
+    path: str | None = setting(None, "a text file (or None when `dataset` names one)", cli=False)
+    dataset: str | None = setting(None, "a named dataset (see `rnnlab datasets`)", cli=False)
+    preset: str = setting("raw", "raw: every character; letters: the book's a-z + space", choices=PRESETS)
+    token: str = setting("char", "tokens are characters or whitespace-separated words", choices=TOKENS)
+    max_tokens: int = setting(0, "keep the first N tokens (0 = all; the book uses 10000)", min=0)
+    encoding: str = setting("utf-8", "text encoding of the file (a Python codec name)")
+    errors: str = setting("strict", "undecodable bytes: stop with an error, or replace them with U+FFFD",
+                          choices=("strict", "replace"))
+    min_freq: int = setting(0, "tokens seen fewer times become <unk>", min=0)
+    val_fraction: float = setting(0.0, "hold out the last fraction of the stream for validation (0 = none, "
+                                       "the book's setting)", min=0.0, max=0.9)
+    prepared: str | None = setting(None, "a directory written by `rnnlab prepare` (memory-mapped ids)",
+                                   cli=False)
 
-    def validate(self) -> None:
-        _choice("preset", self.preset, PRESETS)
-        _choice("token", self.token, TOKENS)
-        if self.max_tokens < 0:
-            raise UsageError(f"--max-tokens must be >= 0 (0 keeps every token), got {self.max_tokens}")
-        if self.min_freq < 0:
-            raise UsageError(f"--min-freq must be >= 0, got {self.min_freq}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise UsageError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-
-
-@dataclass
-class ModelConfig:
-    """Everything needed to rebuild a model's architecture (the weights live in safetensors)."""
-
-    model: str = "rnn"  # rnn | gru | lstm | unrolled (the AWS post's many-to-one model)
-    impl: str = "concise"  # scratch | concise | fast
-    vocab_size: int = 0
-    hidden_size: int = 256
-    num_layers: int = 1
-    embedding_dim: int = 0  # 0 = one-hot inputs (the book)
-    dropout: float = 0.0
-    activation: str = "tanh"  # rnn only: tanh | relu
-    init: str = "auto"  # auto (scratch: book's N(0, 0.01^2) and zero biases; concise: torch's) | normal | torch
-    window: int = 3  # unrolled only: tokens read per prediction (the post: 3)
-
-    def validate(self) -> None:
-        _choice("model", self.model, MODELS)
-        _choice("impl", self.impl, IMPLS)
-        _choice("activation", self.activation, ("tanh", "relu"))
-        _choice("init", self.init, ("auto", "normal", "torch"))
-        _positive("hidden-size", self.hidden_size)
-        _positive("num-layers", self.num_layers)
-        _positive("window", self.window)
-        if self.embedding_dim < 0:
-            raise UsageError(f"--embedding-dim must be >= 0 (0 = one-hot), got {self.embedding_dim}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UsageError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.window != 3 and self.model != "unrolled":
-            raise UsageError("--window applies to --model unrolled only; the recurrent models carry a state instead")
-        if self.activation != "tanh" and self.model != "rnn":
-            raise UsageError("--activation applies to --model rnn only; "
-                             "GRU and LSTM use their own gates, unrolled the post's ReLU")
+    def check(self) -> None:
+        if self.path is not None and self.dataset is not None:
+            raise UsageError("give either a text FILE or --dataset NAME, not both")
+        if self.prepared is not None and (self.path is not None or self.dataset is not None):
+            raise UsageError("give --prepared DIR or a text FILE / --dataset NAME, not both")
+        if self.path == "":
+            raise UsageError("the text FILE is an empty path; give a file name")
 
 
 @dataclass
-class TrainConfig:
-    """How to train: batching, optimiser, schedule, reporting."""
+class TrainConfig(Settings):
+    """How to optimise: batching, optimiser, learning-rate schedule, clipping, the seed."""
 
-    batch_size: int = 32
-    num_steps: int = 35
-    sampling: str = "sequential"  # sequential | random
-    optimizer: str = "sgd"
-    lr: float = 1.0
-    momentum: float = 0.0  # sgd only
-    weight_decay: float = 0.0
-    lr_schedule: str = "constant"  # constant | cosine (to min_lr over the run, after warmup_steps)
-    min_lr: float = 0.0
-    warmup_steps: int = 0
-    clip_norm: float = 1.0  # 0 disables clipping
-    epochs: int = 500
-    max_seconds: float = 0.0  # stop after this much wall time (0 = no limit)
-    seed: int = 0
-    device: str = "auto"
-    predict_every: int = 50  # greedy text for each prefix every N epochs (0 = never)
-    prefixes: list[str] = field(default_factory=list)
-    predict_length: int = 50
-    save_every: int = 0  # checkpoint every N epochs (0 = about ten times per run); always at the end
-    keep: int = 2  # snapshots kept in OUT/checkpoints (plus OUT/best)
+    batch_size: int = setting(32, "minibatch rows; under torchrun the global batch, split over the processes",
+                              min=1, max=1 << 16)
+    num_steps: int = setting(35, "time steps per minibatch (BPTT length)", min=1, max=1 << 16)
+    sampling: str = setting("sequential", "sequential: state carried between minibatches; random: random "
+                                          "windows, state reset", choices=SAMPLINGS)
+    optimizer: str = setting("sgd", "the optimiser", choices=OPTIMIZERS)
+    lr: float = setting(1.0, "learning rate", above=0.0, max=1e4)
+    momentum: float = setting(0.0, "SGD momentum", min=0.0, max=0.999)
+    weight_decay: float = setting(0.0, "weight decay (L2 for SGD/Adam/RMSprop, decoupled for AdamW)", min=0.0, max=10.0)
+    lr_schedule: str = setting("constant", "cosine: decay to --min-lr over the run (over --max-seconds when set)",
+                               choices=SCHEDULES)
+    min_lr: float = setting(0.0, "the learning rate the cosine schedule ends at", min=0.0, max=1e4)
+    warmup_steps: int = setting(0, "linear learning-rate warm-up steps", min=0, max=1 << 30)
+    clip_norm: float = setting(1.0, "clip gradients to this global norm (0 = off)", min=0.0, max=1e6)
+    seed: int = setting(0, "one seed for Python, NumPy and torch", min=0, max=MAX_SEED)
 
-    def validate(self) -> None:
-        _positive("batch-size", self.batch_size)
-        _positive("num-steps", self.num_steps)
-        _positive("epochs", self.epochs)
-        _choice("sampling", self.sampling, SAMPLINGS)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        if not self.lr > 0 or self.lr != self.lr or self.lr == float("inf"):
-            raise UsageError(f"--lr must be a positive number, got {self.lr}")
-        _choice("lr-schedule", self.lr_schedule, SCHEDULES)
-        for name, v in (("momentum", self.momentum), ("weight-decay", self.weight_decay), ("min-lr", self.min_lr),
-                        ("max-seconds", self.max_seconds)):
-            if not 0 <= v < float("inf"):
-                raise UsageError(f"--{name} must be a number >= 0, got {v}")
+    def check(self) -> None:
         if self.momentum and self.optimizer != "sgd":
             raise UsageError("--momentum applies to --optimizer sgd only")
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise UsageError(f"--warmup-steps must be an integer >= 0, got {self.warmup_steps}")
-        if not self.clip_norm >= 0 or self.clip_norm == float("inf"):
-            raise UsageError(f"--clip-norm must be >= 0 (0 disables clipping), got {self.clip_norm}")
-        if self.predict_every < 0:
-            raise UsageError(f"--predict-every must be >= 0, got {self.predict_every}")
-        if self.save_every < 0:
-            raise UsageError(f"--save-every must be >= 0 (0 = about ten saves per run), got {self.save_every}")
-        if self.keep < 1:
-            raise UsageError(f"--keep must be >= 1, got {self.keep}")
-        if self.predict_length < 0:
-            raise UsageError(f"--predict-length must be >= 0, got {self.predict_length}")
+        if self.lr_schedule == "cosine" and self.min_lr > self.lr:
+            raise UsageError(f"--min-lr {self.min_lr:g} is above --lr {self.lr:g}; the cosine schedule decays "
+                             f"from --lr down to --min-lr")
 
 
-# Settings that may change when a run is resumed; everything else must match the checkpoint.
-RUN_CONTROL = {"epochs", "max_seconds", "device", "predict_every", "prefixes", "predict_length", "save_every", "keep"}
+@dataclass
+class RunConfig(Settings):
+    """How long and how to run a training: may change when a run is resumed."""
+
+    epochs: int = setting(500, "epochs to train (the book: 500)", min=1, max=1 << 30)
+    max_seconds: float = setting(0.0, "stop after this much wall time (0 = no limit)", min=0.0, max=1e8)
+    device: str = setting("auto", DEVICE_HELP)
+    predict_every: int = setting(50, "greedy samples every N epochs (0 = never)", min=0)
+    prefixes: list[str] = setting(help="prefixes for progress samples (default: the dataset's)", factory=list,
+                                  cli=False)
+    predict_length: int = setting(50, "tokens per progress sample", min=0, max=MAX_LENGTH)
+    save_every: int = setting(0, "checkpoint every N epochs (0 = about ten per run)", min=0)
+    keep: int = setting(2, "snapshots kept in OUT/checkpoints (plus OUT/best)", min=1, max=1000)
+    log_every: int = setting(10, "print a metrics line every N epochs", min=1)
 
 
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise UsageError(f"unknown --{name} {value!r}; choose one of: {', '.join(choices)}")
+@dataclass
+class GenerateConfig(Settings):
+    """How to continue a prompt (the CLI's `generate`, the library's `generate_text`, the server)."""
+
+    length: int = setting(100, "tokens to generate", min=0, max=MAX_LENGTH)
+    temperature: float = setting(0.0, "0 = greedy (the book); > 0 samples from softmax(logits / T)",
+                                 min=0.0, max=MAX_TEMPERATURE)
+    top_k: int = setting(0, "sample among the k most likely tokens (0 = all)", min=0, max=1 << 24)
+    top_p: float = setting(1.0, "nucleus sampling: the smallest set of tokens with this probability mass",
+                           above=0.0, max=1.0)
+    num_samples: int = setting(1, "independent continuations, generated as one batch", min=1, max=MAX_SAMPLES)
+    seed: int | None = setting(None, "seed for sampling (same seed, same text)", min=0, max=MAX_SEED)
+    strict: bool = setting(False, "error on prompt characters the model has never seen (else they read as <unk>)")
 
 
-def _positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or value <= 0:
-        raise UsageError(f"--{name} must be a positive integer, got {value!r}")
+@dataclass
+class SuggestConfig(Settings):
+    """How the keyboard answers: how many suggestions, and the bounds of its completion search."""
+
+    k: int = setting(5, "how many next characters and completions", min=1, max=MAX_K)
+    beam_width: int = setting(8, "open beams kept by the completion search", min=1, max=64)
+    max_word_length: int = setting(24, "longest completion searched, in characters", min=1, max=64)
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+def check_text(text: str, what: str = "the text") -> str:
+    """A prompt or typed text: at most ``MAX_TEXT_CHARS`` characters of valid Unicode."""
+    if not isinstance(text, str):
+        raise UsageError(f"{what} must be text")
+    if len(text) > MAX_TEXT_CHARS:
+        raise UsageError(f"{what} has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{what} is not valid Unicode (a lone surrogate); send UTF-8 text") from None
+    return text
 
 
-def from_dict(cls: type, data: dict[str, Any]):
-    """Build a config from JSON, ignoring keys this version does not know (forward compatible)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+def merge_resume(stored: tuple[DataConfig, ModelConfig, TrainConfig],
+                 given: tuple[DataConfig, ModelConfig, TrainConfig], explicit: set[str]) -> tuple:
+    """Settings for a resumed run: the stored data, model and training settings; any of them given
+    explicitly must equal the stored value (the run controls, ``RunConfig``, are the caller's)."""
+    out = []
+    for old, new in zip(stored, given):
+        merged = type(old).from_dict(old.to_dict(), validate=False)
+        for name, value in new.to_dict().items():
+            if name not in explicit or name == "vocab_size":
+                continue
+            if getattr(old, name) != value:
+                what = {"path": "the text FILE"}.get(name, flag(name))
+                raise UsageError(f"{what} {value!r} differs from the checkpoint's {getattr(old, name)!r}; drop "
+                                 f"it to resume, or start a new run with another --out")
+        out.append(merged)
+    return tuple(out)
+
+
+__all__ = ["DataConfig", "GenerateConfig", "ModelConfig", "RunConfig", "SuggestConfig", "TrainConfig",
+           "check_text", "merge_resume"]

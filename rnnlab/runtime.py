@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import random
 
 import numpy as np
@@ -17,8 +18,10 @@ def select_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    except (RuntimeError, TypeError):
+        raise UsageError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {name}: rnnlab runs on cpu, cuda or mps; use one of those (or auto)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
@@ -26,6 +29,29 @@ def select_device(name: str = "auto") -> torch.device:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError("--device mps: MPS is not available on this machine; use --device cpu or auto")
     return dev
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux: MemAvailable), or None when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(nbytes: int, what: str, fix: str = "lower --hidden-size, --num-layers or --embedding-dim") -> None:
+    """Refuse before allocating ``nbytes`` that the machine does not have."""
+    free = available_memory()
+    if free is not None and nbytes > free:
+        raise UsageError(f"{what} needs {nbytes / 2**30:,.1f} GiB but this machine has {free / 2**30:,.1f} GiB "
+                         f"available; {fix}")
 
 
 def seed_everything(seed: int) -> None:

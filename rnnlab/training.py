@@ -22,14 +22,16 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
-from .config import TrainConfig
-from .data.batching import Ids, as_long, epoch_batches, min_tokens_needed, num_batches
+from .config import RunConfig, TrainConfig
+from .data.batching import Ids, epoch_batches, min_tokens_needed, num_batches
 from .distributed import LOCAL, DistContext, all_gather_object, all_gather_rows, all_reduce_sum, check_batch
 from .errors import RnnlabError
-from .metrics import bits_per_token, perplexity
+from .evaluation import evaluate, to_device
+from .metrics import perplexity
 from .models import LanguageModel, State, detach_state
 from .runtime import keep_freed_memory
 
+DIVERGED = 100.0  # nats/token: far above any vocabulary's uniform loss (ln 2^24 = 16.6): the run has diverged
 EpochCallback = Callable[["Trainer", dict], None]
 StepCallback = Callable[["Trainer", float, int], None]  # (trainer, loss of the step, tokens of the step)
 
@@ -52,55 +54,11 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))  # (B*T, V) vs (B*T,)
 
 
-def _to_device(ids: Ids, device: torch.device) -> Ids:
-    """Tensors move to the model's device; NumPy ids (a memory-mapped corpus) stay where they are
-    and each minibatch is moved when it is read."""
-    return ids.to(device) if isinstance(ids, torch.Tensor) else ids
-
-
-@torch.no_grad()
-def evaluate(model: LanguageModel, ids: Ids, batch_size: int = 32, num_steps: int = 35) -> dict:
-    """Mean NLL over every next-token prediction of ``ids``, read in order.
-
-    The stream is cut into ``batch_size`` contiguous rows processed side by side in chunks of
-    ``num_steps`` with the state carried across chunks; the few targets left over after the rows
-    (fewer than ``batch_size``) are scored as one more row. Returns loss, ppl, bpc, tokens.
-    ``ids`` may be a long tensor or a NumPy array (e.g. a memmap, read chunk by chunk).
-    """
-    was_training = model.training
-    model.eval()
-    device = model.device
-    ids = _to_device(ids, device)
-    n_targets = len(ids) - 1
-    if n_targets < 1:
-        raise RnnlabError("evaluation needs at least 2 tokens")
-    b = max(1, min(batch_size, n_targets))
-    row = n_targets // b
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0
-
-    def run_rows(xs: Ids, ys: Ids) -> None:
-        nonlocal total, count
-        state = model.begin_state(xs.shape[0], device)
-        for i in range(0, xs.shape[1], num_steps):
-            x = as_long(xs[:, i:i + num_steps]).to(device)  # (b, <=T)
-            y = as_long(ys[:, i:i + num_steps]).to(device)  # (b, <=T)
-            logits, state = model(x, state)
-            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
-            count += y.numel()
-
-    run_rows(ids[:b * row].reshape(b, row), ids[1:b * row + 1].reshape(b, row))  # (b, row)
-    if b * row < n_targets:
-        run_rows(ids[b * row:-1].reshape(1, -1), ids[b * row + 1:].reshape(1, -1))  # the tail, one row
-    model.train(was_training)
-    loss = total.item() / count
-    return {"loss": loss, "ppl": perplexity(loss), "bpc": bits_per_token(loss), "tokens": count}
-
-
 class Trainer:
-    """Trains ``model`` on the 1-D id tensor ``train_ids`` as ``cfg`` says.
+    """Trains ``model`` on the 1-D id tensor ``train_ids`` as ``cfg`` (how to optimise) and ``run``
+    (how long) say.
 
-    ``fit()`` runs epochs until ``cfg.epochs`` are done, ``cfg.max_seconds`` of wall time have
+    ``fit()`` runs epochs until ``run.epochs`` are done, ``run.max_seconds`` of wall time have
     passed, or ``request_stop()`` is called (e.g. from a signal handler: the current step
     finishes, then ``fit`` returns with ``interrupted`` set and the position kept for resume).
     Each finished epoch calls every epoch callback with a metrics dict: ``epoch``, ``step``,
@@ -115,7 +73,8 @@ class Trainer:
     """
 
     def __init__(self, model: LanguageModel, cfg: TrainConfig, train_ids: Ids,
-                 val_ids: Ids | None = None, optimizer: torch.optim.Optimizer | None = None,
+                 val_ids: Ids | None = None, run: RunConfig | None = None,
+                 optimizer: torch.optim.Optimizer | None = None,
                  callbacks: list[EpochCallback] = (), step_callbacks: list[StepCallback] = (),
                  dist_ctx: DistContext = LOCAL):
         need = min_tokens_needed(cfg.batch_size, cfg.num_steps)
@@ -126,11 +85,12 @@ class Trainer:
         if val_ids is not None and len(val_ids) < 2:
             raise RnnlabError("the validation split has fewer than 2 tokens; raise --val-fraction or use more text")
         self.model, self.cfg, self.dist = model, cfg, dist_ctx
+        self.run = run if run is not None else RunConfig()
         check_batch(cfg.batch_size, dist_ctx)
         if model.device.type == "cpu":
             keep_freed_memory()  # no page faults for the per-minibatch buffers
-        self.train_ids = _to_device(train_ids, model.device)
-        self.val_ids = _to_device(val_ids, model.device) if val_ids is not None else None
+        self.train_ids = to_device(train_ids, model.device)
+        self.val_ids = to_device(val_ids, model.device) if val_ids is not None else None
         # the training forward goes through DDP (gradient all-reduce); everything else uses the module
         self.forward_model = model
         if dist_ctx.enabled:
@@ -172,10 +132,10 @@ class Trainer:
             return cfg.lr * (step + 1) / cfg.warmup_steps
         if cfg.lr_schedule == "constant":
             return cfg.lr
-        if cfg.max_seconds:
-            progress = elapsed / cfg.max_seconds
+        if self.run.max_seconds:
+            progress = elapsed / self.run.max_seconds
         else:
-            total = max(1, cfg.epochs * self.batches_per_epoch - cfg.warmup_steps)
+            total = max(1, self.run.epochs * self.batches_per_epoch - cfg.warmup_steps)
             progress = (step - cfg.warmup_steps) / total
         progress = min(max(progress, 0.0), 1.0)
         return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -183,7 +143,7 @@ class Trainer:
     # -- training --------------------------------------------------------------------------
     def fit(self) -> list[dict]:
         self.interrupted = self.time_up = self._stop = False
-        while self.epoch < self.cfg.epochs and not (self.interrupted or self.time_up):
+        while self.epoch < self.run.epochs and not (self.interrupted or self.time_up):
             self._run_epoch()
         return self.history
 
@@ -246,7 +206,7 @@ class Trainer:
                 cb(self, step_loss, y.numel() * ctx.world_size)
             if stop or (self._stop and not ctx.enabled):
                 break
-            if cfg.max_seconds and self.elapsed >= cfg.max_seconds:  # the same clock on every rank
+            if self.run.max_seconds and self.elapsed >= self.run.max_seconds:  # the same clock on every rank
                 self.time_up = True
                 break
         # under DDP a stop requested after the last all-reduce (e.g. in a callback) waits for the next step
@@ -258,8 +218,8 @@ class Trainer:
             all_reduce_sum(sums, ctx)
             loss_total, n_tokens, compute = sums[0].item(), int(sums[1].item()), sums[2].item()
         mean = loss_total / max(n_tokens, 1)
-        if not math.isfinite(mean):
-            raise RnnlabError(f"the training loss became {mean} in epoch {self.epoch + 1}; "
+        if not math.isfinite(mean) or mean > DIVERGED:
+            raise RnnlabError(f"training diverged: the loss became {mean:.4g} nats/token in epoch {self.epoch + 1}; "
                               f"lower --lr or set --clip-norm (e.g. 1) and train again")
         if stopped:  # keep the unfinished epoch for resume
             self.interrupted = True

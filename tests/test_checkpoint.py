@@ -5,6 +5,7 @@ import torch
 
 from rnnlab.checkpoint import load_checkpoint, save_checkpoint
 from rnnlab.config import DataConfig, ModelConfig, TrainConfig
+from rnnlab.data import Tokenizer
 from rnnlab.data.vocab import Vocab
 from rnnlab.errors import RnnlabError
 from rnnlab.models import build_model
@@ -15,7 +16,7 @@ def _saved(tmp_path, **kw):
     cfg = ModelConfig(model="lstm", vocab_size=len(vocab), hidden_size=8, num_layers=2, **kw)
     torch.manual_seed(0)
     model = build_model(cfg)
-    save_checkpoint(tmp_path / "ck", model, vocab, cfg, DataConfig(dataset="timemachine"), TrainConfig(lr=0.5),
+    save_checkpoint(tmp_path / "ck", model, Tokenizer(vocab), cfg, DataConfig(dataset="timemachine"), TrainConfig(lr=0.5),
                     info={"epoch": 3})
     return model, vocab, tmp_path / "ck"
 

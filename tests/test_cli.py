@@ -59,7 +59,7 @@ def test_word_level_round_trip(tmp_path):
     (lambda d: d, "is a directory"),
     (lambda d: (d / "e.txt").write_text("   \n") and d / "e.txt", "empty or whitespace"),
     (lambda d: (d / "bad.txt").write_bytes(b"abc\xff\xfe def") and d / "bad.txt", "byte offset 3"),
-    (lambda d: (d / "bin.dat").write_bytes(bytes(range(256))) and d / "bin.dat", "binary"),
+    (lambda d: (d / "bin.dat").write_bytes(bytes(range(256))) and d / "bin.dat", "binary file"),
     (lambda d: (d / "short.txt").write_text("hello world") and d / "short.txt", "needs at least"),
 ])
 def test_bad_input_files_give_one_line_errors(tmp_path, make, fragment):
@@ -70,10 +70,10 @@ def test_bad_input_files_give_one_line_errors(tmp_path, make, fragment):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--hidden-size", "0"], "--hidden-size must be a positive integer"),
-    (["--lr", "-1"], "--lr must be a positive number"),
-    (["--lr", "nan"], "--lr must be a positive number"),
-    (["--batch-size", "-3"], "--batch-size must be a positive integer"),
+    (["--hidden-size", "0"], "--hidden-size must be between 1 and 16384, got 0"),
+    (["--lr", "-1"], "--lr must be > 0 and <= 10000, got -1.0"),
+    (["--lr", "nan"], "--lr must be a finite number, got nan"),
+    (["--batch-size", "-3"], "--batch-size must be between 1 and 65536, got -3"),
     (["--model", "transformer"], "invalid choice"),
     (["--dataset", "wikipedia"], "unknown --dataset 'wikipedia'"),
     (["--epochs", "many"], "invalid int value"),

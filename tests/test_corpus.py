@@ -36,7 +36,7 @@ def test_zip_with_one_member(tmp_path):
     (lambda d: d, "is a directory"),
     (lambda d: (d / "e.txt").write_text("") and d / "e.txt" or d / "e.txt", "empty or whitespace"),
     (lambda d: (d / "w.txt").write_text("  \n\t ") and d / "w.txt", "empty or whitespace"),
-    (lambda d: (d / "b.bin").write_bytes(b"\x89PNG\x00\x00\x01") and d / "b.bin", "binary"),
+    (lambda d: (d / "b.bin").write_bytes(b"\x89PNG\x00\x00\x01") and d / "b.bin", "binary file"),
 ])
 def test_bad_inputs_raise_clear_errors(tmp_path, setup, fragment):
     with pytest.raises(RnnlabError, match=fragment):

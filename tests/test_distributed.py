@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rnnlab.config import ModelConfig, TrainConfig
+from rnnlab.config import ModelConfig, RunConfig, TrainConfig
 from rnnlab.data.batching import epoch_batches
 from rnnlab.distributed import DistContext, check_batch
 from rnnlab.errors import UsageError
@@ -64,15 +64,18 @@ def _ids(n=900, seed=0):
 
 
 def _cfg(sampling):
-    return TrainConfig(batch_size=4, num_steps=6, sampling=sampling, epochs=2, seed=5, optimizer="adam", lr=0.01,
-                       clip_norm=0.5, predict_every=0)
+    return TrainConfig(batch_size=4, num_steps=6, sampling=sampling, seed=5, optimizer="adam", lr=0.01,
+                       clip_norm=0.5)
+
+
+RUN = RunConfig(epochs=2, predict_every=0)
 
 
 def _single_run(sampling, stop_at=None):
     seed_everything(5)
     model = build_model(ModelConfig(vocab_size=11, **SETUP))
     losses = []
-    tr = Trainer(model, _cfg(sampling), _ids(), step_callbacks=[lambda t, loss, n: losses.append(float(loss))])
+    tr = Trainer(model, _cfg(sampling), _ids(), run=RUN, step_callbacks=[lambda t, loss, n: losses.append(float(loss))])
     tr.fit()
     return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}, tr.history
 
@@ -82,7 +85,7 @@ WORKER = textwrap.dedent("""
     import torch
     from safetensors.torch import save_file
     sys.path.insert(0, sys.argv[2])
-    from test_distributed import SETUP, _cfg, _ids
+    from test_distributed import RUN, SETUP, _cfg, _ids
     from rnnlab.config import ModelConfig
     from rnnlab.distributed import cleanup, setup
     from rnnlab.models import build_model
@@ -97,7 +100,7 @@ WORKER = textwrap.dedent("""
         seed_everything(5)
         model = build_model(ModelConfig(vocab_size=11, **SETUP))
         losses = []
-        tr = Trainer(model, _cfg(sampling), _ids(), dist_ctx=ctx,
+        tr = Trainer(model, _cfg(sampling), _ids(), run=RUN, dist_ctx=ctx,
                      step_callbacks=[lambda t, loss, n: losses.append(float(loss))])
         tr.fit()
         result[sampling] = {"losses": losses, "history": tr.history}
@@ -110,14 +113,14 @@ WORKER = textwrap.dedent("""
     def stop_on_rank1(t, loss, n):
         if ctx.rank == 1 and t.step == 9:
             t.request_stop()
-    tr = Trainer(model, _cfg("sequential"), _ids(), dist_ctx=ctx, step_callbacks=[stop_on_rank1])
+    tr = Trainer(model, _cfg("sequential"), _ids(), run=RUN, dist_ctx=ctx, step_callbacks=[stop_on_rank1])
     tr.fit()
     state = tr.state_dict()
     result["interrupted"] = {"epoch": tr.epoch, "step": tr.step, "batch_in_epoch": tr.batch_in_epoch,
                              "carry_rows": tr.carry[0].shape[1]}
     model2 = build_model(ModelConfig(vocab_size=11, **SETUP))
     model2.load_state_dict(model.state_dict())
-    tr2 = Trainer(model2, _cfg("sequential"), _ids(), dist_ctx=ctx)
+    tr2 = Trainer(model2, _cfg("sequential"), _ids(), run=RUN, dist_ctx=ctx)
     tr2.load_state_dict(*state)
     tr2.fit()
     result["resumed_history"] = tr2.history

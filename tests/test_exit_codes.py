@@ -30,7 +30,7 @@ def test_a_script_that_leaves_the_engine_worker_running_exits_cleanly():
 from rnnlab.checkpoint import load_checkpoint
 from rnnlab.suggest import SuggestEngine
 ck = load_checkpoint({str(tiny_checkpoint())!r})
-engine = SuggestEngine(ck.model, ck.vocab)
+engine = SuggestEngine(ck.model, ck.tokenizer)
 futures = [engine.submit({LONG!r} + str(i), 20, client=str(i)) for i in range(4)]
 print(futures[0].result().mode)
 """

@@ -15,17 +15,22 @@ import pytest
 import torch
 
 from rnnlab.checkpoint import load_checkpoint, save_checkpoint
-from rnnlab.config import ModelConfig
+from rnnlab.config import GenerateConfig, ModelConfig
+from rnnlab.data import Tokenizer
 from rnnlab.data.vocab import Vocab
-from rnnlab.models import FastRNNLM, build_model, detach_state
-from rnnlab.models import fast, native
-from rnnlab.models.fast import FastRecurrent
-from rnnlab.models.step import BatchStep
-from rnnlab.sampling import generate_ids
+from rnnlab.decoding import generate_ids as _generate_ids
+from rnnlab.models import RNNLM, build_model, detach_state, native
+from rnnlab.models.cells import gru, lstm, rnn
+from rnnlab.models.stack import RecurrentStack
 
 V, H, B, T = 11, 6, 5, 7  # vocabulary, hidden, batch, steps
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("gru", "tanh"), ("lstm", "tanh")]
+NATIVE_FUNCTIONS = [(rnn, "NativeRNN"), (gru, "NativeGRU"), (lstm, "NativeLSTM")]
+
+
+def generate_ids(model, prefix, length, generator=None, suppress=(), **kw):
+    return _generate_ids(model, prefix, GenerateConfig(length=length, **kw), generator, suppress)
 
 
 def _models(model: str, activation: str, num_layers: int, embedding_dim: int, dtype: torch.dtype,
@@ -92,8 +97,8 @@ def kernel(request, monkeypatch):
         pytest.skip("this torch has no oneDNN")
     if request.param == "native" and not native.available():
         pytest.skip(f"no C++ loops here: {native.reason()}")
-    monkeypatch.setattr(fast, "FUSED_LSTM", request.param == "fused")
-    monkeypatch.setattr(fast, "NATIVE", request.param == "native")
+    monkeypatch.setattr(lstm, "FUSED", request.param == "fused")
+    monkeypatch.setattr(native, "USE", request.param == "native")
     return request.param
 
 
@@ -111,8 +116,8 @@ KERNEL_CASES = ([(m, a, d, "python") for m, a in CELLS for d in (torch.float64, 
 def test_fast_equals_scratch_and_concise(model, activation, num_layers, embedding_dim, carry, dtype, kernel,
                                          monkeypatch):
     calls = []
-    for name in ("NativeRNN", "NativeGRU", "NativeLSTM"):  # count what ran: the case must test its kernel
-        fn = getattr(native, name)
+    for module, name in NATIVE_FUNCTIONS:  # count what ran: the case must test its kernel
+        fn = getattr(module, name)
         monkeypatch.setattr(fn, "apply", (lambda f: lambda *a: calls.append(f) or f(*a))(fn.apply))
     models = _models(model, activation, num_layers, embedding_dim, dtype)
     ours = _two_minibatches(models["fast"], dtype, carry)
@@ -154,13 +159,14 @@ def test_native_off_by_environment(monkeypatch):
 
 def test_fused_lstm_is_the_cpu_float32_default():
     w = torch.randn(8, 2)
-    assert fast.fused_lstm_applies(w) == torch.backends.mkldnn.is_available()
-    assert not fast.fused_lstm_applies(w.double())
+    assert lstm.fused_applies(w) == torch.backends.mkldnn.is_available()
+    assert not lstm.fused_applies(w.double())
 
 
 def test_fast_uses_gather_not_one_hot_and_keeps_parameter_names():
     models = _models("lstm", "tanh", 2, 0, torch.float64)
-    assert isinstance(models["fast"], FastRNNLM) and isinstance(models["fast"].rnn, FastRecurrent)
+    assert isinstance(models["fast"], RNNLM) and isinstance(models["fast"].rnn, RecurrentStack)
+    assert models["fast"].rnn.accepts_ids and not models["scratch"].rnn.accepts_ids
     names = {n: p.shape for n, p in models["fast"].named_parameters()}
     assert names == {n: p.shape for n, p in models["concise"].named_parameters()}
     assert names["rnn.weight_ih_l0"] == (4 * H, V)
@@ -199,7 +205,7 @@ def test_checkpoint_moves_between_impls(tmp_path, src, dst):
     cfg = ModelConfig(model="lstm", impl=src, vocab_size=len(vocab), hidden_size=8, num_layers=2)
     torch.manual_seed(0)
     model = build_model(cfg)
-    save_checkpoint(tmp_path / "ckpt", model, vocab, cfg)
+    save_checkpoint(tmp_path / "ckpt", model, Tokenizer(vocab), cfg)
     ck = load_checkpoint(tmp_path / "ckpt", impl=dst)
     assert ck.model_config.impl == dst
     x = torch.randint(0, len(vocab), (3, 9))
@@ -229,8 +235,8 @@ def test_native_greedy_generation_equals_python_steps(model, activation, embeddi
         pytest.skip(f"no C++ loops here: {native.reason()}")
     m = _models(model, activation, 2, embedding_dim, torch.float32)["fast"]
     used = []
-    real_greedy = BatchStep.greedy
-    monkeypatch.setattr(BatchStep, "greedy", lambda self, *a: used.append(1) or real_greedy(self, *a))
+    real_greedy = RNNLM.greedy_tokens
+    monkeypatch.setattr(RNNLM, "greedy_tokens", lambda self, *a: used.append(1) or real_greedy(self, *a))
     ours = generate_ids(m, [1, 2, 3, 4], 40, num_samples=3, suppress=[5])
     assert used and ours.shape == (3, 40) and not (ours == 5).any()
     monkeypatch.setattr(native, "_state", {"ok": False, "why": "test: Python steps"})

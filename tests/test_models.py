@@ -12,7 +12,8 @@ from torch import nn
 
 from rnnlab.config import ModelConfig
 from rnnlab.models import build_model
-from rnnlab.models.scratch import ScratchRecurrent, gru_cell, lstm_cell, rnn_cell
+from rnnlab.models.cells import get_cell
+from rnnlab.models.stack import RecurrentStack
 
 TOL = 1e-10
 T, B, I, H = 7, 3, 5, 4  # steps, batch, input size, hidden size
@@ -30,7 +31,8 @@ def _pair(model: str, activation: str, num_layers: int, seed: int = 0):
     with torch.no_grad():
         for p in ref.parameters():
             p.uniform_(-0.6, 0.6)  # larger than torch's default so every gate is far from linear
-    ours = ScratchRecurrent(model, I, H, num_layers, activation=activation).double()
+    cfg = ModelConfig(model=model, hidden_size=H, num_layers=num_layers, activation=activation)
+    ours = RecurrentStack(get_cell(model), "scratch", I, cfg).double()
     missing, unexpected = ours.load_state_dict(ref.state_dict(), strict=True)
     assert not missing and not unexpected
     return ours, ref
@@ -88,7 +90,7 @@ def test_scratch_matches_torch_outputs_states_and_gradients(model, activation, n
 @pytest.mark.parametrize("model", ["rnn", "gru", "lstm"])
 def test_scratch_dropout_between_layers_only_in_training(model):
     ours, _ = _pair(model, "tanh", 2)
-    ours.dropout = 0.5
+    ours.cfg.dropout = 0.5
     x, state = _inputs(model, 2)
     ours.eval()
     out_eval, _ = ours(x, state)
@@ -96,7 +98,7 @@ def test_scratch_dropout_between_layers_only_in_training(model):
     ours.train()
     out_train, _ = ours(x, state)
     assert not torch.allclose(out_eval, out_train)  # dropout acted between the two layers
-    ours.dropout = 0.0
+    ours.cfg.dropout = 0.0
     out_plain, _ = ours(x, state)
     assert torch.equal(out_eval, out_plain)  # eval mode ignores dropout
 
@@ -113,19 +115,22 @@ def _cell_args(gates: int, seed: int = 4, n: int = 2, i: int = 3, h: int = 3):
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 def test_gradcheck_rnn_cell(activation):
-    x, h, w_ih, w_hh, b_ih, b_hh = _cell_args(1)
-    assert torch.autograd.gradcheck(lambda *a: rnn_cell(*a, activation=activation),
-                                    (x, h, w_ih, w_hh, b_ih, b_hh))
+    x, h, *params = _cell_args(1)
+    cell, cfg = get_cell("rnn"), ModelConfig(model="rnn", activation=activation)
+    assert torch.autograd.gradcheck(lambda x, h, *p: cell.step(x, (h,), p, cfg)[0], (x, h, *params))
 
 
 def test_gradcheck_gru_cell():
-    assert torch.autograd.gradcheck(gru_cell, _cell_args(3))
+    x, h, *params = _cell_args(3)
+    cell, cfg = get_cell("gru"), ModelConfig(model="gru")
+    assert torch.autograd.gradcheck(lambda x, h, *p: cell.step(x, (h,), p, cfg)[0], (x, h, *params))
 
 
 def test_gradcheck_lstm_cell():
-    x, h, w_ih, w_hh, b_ih, b_hh = _cell_args(4)
+    x, h, *params = _cell_args(4)
     c = (torch.randn(h.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))).requires_grad_()
-    assert torch.autograd.gradcheck(lstm_cell, (x, h, c, w_ih, w_hh, b_ih, b_hh))
+    cell, cfg = get_cell("lstm"), ModelConfig(model="lstm")
+    assert torch.autograd.gradcheck(lambda x, h, c, *p: cell.step(x, (h, c), p, cfg), (x, h, c, *params))
 
 
 # -- whole models through the factory ---------------------------------------------------------

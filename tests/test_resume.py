@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from rnnlab.checkpoint import load_checkpoint
-from rnnlab.config import DataConfig, ModelConfig, TrainConfig
+from rnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, merge_resume
 from rnnlab.errors import RnnlabError, UsageError
-from rnnlab.pipeline import merge_resume, stored_configs, train_run
+from rnnlab.pipeline import stored_configs, train_run
 
 TEXT = ("it was the best of times, it was the worst of times, it was the age of wisdom, "
         "it was the age of foolishness, it was the epoch of belief, it was the epoch of incredulity. ") * 6
@@ -30,8 +30,8 @@ def _configs(path, sampling, epochs, dropout=0.1, model="lstm"):
             if model == "unrolled" else
             ModelConfig(model="lstm", impl="concise", hidden_size=24, num_layers=2, embedding_dim=8, dropout=dropout))
     return (DataConfig(path=str(path), val_fraction=0.1), mcfg,
-            TrainConfig(batch_size=4, num_steps=10, sampling=sampling, epochs=epochs, seed=3, predict_every=0,
-                        optimizer="adam", lr=0.01, save_every=1))
+            TrainConfig(batch_size=4, num_steps=10, sampling=sampling, seed=3, optimizer="adam", lr=0.01),
+            RunConfig(epochs=epochs, predict_every=0, save_every=1))
 
 
 def _weights(d):
@@ -83,15 +83,14 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, sampling, model, monkeyp
 def test_resume_can_extend_epochs_but_not_change_the_model(tmp_path):
     src = tmp_path / "text.txt"
     src.write_text(TEXT)
-    d, m, t = _configs(src, "sequential", 2)
-    train_run(d, m, t, tmp_path / "run", log=lambda s: None)
-    stored = stored_configs(tmp_path / "run")
-    d2, m2, t2 = merge_resume(stored, (DataConfig(), ModelConfig(hidden_size=24), TrainConfig(epochs=3)),
-                              {"epochs", "hidden_size"})
-    assert t2.epochs == 3 and m2.hidden_size == 24
+    d, m, t, rc = _configs(src, "sequential", 2)
+    train_run(d, m, t, rc, tmp_path / "run", log=lambda s: None)
+    *stored, stored_run = stored_configs(tmp_path / "run")
+    d2, m2, t2 = merge_resume(stored, (DataConfig(), ModelConfig(hidden_size=24), TrainConfig()), {"hidden_size"})
+    assert m2.hidden_size == 24
     with pytest.raises(UsageError, match="--hidden-size 32 differs from the checkpoint's 24"):
         merge_resume(stored, (DataConfig(), ModelConfig(hidden_size=32), TrainConfig()), {"hidden_size"})
-    r = train_run(d2, m2, t2, tmp_path / "run", log=lambda s: None, resume=True)
+    r = train_run(d2, m2, t2, stored_run.replace(epochs=3), tmp_path / "run", log=lambda s: None, resume=True)
     assert [h["epoch"] for h in r.history] == [1, 2, 3]
 
 

@@ -10,9 +10,9 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from rnnlab.checkpoint import load_checkpoint  # noqa: E402
-from rnnlab.sampling import generate  # noqa: E402
+from rnnlab.config import MAX_K, MAX_LENGTH, MAX_TEXT_CHARS  # noqa: E402
+from rnnlab.decoding import generate  # noqa: E402
 from rnnlab.serve import create_app  # noqa: E402
-from rnnlab.serve.app import MAX_K, MAX_LENGTH, MAX_TEXT_CHARS  # noqa: E402
 from tiny_keyboard_model import WORDS, tiny_checkpoint  # noqa: E402
 
 
@@ -69,7 +69,7 @@ def test_generate_matches_the_library(client, ckpt):
     assert r.status_code == 200
     body = r.json()
     assert body["tokens"] == 30 and body["prefix"] == "the time"
-    assert "the time" + body["text"] == generate(ckpt.model, ckpt.vocab, "the time", 30)
+    assert "the time" + body["text"] == generate(ckpt.model, ckpt.tokenizer, "the time", 30)
     seeded = {"prefix": "the ", "length": 40, "temperature": 1.0, "top_k": 5, "top_p": 0.9, "seed": 7}
     assert client.post("/v1/generate", json=seeded).json() == client.post("/v1/generate", json=seeded).json()
     assert client.post("/v1/generate", json={"prefix": "x", "length": 0}).json()["text"] == ""
@@ -105,7 +105,8 @@ BAD_GENERATE = [
     ({"prefix": "a", "length": -1}, "length"),
     ({"prefix": "a", "length": MAX_LENGTH + 1}, "length"),
     ({"prefix": "a", "temperature": -0.1}, "temperature"),
-    ({"prefix": "a", "temperature": 11}, "temperature"),
+    ({"prefix": "a", "temperature": 101}, "temperature"),
+    ({"prefix": "a", "temperature": 1e300}, "temperature"),
     ({"prefix": "a", "top_k": -1}, "top_k"),
     ({"prefix": "a", "top_p": 0}, "top_p"),
     ({"prefix": "a", "top_p": 1.5}, "top_p"),
@@ -262,3 +263,65 @@ def test_the_fast_path_answers_as_the_route(ckpt):
         ja, jb = a.json(), b.json()
         assert ja.pop("elapsed_ms") >= 0 and jb.pop("elapsed_ms") >= 0
         assert ja == jb
+
+
+@pytest.mark.parametrize("path", ["/v1/suggest", "/v1/generate", "/v1/generate/stream"])
+def test_deeply_nested_json_is_400_not_500(client, path):
+    for raw in ("[" * 60000, '{"a":' * 30000 + "1" + "}" * 30000):
+        r = client.post(path, content=raw, headers={"content-type": "application/json"})
+        assert r.status_code in (400, 413, 422) and "error" in r.json(), (r.status_code, r.text[:200])
+
+
+@pytest.mark.parametrize("extreme", [{"temperature": 1e-300}, {"temperature": 1.0, "top_p": 1e-300},
+                                     {"temperature": 100, "top_k": 1_000_000}, {"temperature": 5e-324}])
+def test_extreme_but_valid_sampling_settings_answer(client, extreme):
+    body = {"prefix": "the ", "length": 12, "seed": 3, **extreme}
+    r = client.post("/v1/generate", json=body)
+    assert r.status_code == 200 and r.json()["tokens"] == 12
+    lines = [json.loads(x) for x in client.post("/v1/generate/stream", json=body).text.splitlines()]
+    assert lines[-1] == {"done": True, "tokens": 12} and len(lines) == 13
+
+
+def test_head_requests_and_oversized_headers(client):
+    assert client.head("/healthz").status_code == 200 and client.head("/").status_code == 200
+    r = client.get("/healthz", headers={"x-big": "a" * 20_000})
+    assert r.status_code == 431 and "headers" in r.json()["error"]
+
+
+def test_the_host_header_must_name_this_server_when_asked(ckpt):
+    """DNS rebinding: a page on another origin that resolves its name to 127.0.0.1 is refused."""
+    app = create_app(ckpt, allowed_hosts=["127.0.0.1", "localhost", "[::1]"])
+    with TestClient(app, base_url="http://127.0.0.1:8000") as c:
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/healthz", headers={"host": "localhost:8000"}).status_code == 200
+        assert c.get("/healthz", headers={"host": "[::1]:8000"}).status_code == 200
+        r = c.get("/healthz", headers={"host": "evil.example:8000"})
+        assert r.status_code == 400 and "not this server's" in r.json()["error"]
+        assert c.post("/v1/suggest", json={"text": "a"}, headers={"host": "evil.example"}).status_code == 400
+
+
+def test_healthz_does_not_show_local_paths(client):
+    source = client.get("/healthz").json()["data"]["source"]
+    assert source is None or "/" not in source
+
+
+def test_the_server_never_emits_unk(tmp_path):
+    """A model that would always pick <unk>: neither endpoint ever sends it, greedy or sampled."""
+    import shutil
+
+    import torch
+
+    from rnnlab.checkpoint import save_checkpoint
+
+    ck = load_checkpoint(tiny_checkpoint(), "cpu")
+    with torch.no_grad():
+        ck.model.head.bias[ck.vocab.unk_id] = 1e4
+    save_checkpoint(tmp_path / "unk", ck.model, ck.tokenizer, ck.model_config, ck.data_config)
+    app = create_app(tmp_path / "unk")
+    with TestClient(app) as c:
+        for body in ({"prefix": "the ", "length": 40}, {"prefix": "the ", "length": 40, "temperature": 1.0, "seed": 1}):
+            r = c.post("/v1/generate", json=body)
+            assert r.status_code == 200 and "<unk>" not in r.json()["text"] and r.json()["tokens"] == 40
+            lines = [json.loads(x) for x in c.post("/v1/generate/stream", json=body).text.splitlines()]
+            assert lines[-1]["done"] and all("<unk>" not in x.get("text", "") for x in lines)
+    shutil.rmtree(tmp_path / "unk")

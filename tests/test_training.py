@@ -1,15 +1,15 @@
 import math
-import random
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from rnnlab.config import ModelConfig, TrainConfig
+from rnnlab.config import ModelConfig, RunConfig, TrainConfig
 from rnnlab.errors import RnnlabError
 from rnnlab.metrics import bits_per_token, perplexity
 from rnnlab.models import build_model
-from rnnlab.training import Trainer, evaluate, lm_loss
+from rnnlab.evaluation import evaluate
+from rnnlab.training import Trainer, lm_loss
 
 
 def tiny_ids(n=600, period="abcdefgh"):
@@ -50,8 +50,8 @@ def _model(impl="concise", model="rnn", hidden=32, vocab=9):
 
 @pytest.mark.parametrize("impl,sampling", [("concise", "sequential"), ("scratch", "random")])
 def test_short_training_lowers_the_loss(impl, sampling):
-    cfg = TrainConfig(batch_size=4, num_steps=8, epochs=15, lr=1.0, sampling=sampling, seed=0)
-    trainer = Trainer(_model(impl, "gru" if impl == "concise" else "rnn"), cfg, tiny_ids())
+    cfg = TrainConfig(batch_size=4, num_steps=8, lr=1.0, sampling=sampling, seed=0)
+    trainer = Trainer(_model(impl, "gru" if impl == "concise" else "rnn"), cfg, tiny_ids(), run=RunConfig(epochs=15))
     hist = trainer.fit()
     assert len(hist) == 15 and [h["epoch"] for h in hist] == list(range(1, 16))
     assert hist[-1]["train_loss"] < 0.5 * hist[0]["train_loss"]
@@ -61,9 +61,9 @@ def test_short_training_lowers_the_loss(impl, sampling):
 
 
 def test_same_seed_same_run():
-    cfg = TrainConfig(batch_size=4, num_steps=8, epochs=3, seed=5, sampling="random")
-    a = Trainer(_model(), cfg, tiny_ids()).fit()
-    b = Trainer(_model(), cfg, tiny_ids()).fit()
+    cfg, run = TrainConfig(batch_size=4, num_steps=8, seed=5, sampling="random"), RunConfig(epochs=3)
+    a = Trainer(_model(), cfg, tiny_ids(), run=run).fit()
+    b = Trainer(_model(), cfg, tiny_ids(), run=run).fit()
     assert [h["train_loss"] for h in a] == [h["train_loss"] for h in b]
 
 
@@ -78,10 +78,10 @@ def test_sequential_carries_state_and_random_resets_it(monkeypatch):
         return orig(tokens, state)
 
     monkeypatch.setattr(model, "forward", spy)
-    Trainer(model, TrainConfig(batch_size=4, num_steps=8, epochs=1, sampling="sequential"), tiny_ids()).fit()
+    Trainer(model, TrainConfig(batch_size=4, num_steps=8, sampling="sequential"), tiny_ids(), run=RunConfig(epochs=1)).fit()
     assert seen[0] == 0 and all(s > 0 for s in seen[1:])
     seen.clear()
-    Trainer(model, TrainConfig(batch_size=4, num_steps=8, epochs=1, sampling="random"), tiny_ids()).fit()
+    Trainer(model, TrainConfig(batch_size=4, num_steps=8, sampling="random"), tiny_ids(), run=RunConfig(epochs=1)).fit()
     assert len(seen) > 1 and all(s == 0 for s in seen)
 
 
@@ -95,7 +95,7 @@ def test_nan_loss_stops_with_advice():
     with torch.no_grad():
         model.head.bias.fill_(float("nan"))
     with pytest.raises(RnnlabError, match="lower --lr"):
-        Trainer(model, TrainConfig(batch_size=4, num_steps=8, epochs=1), tiny_ids()).fit()
+        Trainer(model, TrainConfig(batch_size=4, num_steps=8), tiny_ids(), run=RunConfig(epochs=1)).fit()
 
 
 def test_evaluate_scores_every_token_in_order_with_carried_state():

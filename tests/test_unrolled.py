@@ -6,13 +6,19 @@ import pytest
 import torch
 
 from rnnlab.checkpoint import load_checkpoint, save_checkpoint
-from rnnlab.config import ModelConfig, TrainConfig, from_dict, to_dict
+from rnnlab.config import GenerateConfig, ModelConfig, RunConfig, TrainConfig
+from rnnlab.data import Tokenizer
 from rnnlab.data.vocab import Vocab
 from rnnlab.errors import UsageError
 from rnnlab.models import UnrolledRNN, build_model, window_dataset
 from rnnlab.models.unrolled import PAD
-from rnnlab.sampling import generate_ids
-from rnnlab.training import Trainer, evaluate
+from rnnlab.decoding import generate_ids as _generate_ids
+from rnnlab.evaluation import evaluate
+from rnnlab.training import Trainer
+
+
+def generate_ids(model, prefix, length, generator=None, suppress=(), **kw):
+    return _generate_ids(model, prefix, GenerateConfig(length=length, **kw), generator, suppress)
 
 V = 9
 
@@ -192,9 +198,9 @@ def test_config_validates_window_and_old_configs_get_the_default():
         build_model(ModelConfig(model="unrolled", vocab_size=V, window=0))
     with pytest.raises(UsageError, match="--window applies to --model unrolled"):
         build_model(ModelConfig(model="gru", vocab_size=V, window=5))
-    data = to_dict(ModelConfig(model="lstm", vocab_size=V))
+    data = ModelConfig(model="lstm", vocab_size=V).to_dict()
     del data["window"]
-    assert from_dict(ModelConfig, data).window == 3
+    assert ModelConfig.from_dict(data).window == 3
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -202,7 +208,7 @@ def test_checkpoint_round_trip(tmp_path):
     cfg = ModelConfig(model="unrolled", vocab_size=len(vocab), hidden_size=8, embedding_dim=4, window=4)
     torch.manual_seed(0)
     m = build_model(cfg)
-    save_checkpoint(tmp_path, m, vocab, cfg)
+    save_checkpoint(tmp_path, m, Tokenizer(vocab), cfg)
     ck = load_checkpoint(tmp_path)
     assert isinstance(ck.model, UnrolledRNN) and ck.model.window == 4
     tokens = torch.randint(0, len(vocab), (2, 9))
@@ -214,7 +220,7 @@ def _train_on_pattern(window: int):
     torch.manual_seed(0)
     m = build_model(ModelConfig(model="unrolled", vocab_size=5, hidden_size=32, embedding_dim=8, window=window))
     before = evaluate(m, ids, batch_size=4, num_steps=10)["loss"]
-    history = Trainer(m, TrainConfig(batch_size=4, num_steps=10, lr=1.0, epochs=8, seed=0), ids).fit()
+    history = Trainer(m, TrainConfig(batch_size=4, num_steps=10, lr=1.0, seed=0), ids, run=RunConfig(epochs=8)).fit()
     after = evaluate(m, ids, batch_size=4, num_steps=10)["loss"]
     return m, before, history, after
 

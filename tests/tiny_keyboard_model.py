@@ -24,7 +24,7 @@ def tiny_checkpoint(preset: str = "raw", token: str = "char") -> Path:
     """Train (once) and return the checkpoint directory of a small LSTM on ``CORPUS``."""
     import torch
 
-    from rnnlab.config import DataConfig, ModelConfig, TrainConfig
+    from rnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from rnnlab.pipeline import train_run
 
     root = Path(tempfile.mkdtemp(prefix="rnnlab-keyboard-"))
@@ -33,12 +33,12 @@ def tiny_checkpoint(preset: str = "raw", token: str = "char") -> Path:
     out = root / f"ckpt-{preset}-{token}"
     dcfg = DataConfig(path=str(root / "corpus.txt"), preset=preset, token=token)
     mcfg = ModelConfig(model="lstm", hidden_size=64, embedding_dim=16 if token == "word" else 0)
-    tcfg = TrainConfig(batch_size=8, num_steps=16 if token == "char" else 4, lr=4.0, epochs=60, seed=0,
-                       device="cpu", predict_every=0)
+    tcfg = TrainConfig(batch_size=8, num_steps=16 if token == "char" else 4, lr=4.0, seed=0)
+    rcfg = RunConfig(epochs=60, device="cpu", predict_every=0, log_every=1000)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is faster and leaves the other core free
     try:
-        train_run(dcfg, mcfg, tcfg, out, log=lambda _: None, log_every=1000)
+        train_run(dcfg, mcfg, tcfg, rcfg, out, log=lambda _: None)
     finally:
         torch.set_num_threads(threads)
     return out

@@ -1,44 +1,86 @@
 """Reading a corpus: UTF-8 text with clear errors, preprocessing presets, char/word tokens."""
 from __future__ import annotations
 
+import codecs
+import os
 import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import RnnlabError, UsageError
+from ..io import os_error_hint
+from ..runtime import available_memory
+
+#: bytes of memory per byte of text when a corpus is read whole (the text, its token list, the ids)
+IN_MEMORY_FACTOR = 40
 
 _NON_LETTERS = re.compile(r"[^A-Za-z]+")
 
 
-def read_text(path: str | Path, encoding: str = "utf-8", errors: str = "strict") -> str:
+def is_wide_encoding(encoding: str) -> bool:
+    """Whether ``encoding`` is UTF-16 or UTF-32 (whose text has NUL bytes); an unknown name is a
+    ``UsageError``."""
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        raise UsageError(f"unknown --encoding {encoding!r}; use a Python codec name such as utf-8 or latin-1") from None
+    return name.startswith(("utf-16", "utf-32"))
+
+
+def check_input_file(p: Path) -> int:
+    """The size of a readable regular file, or a one-line ``RnnlabError`` saying what it is instead
+    (missing, a folder, a device or FIFO that would never end, a symbolic-link loop, unreadable)."""
+    import stat
+
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise RnnlabError(f"{p}: no such file; check the path or use --dataset NAME") from None
+    except OSError as e:
+        raise RnnlabError(f"{p}: cannot open it ({e.strerror or e}); {os_error_hint(e)}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise RnnlabError(f"{p}: is a directory; give a text file inside it")
+    if not stat.S_ISREG(st.st_mode):
+        raise RnnlabError(f"{p}: is not a regular file (a device, FIFO or socket); give a text file")
+    if not os.access(p, os.R_OK):
+        raise RnnlabError(f"{p}: cannot read it (permission denied); check its permissions")
+    return st.st_size
+
+
+def read_text(path: str | Path, encoding: str = "utf-8", errors: str = "strict", allow_empty: bool = False) -> str:
     """Read a whole text file, or the single text member of a ``.zip``.
 
-    Raises ``RnnlabError`` with a one-line message for a missing path, a directory, a binary
-    file, invalid UTF-8 (with the byte offset) and empty or whitespace-only text.
+    Raises ``RnnlabError`` with a one-line message for a missing path, a directory, a device or
+    FIFO, a file too large for memory, a binary file, undecodable bytes (with the byte offset) and
+    empty or whitespace-only text (unless ``allow_empty``).
     """
     p = Path(path)
-    if not p.exists():
-        raise RnnlabError(f"{p}: no such file; check the path or use --dataset NAME")
-    if p.is_dir():
-        raise RnnlabError(f"{p}: is a directory; give a text file inside it")
-    if p.suffix == ".zip":
-        data = _read_zip_member(p)
-    else:
-        data = p.read_bytes()
-    if b"\x00" in data[:65536]:
-        raise RnnlabError(f"{p}: looks like a binary file (NUL bytes); give a plain text file")
+    size = check_input_file(p)
+    free = available_memory()
+    if free is not None and size * IN_MEMORY_FACTOR > free:
+        raise RnnlabError(f"{p}: {size / 2**20:,.0f} MB is too large to read into memory here; encode it once with "
+                          f"`rnnlab prepare {p} --out DIR`, then `rnnlab train --prepared DIR`")
+    try:
+        data = _read_zip_member(p) if p.suffix == ".zip" else p.read_bytes()
+    except OSError as e:
+        raise RnnlabError(f"{p}: cannot read it ({e.strerror or e}); {os_error_hint(e)}") from None
+    wide = is_wide_encoding(encoding)
+    if not wide and b"\x00" in data[:65536]:
+        raise RnnlabError(f"{p}: looks like a binary file (NUL bytes); give a plain text file "
+                          f"(or pass --encoding utf-16 for UTF-16 text)")
     try:
         text = data.decode(encoding, errors=errors)
     except UnicodeDecodeError as e:
         raise RnnlabError(
             f"{p}: not valid {encoding} at byte offset {e.start}; "
-            f"pass --encoding (e.g. latin-1) or --errors replace"
+            f"pass --encoding (e.g. latin-1 or utf-16) or --errors replace"
         ) from None
-    except LookupError:
-        raise UsageError(f"unknown --encoding {encoding!r}; use a Python codec name such as utf-8 or latin-1") from None
-    text = text.lstrip("\ufeff")  # a UTF-8 byte-order mark is not text
-    if not text.strip():
+    if "\x00" in text[:65536]:  # after decoding: UTF-16 text has NUL bytes, but no NUL characters
+        raise RnnlabError(f"{p}: looks like a binary file (NUL characters); give a plain text file "
+                          f"(or pass --encoding utf-16 for UTF-16 text)")
+    text = text.lstrip("\ufeff")  # a byte-order mark is not text
+    if not text.strip() and not allow_empty:
         raise RnnlabError(f"{p}: the text is empty or whitespace only; give a file with text in it")
     return text
 

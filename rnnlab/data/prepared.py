@@ -30,6 +30,8 @@ from typing import BinaryIO, Iterator, Sequence
 import numpy as np
 
 from ..errors import RnnlabError, UsageError
+from ..io import atomic_write, atomic_write_json, os_error_hint
+from .corpus import check_input_file, is_wide_encoding
 from .vocab import Vocab
 
 IDS, VOCAB, META = "ids.bin", "vocab.json", "prepared.json"
@@ -49,10 +51,7 @@ def id_dtype(vocab_size: int) -> np.dtype:
 @contextmanager
 def _open_bytes(p: Path) -> Iterator[BinaryIO]:
     """The file's bytes as a stream (the single member of a ``.zip``, like ``read_text``)."""
-    if not p.exists():
-        raise RnnlabError(f"{p}: no such file; check the path or use --dataset NAME")
-    if p.is_dir():
-        raise RnnlabError(f"{p}: is a directory; give a text file inside it")
+    check_input_file(p)
     if p.suffix != ".zip":
         with open(p, "rb") as f:
             yield f
@@ -79,13 +78,14 @@ def stream_text(path: str | Path, encoding: str = "utf-8", errors: str = "strict
     except LookupError:
         raise UsageError(f"unknown --encoding {encoding!r}; use a Python codec name such as utf-8 or latin-1") from None
     offset, head, started, any_text = 0, True, False, False
+    wide = is_wide_encoding(encoding)
     with _open_bytes(p) as f:
         while True:
             data = f.read(chunk_bytes)
             final = not data
-            if head and b"\x00" in data[:65536]:
-                raise RnnlabError(f"{p}: looks like a binary file (NUL bytes); give a plain text file")
-            head = False
+            if head and not wide and b"\x00" in data[:65536]:
+                raise RnnlabError(f"{p}: looks like a binary file (NUL bytes); give a plain text file "
+                                  f"(or pass --encoding utf-16 for UTF-16 text)")
             if sha1 is not None:
                 sha1.update(data)
             buffered = len(decoder.getstate()[0])
@@ -95,6 +95,10 @@ def stream_text(path: str | Path, encoding: str = "utf-8", errors: str = "strict
                 raise RnnlabError(f"{p}: not valid {encoding} at byte offset {offset - buffered + e.start}; "
                                   f"pass --encoding (e.g. latin-1) or --errors replace") from None
             offset += len(data)
+            if head and "\x00" in text[:65536]:  # after decoding: UTF-16 text has NUL bytes, not NUL characters
+                raise RnnlabError(f"{p}: looks like a binary file (NUL characters); give a plain text file "
+                                  f"(or pass --encoding utf-16 for UTF-16 text)")
+            head = False
             if not started:  # a UTF-8 byte-order mark is not text
                 text = text.lstrip("\ufeff")
                 started = bool(text)
@@ -200,31 +204,47 @@ def prepare_corpus(path: str | Path, out_dir: str | Path, preset: str = "raw", t
     dtype = id_dtype(len(vocab))
     log(f"pass 1: {total:,} tokens, vocabulary {len(vocab):,} -> {dtype.name} ids")
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / META).unlink(missing_ok=True)  # incomplete until written again
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a directory for the prepared corpus")
     tmp = out / f".{IDS}.tmp"
-    ids = np.memmap(tmp, dtype=dtype, mode="w+", shape=(total,))
-    encode = _char_encoder(vocab) if token == "char" else _word_encoder(vocab)
-    pos = 0
-    for toks in stream_tokens(_pieces(src, preset, encoding, errors, chunk_bytes), token):
-        n = len(toks)
-        if pos + n > total:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / META).unlink(missing_ok=True)  # incomplete until written again
+        _allocate(tmp, total * dtype.itemsize)  # the whole file on disk first: a full disk is an error, not a SIGBUS
+        ids = np.memmap(tmp, dtype=dtype, mode="r+", shape=(total,))
+        encode = _char_encoder(vocab) if token == "char" else _word_encoder(vocab)
+        pos = 0
+        for toks in stream_tokens(_pieces(src, preset, encoding, errors, chunk_bytes), token):
+            n = len(toks)
+            if pos + n > total:
+                raise RnnlabError(f"{src} changed while it was being prepared; run rnnlab prepare again")
+            ids[pos:pos + n] = encode(toks)
+            pos += n
+        if pos != total:
             raise RnnlabError(f"{src} changed while it was being prepared; run rnnlab prepare again")
-        ids[pos:pos + n] = encode(toks)
-        pos += n
-    if pos != total:
-        raise RnnlabError(f"{src} changed while it was being prepared; run rnnlab prepare again")
-    ids.flush()
-    del ids
-    os.replace(tmp, out / IDS)
-    from ..checkpoint import atomic_write, atomic_write_json
-
+        ids.flush()
+        del ids
+        os.replace(tmp, out / IDS)
+    except OSError as e:
+        raise RnnlabError(f"cannot write the prepared corpus to {out} ({e.strerror or e}); {os_error_hint(e)}") from None
+    finally:
+        tmp.unlink(missing_ok=True) if out.is_dir() else None
     atomic_write(out / VOCAB, (vocab.to_json() + "\n").encode("utf-8"))
     meta = {"format": FORMAT, "dtype": dtype.name, "tokens": total, "vocab_size": len(vocab), "preset": preset,
             "token": token, "min_freq": min_freq, "encoding": encoding, "source": str(src),
             "source_bytes": src.stat().st_size, "sha1": sha1.hexdigest()}
     atomic_write_json(out / META, meta)
     return meta
+
+
+def _allocate(path: Path, nbytes: int) -> None:
+    """Create ``path`` with ``nbytes`` really reserved on disk (``posix_fallocate``; a plain
+    truncate where that is missing), so that writing through a memory map cannot fail later."""
+    with open(path, "wb") as f:
+        if nbytes and hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(f.fileno(), 0, nbytes)
+        else:
+            f.truncate(nbytes)
 
 
 def _char_encoder(vocab: Vocab):

@@ -70,11 +70,22 @@ class Vocab:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Vocab":
-        try:
-            return cls(d["tokens"], unk=d.get("unk"), separator=d.get("separator", ""),
-                       counts=d.get("counts"))
-        except (KeyError, TypeError):
-            raise RnnlabError("vocab.json is not a vocabulary (no 'tokens' list); the checkpoint is corrupt") from None
+        """A vocabulary from JSON, every field checked (a damaged file fails with what is wrong)."""
+        bad = "vocab.json is not a vocabulary"
+        if not isinstance(d, dict) or not isinstance(d.get("tokens"), list):
+            raise RnnlabError(f"{bad} (no 'tokens' list); the checkpoint is corrupt")
+        tokens, unk, sep, counts = d["tokens"], d.get("unk"), d.get("separator", ""), d.get("counts")
+        if not tokens or not all(isinstance(t, str) and t for t in tokens):
+            raise RnnlabError(f"{bad} ('tokens' must be non-empty texts); the checkpoint is corrupt")
+        if unk is not None and not isinstance(unk, str):
+            raise RnnlabError(f"{bad} ('unk' must be a text or null); the checkpoint is corrupt")
+        if sep not in ("", " "):
+            raise RnnlabError(f"{bad} ('separator' must be \"\" or \" \"); the checkpoint is corrupt")
+        if counts is not None and (not isinstance(counts, list) or len(counts) != len(tokens)
+                                   or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
+                                              for c in counts)):
+            raise RnnlabError(f"{bad} ('counts' must be one count per token); the checkpoint is corrupt")
+        return cls(tokens, unk=unk, separator=sep, counts=counts)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False)
@@ -82,6 +93,18 @@ class Vocab:
     @classmethod
     def from_json(cls, s: str) -> "Vocab":
         return cls.from_dict(json.loads(s))
+
+    def difference(self, other: "Vocab") -> str:
+        """What ``other`` has that this vocabulary lacks, or the reverse, in a few words."""
+        new = [t for t in other.idx_to_token if t not in self.token_to_idx]
+        gone = [t for t in self.idx_to_token if t not in other.token_to_idx]
+        if new:
+            return f"{new[0]!r} is new" + (f", {gone[0]!r} is gone" if gone else "")
+        if gone:
+            return f"{gone[0]!r} is gone"
+        if self.idx_to_token != other.idx_to_token:
+            return "the same tokens in another order (their counts changed)"
+        return "the same tokens with other counts or settings"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Vocab) and self.to_dict() == other.to_dict()

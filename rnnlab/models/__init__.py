@@ -1,21 +1,24 @@
-"""Models: one contract (``rnnlab.models.base``), built from a ``ModelConfig`` by ``build_model``."""
+"""Models: one contract (``rnnlab.models.base``), built from a ``ModelConfig`` by ``build_model``.
+
+``cells/`` holds one module per recurrent cell and the registry that names them; ``stack.py`` runs
+a cell's layers (scratch, fast), ``rnnlm.py`` wraps them into a language model, ``unrolled.py`` is
+the AWS post's many-to-one network, ``native.py`` builds the C++ loops the cells' kernels use.
+"""
 from __future__ import annotations
 
-from ..config import ModelConfig
 from .base import LanguageModel, State, detach_state
-from .fast import FastRNNLM
+from .config import ModelConfig, model_names
 from .rnnlm import RNNLM
 from .unrolled import UnrolledRNN, window_dataset
 
 
 def build_model(cfg: ModelConfig) -> LanguageModel:
-    """The factory: the only place that looks at ``cfg.model`` / ``cfg.impl``."""
+    """The factory: the model family for ``cfg.model`` (a registered cell, or ``unrolled``)."""
     cfg.validate()
     if cfg.model == "unrolled":
         return UnrolledRNN(cfg)
-    if cfg.impl == "fast":
-        return FastRNNLM(cfg)
     return RNNLM(cfg)
 
 
-__all__ = ["FastRNNLM", "LanguageModel", "RNNLM", "State", "UnrolledRNN", "build_model", "detach_state", "window_dataset"]
+__all__ = ["LanguageModel", "ModelConfig", "RNNLM", "State", "UnrolledRNN", "build_model", "detach_state",
+           "model_names", "window_dataset"]

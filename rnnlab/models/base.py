@@ -2,13 +2,17 @@
 
 Letters used in shape comments across the package: ``B`` batch, ``T`` time steps, ``V``
 vocabulary size, ``E`` embedding size, ``I`` input size of a recurrent layer (``V`` or ``E``),
-``H`` hidden size, ``L`` layers, ``G`` gates (1 RNN, 3 GRU, 4 LSTM).
+``H`` hidden size, ``L`` layers, ``G`` gate blocks, ``N`` independent rows at inference.
 
     state  = model.begin_state(batch_size, device)     # tuple of (L, B, H) tensors
     logits, state = model(tokens, state)                # tokens (B, T) long -> logits (B, T, V)
+    logits, state = model.step(ids, state)              # ids (N,) long -> logits (N, V): one token
 
 The state is a tuple so that every model is handled alike: ``(h,)`` for RNN and GRU, ``(h, c)``
-for LSTM. The trainer, the sampler and the server use only this contract.
+for LSTM; the batch is always dimension 1. The trainer, the decoder, the suggestion engine and the
+server use only this contract. ``step`` defaults to a one-token ``forward``; a model may override
+it with something faster (``RNNLM`` does), and may offer ``greedy_tokens``, a whole greedy loop in
+one kernel, which the decoder uses when its filters allow.
 """
 from __future__ import annotations
 
@@ -27,6 +31,18 @@ class LanguageModel(nn.Module):
     def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
 
+    @torch.inference_mode()
+    def step(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One token for each of ``N`` independent rows: ids (N,), state -> logits (N, V), state."""
+        logits, state = self(ids[:, None], state)  # (N, 1, V)
+        return logits[:, -1], state
+
+    def greedy_tokens(self, logits: torch.Tensor, state: State, length: int,
+                      suppress: torch.Tensor) -> torch.Tensor | None:
+        """``length`` greedy tokens (argmax, never an id in ``suppress``) after ``logits`` (N, V) and
+        ``state``, computed by one kernel: ids (N, length); None where the model has none."""
+        return None
+
     def describe(self) -> str:
         """A short human-readable name for logs."""
         return type(self).__name__
@@ -43,7 +59,3 @@ class LanguageModel(nn.Module):
 def detach_state(state: State) -> State:
     """Cut the autograd graph at a minibatch boundary, keeping the values (truncated BPTT)."""
     return tuple(s.detach() for s in state)
-
-
-def num_gates(model: str) -> int:
-    return {"rnn": 1, "gru": 3, "lstm": 4}[model]

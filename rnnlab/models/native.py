@@ -1,4 +1,7 @@
-"""The ``fast`` time loops in C++ (``rnnlab/csrc/loops.cpp``), for CPU float32.
+"""Building and loading the C++ time loops (``rnnlab/csrc/loops.cpp``), for CPU float32.
+
+The cells call them (``torch.ops.rnnlab.*``, here ``ops``) from their ``fast`` kernels; this module
+only knows how to build, cache and load the extension.
 
 In Python every per-step op costs 3-8 us of dispatch next to a 30-150 us matrix product, and the
 GRU and LSTM need several elementwise ops per step. The C++ loops do one product per step (ATen)
@@ -7,7 +10,7 @@ of all steps, the weight gradients, the output layer) stays in Python as one lar
 
 The extension is compiled on first use with the machine's C++ compiler (``torch.utils.cpp_extension``,
 10-20 s, cached under the user cache directory). Without a compiler, or with ``RNNLAB_NATIVE=0``, the
-``fast`` implementation runs its Python loops (``fast.py``): the same maths, a little slower.
+``fast`` kernels run their Python loops (in the cell modules): the same maths, a little slower.
 Tests compare these loops with ``scratch``/``concise`` and with the Python loops.
 
 Numbers: the C++ loops compute ``tanh``/``sigmoid`` from their own vectorised ``exp`` (about 2 float
@@ -23,9 +26,6 @@ import threading
 from pathlib import Path
 
 import torch
-from torch.autograd.function import once_differentiable
-
-from .bptt import step_grads, weight_grad
 
 _SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "loops.cpp"
 # (compile flags, link flags), best first: threads (OpenMP, the same runtime torch uses) and the
@@ -175,85 +175,14 @@ def reason() -> str:
 
 
 def applies(w: torch.Tensor) -> bool:
-    """Whether a layer with weights like ``w`` runs the C++ loops: CPU float32, extension loaded."""
+    """Whether a layer with weights like ``w`` can run the C++ loops: CPU float32, extension loaded."""
     return w.device.type == "cpu" and w.dtype == torch.float32 and available()
 
 
-class NativeRNN(torch.autograd.Function):
-    """h_t = act(xw_t + h_{t-1} W_hh^T). xw (T, B, H), h0 (B, H), w_hh (H, H) -> out (T, B, H), h_T."""
-
-    @staticmethod
-    def forward(ctx, xw, h0, w_hh, relu: bool):
-        out = xw.contiguous().clone()  # (T, B, H): the input term, then h_t in place
-        h0 = h0.contiguous()
-        ops.rnn_forward(out, h0, w_hh.t(), relu)
-        ctx.relu = relu
-        ctx.save_for_backward(out, h0, w_hh)
-        return out, out[-1].clone()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, d_out, d_hT):
-        out, h0, w_hh = ctx.saved_tensors
-        g = step_grads(d_out, d_hT, out)  # (T, B, H): becomes dL/d(pre-activation)
-        ops.rnn_backward(g, out, w_hh.contiguous(), ctx.relu)
-        d_h0 = torch.mm(g[0], w_hh) if ctx.needs_input_grad[1] else None
-        d_w = weight_grad(g, out, h0) if ctx.needs_input_grad[2] else None
-        return g, d_h0, d_w, None
+#: Run the C++ loops where they apply. Tests switch it off to cover the Python loops.
+USE = True
 
 
-class NativeGRU(torch.autograd.Function):
-    """torch's GRU. xw (T, B, 3H) = x W_ih^T + b_ih, h0 (B, H), w_hh (3H, H), b_hh (3H,) -> out, h_T."""
-
-    @staticmethod
-    def forward(ctx, xw, h0, w_hh, b_hh):
-        T, B, H3 = xw.shape
-        xw, h0 = xw.contiguous(), h0.contiguous()
-        gh = torch.empty_like(xw)  # (T, B, 3H): h W_hh^T + b_hh
-        gates = torch.empty_like(xw)  # (T, B, 3H): r, z, n
-        out = xw.new_empty(T, B, H3 // 3)
-        ops.gru_forward(xw, h0, w_hh.t(), b_hh, gh, gates, out)
-        ctx.save_for_backward(out, h0, w_hh, gh, gates)
-        return out, out[-1].clone()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, d_out, d_hT):
-        out, h0, w_hh, gh, gates = ctx.saved_tensors
-        H = out.shape[2]
-        dh = step_grads(d_out, d_hT, out)  # (T, B, H): becomes the total dL/dh_t
-        dgh, dxn = torch.empty_like(gh), torch.empty_like(out)  # (T, B, 3H), (T, B, H)
-        d_h0 = ops.gru_backward(dh, out, h0, gh, gates, w_hh.contiguous(), dgh, dxn)
-        d_w = weight_grad(dgh, out, h0) if ctx.needs_input_grad[2] else None
-        d_b = dgh.sum((0, 1)) if ctx.needs_input_grad[3] else None
-        d_xw = None
-        if ctx.needs_input_grad[0]:  # r, z: the same as dgh's; n: dL/d(xn). dgh is no longer needed
-            d_xw = dgh
-            d_xw[:, :, 2 * H:] = dxn
-        return d_xw, (d_h0 if ctx.needs_input_grad[1] else None), d_w, d_b
-
-
-class NativeLSTM(torch.autograd.Function):
-    """torch's LSTM (gates i, f, g, o). xw (T, B, 4H) = x W_ih^T + b_ih + b_hh, h0, c0 (B, H),
-    w_hh (4H, H) -> out (T, B, H), h_T, c_T."""
-
-    @staticmethod
-    def forward(ctx, xw, h0, c0, w_hh):
-        T, B, H4 = xw.shape
-        xw, h0, c0 = xw.contiguous(), h0.contiguous(), c0.contiguous()
-        act = torch.empty_like(xw)  # (T, B, 4H): gate activations
-        cs, tc, out = (xw.new_empty(T, B, H4 // 4) for _ in range(3))  # c_t, tanh(c_t), h_t
-        ops.lstm_forward(xw, h0, c0, w_hh.t(), act, cs, tc, out)
-        ctx.save_for_backward(out, h0, c0, w_hh, act, cs, tc)
-        return out, out[-1].clone(), cs[-1].clone()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, d_out, d_hT, d_cT):
-        out, h0, c0, w_hh, act, cs, tc = ctx.saved_tensors
-        dh = step_grads(d_out, d_hT, out)  # (T, B, H)
-        dc = step_grads(d_cT, None, c0)  # (B, H): dL/dc_T in, dL/dc_0 out
-        dg = torch.empty_like(act)  # (T, B, 4H)
-        d_h0 = ops.lstm_backward(dh, dc, c0, act, cs, tc, w_hh.contiguous(), dg)
-        d_w = weight_grad(dg, out, h0) if ctx.needs_input_grad[3] else None
-        return dg, d_h0, dc, d_w
+def use(w: torch.Tensor) -> bool:
+    """Whether the cells' ``fast`` kernels run their C++ loops for weights like ``w``."""
+    return USE and applies(w)

@@ -1,4 +1,4 @@
-"""``RNNLM``: inputs (one-hot or embedding) -> stacked recurrent layers -> linear output layer."""
+"""``RNNLM``: inputs (one-hot or embedding) -> stacked recurrent layers of one cell -> linear output."""
 from __future__ import annotations
 
 import math
@@ -7,10 +7,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import ModelConfig
+from . import native
 from .base import LanguageModel, State
-from .concise import concise_recurrent
-from .scratch import ScratchRecurrent
+from .cells import Cell, get_cell
+from .config import ModelConfig
+from .stack import RecurrentStack
 
 
 class RNNLM(LanguageModel):
@@ -19,23 +20,21 @@ class RNNLM(LanguageModel):
     tokens (B, T) -> inputs (T, B, I) -> recurrent (T, B, H) -> logits (B, T, V).
     Dropout (when ``dropout > 0``) is applied to embeddings, between layers and before the
     output layer — the AWS post's embedding + stacked LSTM/GRU + dropout + dense decoder.
+    The recurrent stack is the cell's (``cfg.model``) in the implementation ``cfg.impl``.
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        self.cell: Cell = get_cell(cfg.model)
         V, E, H = cfg.vocab_size, cfg.embedding_dim, cfg.hidden_size
         self.embedding = nn.Embedding(V, E) if E > 0 else None
         input_size = E if E > 0 else V
-        self.rnn = self.make_recurrent(input_size)
+        self.rnn = self.cell.torch_layer(input_size, cfg) if cfg.impl == "concise" else \
+            RecurrentStack(self.cell, cfg.impl, input_size, cfg)
         self.head = nn.Linear(H, V)
+        self._inference = None  # (key, weights prepared for `step`), rebuilt when the parameters change
         self.reset_parameters()
-
-    def make_recurrent(self, input_size: int) -> nn.Module:
-        """The recurrent stack, (T, B, I) -> (T, B, H); ``FastRNNLM`` supplies its own."""
-        cfg = self.cfg
-        args = (cfg.model, input_size, cfg.hidden_size, cfg.num_layers, cfg.dropout, cfg.activation)
-        return ScratchRecurrent(*args) if cfg.impl == "scratch" else concise_recurrent(*args)
 
     def reset_parameters(self) -> None:
         init = self.cfg.init
@@ -61,9 +60,8 @@ class RNNLM(LanguageModel):
     def begin_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         cfg = self.cfg
         device = device if device is not None else self.device
-        n = 2 if cfg.model == "lstm" else 1
         return tuple(torch.zeros(cfg.num_layers, batch_size, cfg.hidden_size, device=device, dtype=self.dtype)
-                     for _ in range(n))  # each (L, B, H)
+                     for _ in self.cell.state_names)  # each (L, B, H)
 
     def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         if state is None:
@@ -71,9 +69,102 @@ class RNNLM(LanguageModel):
         x = tokens.T  # (T, B): the recurrent loop runs over time first
         if self.embedding is not None:
             x = F.dropout(self.embedding(x), self.cfg.dropout, self.training)  # (T, B, E)
-        else:
+        elif not getattr(self.rnn, "accepts_ids", False):
             x = F.one_hot(x, self.cfg.vocab_size).to(self.dtype)  # (T, B, V)
         out, state = self.rnn(x, state)  # (T, B, H)
         out = F.dropout(out, self.cfg.dropout, self.training)
-        logits = self.head(out.transpose(0, 1))  # (B, T, V)
-        return logits, state
+        if getattr(self.rnn, "accepts_ids", False):
+            return self.head(out).transpose(0, 1), state  # one product over T*B rows -> (B, T, V) view
+        return self.head(out.transpose(0, 1)), state  # (B, T, V)
+
+    # -- inference ------------------------------------------------------------------------------
+    def _layer_params(self, k: int) -> tuple[torch.Tensor, ...]:
+        if isinstance(self.rnn, RecurrentStack):
+            return self.rnn.layer_params(k)
+        return tuple(getattr(self.rnn, f"{n}_l{k}") for n, _ in self.cell.parameters(1, 1))
+
+    def _prepared(self):
+        """The weights laid out for one-token steps, made once and reused while the parameters are
+        unchanged (in-place updates bump a parameter's version; moves change its storage)."""
+        key = tuple((id(p), p._version, p.data_ptr(), p.device, p.dtype) for p in self.parameters())
+        if self._inference is not None and self._inference[0] == key:
+            return self._inference[1]
+        cfg, cell = self.cfg, self.cell
+        prepared = {}
+        if cell.has_inference_step:
+            with torch.inference_mode():
+                layers = [cell.prepare_inference(self._layer_params(k), cfg) for k in range(cfg.num_layers)]
+                w_ih_t, b_in, _ = layers[0]
+                emb = self.embedding.weight if self.embedding is not None else None  # (V, E)
+                table = (torch.addmm(b_in, emb, w_ih_t) if emb is not None else w_ih_t + b_in).contiguous()  # (V, G*H)
+                head = (self.head.weight.t().contiguous(), self.head.bias.detach().contiguous())  # (H, V), (V,)
+            prepared = {"table": table, "layers": layers, "head": head}
+        self._inference = (key, prepared)
+        return prepared
+
+    @torch.inference_mode()
+    def step(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One token for N rows with the cell's inference step: weights transposed once, layer 0's
+        input product (one-hot or embedding row, biases included) a lookup in a (V, G*H) table, no
+        autograd, dropout or time loop. ids (N,), state each (L, N, H) -> logits (N, V), state."""
+        cell, cfg = self.cell, self.cfg
+        if not cell.has_inference_step:
+            return self._reference_step(ids, state)
+        prep = self._prepared()
+        layers_in = list(zip(*(s.unbind(0) for s in state)))  # L x (each (N, H),)
+        new, x = [], None
+        for k, (w_ih_t, b_in, rest) in enumerate(prep["layers"]):
+            xw = prep["table"].index_select(0, ids) if k == 0 else torch.addmm(b_in, x, w_ih_t)  # (N, G*H)
+            st = cell.inference_step(xw, layers_in[k], rest, cfg)
+            new.append(st)
+            x = st[0]
+        logits = torch.addmm(prep["head"][1], x, prep["head"][0])  # (N, V)
+        return logits, tuple(torch.stack(parts) for parts in zip(*new))  # each (L, N, H)
+
+    def _reference_step(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """The cell's own ``step`` (the book's maths) for a cell without a specialised one."""
+        x = self.embedding(ids) if self.embedding is not None else \
+            F.one_hot(ids, self.cfg.vocab_size).to(self.dtype)  # (N, I)
+        layers_in = list(zip(*(s.unbind(0) for s in state)))
+        new = []
+        for k in range(self.cfg.num_layers):
+            st = self.cell.step(x, layers_in[k], self._layer_params(k), self.cfg)
+            new.append(st)
+            x = st[0]
+        return self.head(x), tuple(torch.stack(parts) for parts in zip(*new))
+
+    def greedy_tokens(self, logits: torch.Tensor, state: State, length: int,
+                      suppress: torch.Tensor) -> torch.Tensor | None:
+        """The whole greedy loop in C++ (``csrc/loops.cpp``) for cells that have one, on CPU float32."""
+        mode = self.cell.native_greedy
+        if mode is None or length <= 0 or not native.applies(self.head.weight):
+            return None
+        prep = self._prepared()
+        if "greedy" not in prep:
+            prep["greedy"] = self._greedy_weights()
+        table, (w_ih, b_in, w_hh, b_hh), head_w, head_b = prep["greedy"]
+        h = state[0].contiguous().clone()  # (L, N, H): updated in place
+        c = state[1].contiguous().clone() if len(state) > 1 else h.new_empty(0)
+        return native.ops.greedy(mode, self.cfg.activation == "relu", table, w_ih, b_in, w_hh, b_hh, head_w, head_b,
+                                 h, c, logits.float().contiguous(), suppress.to(torch.long).cpu(), length)
+
+    @torch.inference_mode()
+    def _greedy_weights(self):
+        """The C++ loop's weights, in torch's (out, in) layout: the layer-0 table (V, G*H), per layer
+        w_ih (G*H, I), b_in (both biases but for the GRU), w_hh (G*H, H), b_hh; the head (V, H), (V,)."""
+        layers = []
+        for k in range(self.cfg.num_layers):
+            w_ih, w_hh, b_ih, b_hh = (t.detach() for t in self._layer_params(k))
+            b_in = b_ih + b_hh if self.cell.fold_hidden_bias else b_ih.clone()
+            layers.append((w_ih.contiguous(), b_in, w_hh.contiguous(), b_hh.contiguous()))
+        emb = self.embedding.weight if self.embedding is not None else None  # (V, E)
+        w_ih0_t, b_in0 = layers[0][0].t(), layers[0][1]  # (I, G*H), (G*H,)
+        table = (torch.addmm(b_in0, emb, w_ih0_t) if emb is not None else w_ih0_t + b_in0).contiguous()
+        columns = tuple(list(col) for col in zip(*layers))
+        return table, columns, self.head.weight.detach().contiguous(), self.head.bias.detach().contiguous()
+
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state["_inference"] = None  # prepared weights are rebuilt on the other side
+        return state

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import ModelConfig
+from .config import ModelConfig
 from .base import LanguageModel, State
 
 PAD = -1  # a window position before the start of the stream

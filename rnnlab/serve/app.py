@@ -1,52 +1,47 @@
 """The HTTP API and the predictive-keyboard page, as a FastAPI app.
 
     GET  /                     the page (static files served by the app itself: no CDN)
-    GET  /healthz              liveness + which model is loaded
+    GET  /healthz              liveness, the model, the limits and the suggestion worker's state
     GET  /openapi.json         the OpenAPI schema
     POST /v1/suggest           {text, k, client}                  -> next characters + word completions
     POST /v1/generate          {prefix, length, temperature, top_k, top_p, seed} -> continuation
     POST /v1/generate/stream   same body -> NDJSON lines {"text": token} ..., then {"done": true, ...}
 
-Every request is validated before it reaches the model: a body over ``max_body_bytes`` is refused
-with 413 before it is read; malformed JSON is a 400 and out-of-range values a 422, each with a
-one-line ``error`` message. Suggest requests are queued to the engine, whose worker answers all
-pending ones together (cross-request batching, see ``rnnlab.suggest``): a thread of this process,
-or with ``suggest_process=True`` (``rnnlab serve``'s default) a process of its own, so that the
-search and the event loop do not share one GIL (``rnnlab.serve.backend``); the endpoint awaits its
-answer on the event loop. The generate endpoints are sync and run in the thread pool; the model
-is only read, so they run concurrently with the suggestion worker.
+Every request is validated before it reaches the model, against the bounds declared once in
+``rnnlab.config`` (the request models are generated from those fields): a body over
+``max_body_bytes`` is refused with 413 before it is read, request headers over 16 KiB with 431, a
+``Host`` that is not this server's with 400 (DNS rebinding), malformed JSON with 400, out-of-range
+values with 422, each with a one-line ``error`` message. Suggest requests go to the engine's
+batching worker (a thread of this process, or with ``suggest_process=True`` a process of its own,
+``rnnlab.serve.backend``); the generate endpoints run the one decoder (``rnnlab.decoding``) in
+the thread pool, so ``<unk>`` is never emitted and a failing stream ends with an ``error`` line.
 """
 from __future__ import annotations
 
 import json
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Iterator
+from typing import Any, Iterator
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
-from .. import __version__
 from ..checkpoint import Checkpoint, load_checkpoint
+from ..config import MAX_TEXT_CHARS, GenerateConfig, SuggestConfig
+from ..decoding import decode, generate_ids
 from ..errors import RnnlabError
-from ..sampling import generate_ids
-from ..suggest import SuggestEngine, StateCache
+from ..suggest import StateCache, SuggestEngine
+from ..version import __version__
 from .backend import ProcessBackend, ThreadBackend, WorkerUnavailable
-from .streaming import iter_generate_ids
 
 STATIC = Path(__file__).resolve().parent / "static"
-
-MAX_TEXT_CHARS = 4000  # text of /v1/suggest and prefix of /v1/generate
-MAX_K = 20
-MAX_LENGTH = 1000  # tokens generated per request
-MAX_TEMPERATURE = 10.0
 MAX_CLIENT_ID = 64
+MAX_HEADER_BYTES = 16 * 1024
 DEFAULT_MAX_BODY_BYTES = 64 * 1024  # the longest text, fully \u-escaped, still fits
 
 
@@ -58,29 +53,38 @@ def _utf8(value: str) -> str:
     return value
 
 
+def _field(cls: type, name: str) -> tuple[Any, Any]:
+    """A pydantic field with the bounds and help of the config field ``cls.name`` (declared once)."""
+    import dataclasses
+    import typing
+
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    meta, tp = f.metadata, typing.get_type_hints(cls)[name]
+    kw = {k: meta[m] for k, m in (("ge", "min"), ("le", "max"), ("gt", "above")) if meta.get(m) is not None}
+    if tp is float:
+        kw["allow_inf_nan"] = False
+    return tp, Field(f.default, description=meta.get("help", ""), **kw)
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class SuggestRequest(_Body):
-    text: Annotated[str, Field(max_length=MAX_TEXT_CHARS, description="the text typed so far")]
-    k: Annotated[int, Field(ge=1, le=MAX_K, description="how many characters and completions")] = 5
-    client: Annotated[str, Field(max_length=MAX_CLIENT_ID,
-                                 description="an id per typist (e.g. per browser tab): whose state cache to use")] = ""
+class SuggestBody(_Body):
+    text: str = Field(max_length=MAX_TEXT_CHARS, description="the text typed so far")
+    k: int = _field(SuggestConfig, "k")[1]
+    client: str = Field("", max_length=MAX_CLIENT_ID,
+                        description="an id per typist (e.g. per browser tab): whose state cache to use")
 
     _check_text = field_validator("text", "client")(_utf8)
 
 
-class GenerateRequest(_Body):
-    prefix: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS, description="text to continue")]
-    length: Annotated[int, Field(ge=0, le=MAX_LENGTH, description="tokens to generate")] = 100
-    temperature: Annotated[float, Field(ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False,
-                                        description="0 = greedy; > 0 samples")] = 0.0
-    top_k: Annotated[int, Field(ge=0, le=1_000_000, description="sample among the k most likely (0 = all)")] = 0
-    top_p: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False, description="nucleus mass")] = 1.0
-    seed: Annotated[int | None, Field(ge=0, le=2**63 - 1, description="seed for sampling")] = None
-
-    _check_text = field_validator("prefix")(_utf8)
+GenerateBody = create_model(
+    "GenerateBody", __base__=_Body,
+    prefix=(str, Field(min_length=1, max_length=MAX_TEXT_CHARS, description="text to continue")),
+    **{name: _field(GenerateConfig, name) for name in ("length", "temperature", "top_k", "top_p", "seed")},
+    __validators__={"_check_prefix": field_validator("prefix")(_utf8)},
+)
 
 
 class TokenProbOut(BaseModel):
@@ -112,10 +116,36 @@ class GenerateResponse(BaseModel):
     tokens: int
 
 
-@dataclass
-class _Prepared:
-    ids: list[int]
-    joiner: str  # what goes between the prefix and the first generated token
+class HostCheck:
+    """ASGI middleware: answer 400 to a ``Host`` header that is not one of ``allowed`` (names
+    without ports), so a web page cannot reach this server through DNS rebinding."""
+
+    def __init__(self, app, allowed: list[str]):
+        self.app, self.allowed = app, {h.lower() for h in allowed}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").lower()
+            name = host[:host.index("]") + 1] if host.startswith("[") and "]" in host else host.split(":")[0]
+            if name not in self.allowed:
+                return await _send_error(send, 400, f"Host {host!r} is not this server's; use its own address "
+                                                    f"(rnnlab serve --allowed-host adds names)")
+        return await self.app(scope, receive, send)
+
+
+class HeaderLimit:
+    """ASGI middleware: refuse requests whose headers are over ``max_bytes`` in all with 431."""
+
+    def __init__(self, app, max_bytes: int = MAX_HEADER_BYTES):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            size = sum(len(k) + len(v) for k, v in scope.get("headers") or [])
+            if size > self.max_bytes:
+                return await _send_error(send, 431, f"request headers of {size} bytes are over the limit of "
+                                                    f"{self.max_bytes}")
+        return await self.app(scope, receive, send)
 
 
 class BodyLimit:
@@ -164,14 +194,14 @@ class SuggestFastPath:
 
     A keystroke is the server's hottest request, and FastAPI's path through its middleware stack,
     routing and dependency solving costs more CPU than the HTTP parsing itself. A request with a
-    JSON body that ``SuggestRequest`` accepts (the same ``json.loads`` + model validation the route
+    JSON body that ``SuggestBody`` accepts (the same ``json.loads`` + model validation the route
     does) is answered here with the route's exact response; anything else (malformed JSON, an
     invalid field, another content type) goes on to the route, so every error is the framework's
     own. The route stays the documented one (OpenAPI). Sits inside ``BodyLimit``.
     """
 
     def __init__(self, app, answer):
-        self.app, self.answer = app, answer  # answer(SuggestRequest) -> (status, JSON bytes)
+        self.app, self.answer = app, answer  # answer(SuggestBody) -> (status, JSON bytes)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] != "/v1/suggest" or scope["method"] != "POST":
@@ -183,8 +213,8 @@ class SuggestFastPath:
         if body is not None and not message.get("more_body", False) and \
                 ctype.split(b";")[0].strip().lower() == b"application/json":
             try:
-                req = SuggestRequest.model_validate(json.loads(body))
-            except ValueError:  # json.JSONDecodeError and pydantic.ValidationError: the route explains
+                req = SuggestBody.model_validate(json.loads(body))
+            except (ValueError, RecursionError):  # bad JSON, an invalid field, nesting too deep: the route explains
                 req = None
         if req is None:
             replayed = False
@@ -209,7 +239,7 @@ def _error_json(message: str) -> bytes:
 
 
 async def _send_error(send, status: int, message: str) -> None:
-    body = json.dumps({"error": message}).encode()
+    body = _error_json(message)
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
@@ -227,33 +257,38 @@ def _validation_message(errors: list[dict]) -> tuple[int, str, list[dict]]:
 
 def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device = "cpu",
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, cache_clients: int = 256,
-               cache_per_client: int = 16, beam_width: int = 8, max_word_length: int = 24,
+               cache_per_client: int = 16, suggest: SuggestConfig | None = None,
                max_batch: int = 64, suggest_process: bool = False, suggest_threads: int = 1,
-               suggest_fast_path: bool = True) -> FastAPI:
+               suggest_fast_path: bool = True, allowed_hosts: list[str] | None = None) -> FastAPI:
     """The app for one checkpoint (a directory, or an already loaded ``Checkpoint``).
 
     ``suggest_process=True`` answers ``/v1/suggest`` from an engine in a child process (with
     ``suggest_threads`` torch threads), so that the search does not take turns with the event
     loop on one GIL (see ``rnnlab.serve.backend``); the default keeps it in this process.
     ``suggest_fast_path`` answers valid suggest requests before the framework (``SuggestFastPath``).
+    ``allowed_hosts`` (e.g. ``["127.0.0.1", "localhost"]``) refuses other ``Host`` headers.
     """
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, device)
-    model, vocab = ckpt.model, ckpt.vocab
+    model, tokenizer = ckpt.model, ckpt.tokenizer
     model.eval()
-    engine_kwargs = dict(beam_width=beam_width, max_word_length=max_word_length, max_batch=max_batch)
-    engine = SuggestEngine(model, vocab, ckpt.data_config.preset, cache=StateCache(cache_clients, cache_per_client),
-                           **engine_kwargs)
-    backend = (ProcessBackend(ckpt, threads=suggest_threads, cache_clients=cache_clients,
-                              cache_per_client=cache_per_client, **engine_kwargs)
-               if suggest_process else ThreadBackend(engine))
+    scfg = suggest if suggest is not None else SuggestConfig()
+    scfg.validate()
+    if suggest_process:
+        backend = ProcessBackend(ckpt, threads=suggest_threads, config=scfg, cache_clients=cache_clients,
+                                 cache_per_client=cache_per_client, max_batch=max_batch)
+    else:
+        backend = ThreadBackend(SuggestEngine(model, tokenizer, scfg, StateCache(cache_clients, cache_per_client),
+                                              max_batch))
+    source = ckpt.info.get("source")
     info = {
         "status": "ok", "rnnlab_version": __version__,
         "model": {"model": ckpt.model_config.model, "impl": ckpt.model_config.impl,
                   "hidden_size": ckpt.model_config.hidden_size, "num_layers": ckpt.model_config.num_layers,
-                  "vocab_size": len(vocab)},
-        "data": {"source": ckpt.info.get("source"), "preset": ckpt.data_config.preset,
-                 "token": "char" if vocab.separator == "" else "word"},
-        "limits": {"max_text_chars": MAX_TEXT_CHARS, "max_k": MAX_K, "max_length": MAX_LENGTH,
+                  "vocab_size": len(tokenizer.vocab)},
+        "data": {"source": Path(str(source)).name if source else None, "preset": tokenizer.preset,
+                 "token": tokenizer.token},
+        "limits": {"max_text_chars": MAX_TEXT_CHARS, "max_k": SuggestConfig.__dataclass_fields__["k"].metadata["max"],
+                   "max_length": GenerateConfig.__dataclass_fields__["length"].metadata["max"],
                    "max_body_bytes": max_body_bytes},
     }
 
@@ -264,10 +299,10 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
 
     app = FastAPI(title="rnnlab", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Suggestions and generation from an rnnlab language model.")
-    app.state.engine = engine
     app.state.suggest_backend = backend
     app.state.checkpoint = ckpt
-    async def answer_suggest(req: SuggestRequest) -> tuple[int, bytes]:
+
+    async def answer_suggest(req: SuggestBody) -> tuple[int, bytes]:
         """The response to a valid suggest request: (status, JSON body)."""
         # queued to the engine's batching worker; the event loop awaits it without a thread per request
         start = time.perf_counter()
@@ -282,7 +317,10 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
 
     if suggest_fast_path:
         app.add_middleware(SuggestFastPath, answer=answer_suggest)
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)  # the outer one: every body is bounded first
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)  # every body is bounded first
+    if allowed_hosts:
+        app.add_middleware(HostCheck, allowed=allowed_hosts)
+    app.add_middleware(HeaderLimit)  # the outermost: oversized headers never get further
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -291,27 +329,31 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
 
     @app.exception_handler(RnnlabError)
     async def _rnnlab_error(request: Request, exc: RnnlabError):
-        return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"error": str(exc)}, status_code=503 if isinstance(exc, WorkerUnavailable) else 400)
 
-    def prepare(prefix: str) -> _Prepared:
-        mtext = engine.model_text(prefix)
-        tokens = mtext.split() if engine.word_level else list(mtext)
-        ids = vocab.encode(tokens)
-        if not ids and not engine.word_level:
-            ids = list(engine.start_ids)
-        if not ids:
-            raise RnnlabError("the prefix has no token this model can read; type some words")
-        joiner = vocab.separator if (vocab.separator and not prefix[-1].isspace()) else ""
-        return _Prepared(ids, joiner)
+    @app.exception_handler(RecursionError)
+    async def _too_deep(request: Request, exc: RecursionError):
+        return JSONResponse({"error": "malformed JSON body: nested too deeply"}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):  # a bug of ours: still JSON, never a traceback
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); the server log has details"},
+                            status_code=500)
+
+    def generate_config(req) -> GenerateConfig:
+        cfg = GenerateConfig(length=req.length, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
+                             seed=req.seed)
+        cfg.validate()
+        return cfg
 
     def rng(seed: int | None) -> torch.Generator | None:
         return None if seed is None else torch.Generator(device=model.device).manual_seed(seed)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     def healthz() -> JSONResponse:
         """200 and ``status: ok`` while suggestions can be answered; 503 and ``degraded`` while the
         suggestion process restarts (or could not be restarted)."""
@@ -321,7 +363,7 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
                             status_code=200 if ok else 503)
 
     @app.post("/v1/suggest", response_model=SuggestResponse)
-    async def suggest(req: SuggestRequest) -> Response:
+    async def suggest(req: SuggestBody) -> Response:
         # valid requests are normally answered by SuggestFastPath before they get here; this route
         # documents the endpoint and answers when the middleware stack is bypassed. The body is
         # SuggestResponse by construction, so FastAPI's second validation of it is skipped.
@@ -329,27 +371,34 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
         return Response(body, status_code=status, media_type="application/json")
 
     @app.post("/v1/generate", response_model=GenerateResponse)
-    def generate(req: GenerateRequest) -> dict:
-        p = prepare(req.prefix)
-        ids = generate_ids(model, p.ids, req.length, req.temperature, req.top_k, req.top_p, 1, rng(req.seed))[0]
-        text = vocab.decode(ids.tolist())
-        return {"prefix": req.prefix, "text": (p.joiner + text) if text else "", "tokens": len(ids)}
+    def generate(req: GenerateBody) -> dict:
+        cfg = generate_config(req)
+        prompt = tokenizer.encode_prompt(req.prefix)
+        ids = generate_ids(model, prompt.ids, cfg, rng(req.seed), tokenizer.suppressed_ids())[0].tolist()
+        full = tokenizer.continue_text(prompt, ids)
+        return {"prefix": req.prefix, "text": full[len(req.prefix):], "tokens": len(ids)}
 
     @app.post("/v1/generate/stream", response_class=StreamingResponse,
               responses={200: {"content": {"application/x-ndjson": {}},
                                "description": 'one JSON object per line: {"text": token} ..., then '
-                                              '{"done": true, "tokens": n}'}})
-    def generate_stream(req: GenerateRequest) -> StreamingResponse:
-        p = prepare(req.prefix)
-        ids = iter_generate_ids(model, p.ids, req.length, req.temperature, req.top_k, req.top_p, rng(req.seed))
+                                              '{"done": true, "tokens": n}; a failure ends the stream with '
+                                              '{"error": message}'}})
+    def generate_stream(req: GenerateBody) -> StreamingResponse:
+        cfg = generate_config(req)
+        prompt = tokenizer.encode_prompt(req.prefix)
+        steps = decode(model, prompt.ids, cfg, rng(req.seed), tokenizer.suppressed_ids())
 
         def lines() -> Iterator[bytes]:
             n = 0
-            for i in ids:
-                piece = vocab.idx_to_token[i]
-                piece = (p.joiner if n == 0 else vocab.separator) + piece
-                n += 1
-                yield (json.dumps({"text": piece}, ensure_ascii=False) + "\n").encode()
+            try:
+                for tok in steps:
+                    piece = tokenizer.piece(prompt, int(tok[0]), first=n == 0)
+                    n += 1
+                    yield (json.dumps({"text": piece}, ensure_ascii=False) + "\n").encode()
+            except Exception as exc:  # noqa: BLE001 - the client is told, in the stream it reads
+                yield (json.dumps({"error": f"generation failed after {n} tokens ({type(exc).__name__}: {exc})"},
+                                  ensure_ascii=False) + "\n").encode()
+                return
             yield (json.dumps({"done": True, "tokens": n}) + "\n").encode()
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")

@@ -9,7 +9,7 @@ JSON is encoded on the event loop's side (the engine is the busier of the two).
   share one GIL, so on a small machine the HTTP work and the search take turns on one core.
 * ``ProcessBackend``: the same engine and the same batching loop in a child process
   (``rnnlab serve`` uses it). The event loop queues each request for a writer thread and goes back
-  to HTTP; the child steps every request in flight at once (``_Scheduler``, as the thread does)
+  to HTTP; the child steps every request in flight at once (``run_worker``, as the thread does)
   and sends the answers of each step back in one message, which a reader thread (blocked in
   ``recv``) hands to the event loop. The two processes run on two cores; a request costs a few
   dozen microseconds of pickling each way.
@@ -35,11 +35,10 @@ import queue
 import sys
 import threading
 import weakref
-from concurrent.futures import Future
 
 from ..checkpoint import Checkpoint
 from ..errors import RnnlabError
-from ..suggest import SuggestEngine, SuggestRequest, StateCache, _Scheduler
+from ..suggest import StateCache, SuggestEngine, SuggestRequest, run_worker
 
 
 def suggestions_json(d: dict) -> bytes:
@@ -312,7 +311,8 @@ getattr(threading, "_register_atexit", atexit.register)(lambda: [b.close() for b
 
 
 def _engine_main(conn, checkpoint: Checkpoint, threads: int, engine_kwargs: dict) -> None:
-    """The child: the engine's batching loop, fed by the pipe instead of a queue of threads."""
+    """The child: the engine's batching loop (``rnnlab.suggest.run_worker``, as the worker thread
+    runs it), fed by the pipe instead of a queue of threads."""
     import signal
 
     import torch
@@ -324,49 +324,37 @@ def _engine_main(conn, checkpoint: Checkpoint, threads: int, engine_kwargs: dict
         model.eval()
         kw = dict(engine_kwargs)
         cache = StateCache(kw.pop("cache_clients", 256), kw.pop("cache_per_client", 16))
-        engine = SuggestEngine(model, checkpoint.vocab, checkpoint.data_config.preset, cache=cache, **kw)
+        engine = SuggestEngine(model, checkpoint.tokenizer, kw.pop("config", None), cache=cache, **kw)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready", None))
-    scheduler = _Scheduler(engine)
-    incoming: list[tuple[int, SuggestRequest]] = []
-    waiting: list[tuple[int, Future]] = []
-    while True:
-        # block for work only when nothing is in flight; otherwise take what has arrived and step
-        if not incoming and not scheduler.in_flight:
-            conn.poll(None)
+
+    def receive(block: bool):
+        """The requests that have arrived (waiting for one only when ``block``); None: stop."""
+        got = []
         try:
+            if block:
+                conn.poll(None)
             while conn.poll():
                 msg = conn.recv()
                 if msg is None:
-                    return
+                    return None
                 rid, text, k, client = msg
-                incoming.append((rid, SuggestRequest(text, k, client)))
+                got.append((rid, SuggestRequest(text, k, client)))
         except (EOFError, OSError):
-            return  # the server is gone
-        room = max(0, engine.batcher.max_batch - scheduler.in_flight)
-        for rid, request in incoming[:room]:
-            future: Future = Future()
-            scheduler.admit(request, future)
-            waiting.append((rid, future))
-        del incoming[:room]
-        if scheduler.in_flight:
-            scheduler.step()
-        answers, still = [], []
-        for rid, future in waiting:
-            if not future.done():
-                still.append((rid, future))
-            elif future.exception() is None:
-                answers.append((rid, True, future.result().to_dict()))
-            else:
-                answers.append((rid, False, _picklable(future.exception())))
-        waiting = still
-        if answers:
-            try:
-                conn.send(answers)
-            except OSError:
-                return
+            return None  # the server is gone
+        return got
+
+    def deliver(answers) -> None:
+        out = [(rid, True, a.to_dict()) if not isinstance(a, BaseException) else (rid, False, _picklable(a))
+               for rid, a in answers]
+        try:
+            conn.send(out)
+        except OSError:
+            pass  # the server is gone; receive() ends the loop
+
+    run_worker(engine, receive, deliver, engine.max_batch)
 
 
 def _picklable(exc: BaseException) -> BaseException:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..cli_args import add_settings, build
+from ..config import SuggestConfig
 from ..errors import RnnlabError, UsageError
 
 
@@ -18,10 +20,8 @@ def add_parsers(sub) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", metavar="DIR", help="a run directory written by `rnnlab train --out DIR`")
     p.add_argument("text", metavar="TEXT", help='the text typed so far, e.g. "the time trav"')
-    p.add_argument("--k", type=int, default=5, help="how many characters and completions (1-50)")
+    add_settings(p, SuggestConfig)
     p.add_argument("--json", action="store_true", help="print the suggestions as one JSON object")
-    p.add_argument("--beam-width", type=int, default=8, help="open beams kept by the completion search")
-    p.add_argument("--max-word-length", type=int, default=24, help="longest completion searched, in characters")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_suggest)
 
@@ -36,6 +36,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per request; one suits the small matrices of a single step")
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="larger request bodies get 413")
+    add_settings(p, SuggestConfig, skip=("k",))
+    p.add_argument("--allowed-host", action="append", dest="allowed_hosts", metavar="HOST",
+                   help="a Host header to accept besides the bound address and localhost (repeatable; "
+                        "'*' accepts any: only behind a proxy that checks it)")
     p.add_argument("--max-batch", type=int, default=64,
                    help="most suggest requests answered together (1 = one at a time, no batching)")
     p.add_argument("--suggest-worker", choices=("process", "thread"), default="process",
@@ -47,17 +51,16 @@ def add_parsers(sub) -> None:
 
 def cmd_suggest(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint
+    from ..config import check_text
     from ..runtime import select_device
-    from ..suggest import MAX_K, SuggestEngine, SuggestRequest
+    from ..suggest import SuggestEngine, SuggestRequest
 
-    if not 1 <= args.k <= MAX_K:
-        raise UsageError(f"--k must be between 1 and {MAX_K}, got {args.k}")
-    if args.beam_width < 1 or args.max_word_length < 1:
-        raise UsageError("--beam-width and --max-word-length must be positive integers")
+    scfg = build(args, SuggestConfig)
+    scfg.validate()
+    check_text(args.text)
     ckpt = load_checkpoint(args.checkpoint, select_device(args.device))
-    engine = SuggestEngine(ckpt.model, ckpt.vocab, ckpt.data_config.preset, beam_width=args.beam_width,
-                           max_word_length=args.max_word_length)
-    s = engine.suggest_batch([SuggestRequest(args.text, args.k)])[0]  # in this thread: no worker to stop
+    engine = SuggestEngine(ckpt.model, ckpt.tokenizer, scfg)
+    s = engine.suggest_batch([SuggestRequest(args.text, scfg.k)])[0]  # in this thread: no worker to stop
     if args.json:
         print(json.dumps(s.to_dict(), ensure_ascii=False))
         return 0
@@ -92,11 +95,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..runtime import select_device
     from .app import create_app
 
+    scfg = build(args, SuggestConfig)
+    scfg.validate()
     torch.set_num_threads(args.threads)
     ckpt = load_checkpoint(args.checkpoint, select_device(args.device))
-    app = create_app(ckpt, max_body_bytes=args.max_body_bytes, max_batch=args.max_batch,
-                     suggest_process=args.suggest_worker == "process", suggest_threads=args.threads)
     sock = _bind(args.host, args.port)
+    app = create_app(ckpt, max_body_bytes=args.max_body_bytes, max_batch=args.max_batch, suggest=scfg,
+                     suggest_process=args.suggest_worker == "process", suggest_threads=args.threads,
+                     allowed_hosts=allowed_hosts(args.host, args.allowed_hosts or []))
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(app, log_level=args.log_level, access_log=False)
     server = uvicorn.Server(config)
@@ -104,6 +110,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"rnnlab: serving {args.checkpoint} on http://{shown}:{port}/ (Ctrl-C stops)", flush=True)
     server.run(sockets=[sock])
     return 0
+
+
+def allowed_hosts(host: str, extra: list[str]) -> list[str] | None:
+    """The ``Host`` headers to accept: this server's own names (the bound address and, on loopback,
+    localhost) plus ``extra``; None (accept any) for a wildcard address without ``--allowed-host``
+    (every address of the machine is its own then) or with ``--allowed-host '*'``."""
+    if "*" in extra or (host in ("0.0.0.0", "::", "") and not extra):
+        return None
+    names = {f"[{host}]" if ":" in host else host, "localhost", "127.0.0.1", "[::1]"} | set(extra)
+    return sorted(names)
 
 
 def _bind(host: str, port: int):

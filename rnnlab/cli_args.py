@@ -1,0 +1,51 @@
+"""Command-line flags generated from the config dataclasses: each field's flag, type, choices,
+help and default come from its declaration (``rnnlab.fields.setting``), written once.
+
+Flags default to "not given" (``argparse.SUPPRESS``), so the parsed namespace holds exactly the
+flags on the command line: ``given(args, cls)`` is what the user asked for, and the dataclass
+supplies the rest (or, on ``--resume``, the checkpoint does).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Any
+
+from .fields import _kind, choices_of, flag
+
+
+def add_settings(group, cls: type, skip: tuple[str, ...] = (), help_default: dict[str, Any] | None = None) -> None:
+    """Add a flag for every command-line field of the dataclass ``cls`` to ``group``."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if not meta.get("cli", True) or f.name in skip:
+            continue
+        base, optional = _kind(hints[f.name])
+        default = (help_default or {}).get(f.name, f.default)
+        shown = "" if default is None or default is dataclasses.MISSING else f" (default: {default})"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta.get("help", "") + shown}
+        if base is bool:
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["type"] = base
+            choices = choices_of(f)
+            if choices is not None:
+                kwargs["choices"] = choices
+            if meta.get("metavar"):
+                kwargs["metavar"] = meta["metavar"]
+        group.add_argument(flag(f.name), **kwargs)
+
+
+def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of ``cls`` whose flags are on the command line, with their values."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+            if f.metadata.get("cli", True) and hasattr(args, f.name)}
+
+
+def build(args: argparse.Namespace, cls: type, **extra):
+    """An instance of ``cls``: the flags given, ``extra``, and the dataclass defaults for the rest."""
+    values = given(args, cls)
+    values.update(extra)
+    return cls(**values)

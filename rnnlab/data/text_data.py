@@ -1,0 +1,90 @@
+"""A corpus as the trainer needs it: read, tokenised, encoded, split into training and validation.
+
+    DataConfig ──► resolve_source (a file, a named dataset, or a prepared directory)
+               ──► load_corpus ──► Vocab.build ──► ids (1-D long tensor, or a memmap for --prepared)
+               ──► split_validation (the last ``val_fraction`` of the stream is held out)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import DataConfig
+from ..errors import RnnlabError, UsageError
+from .batching import Ids
+from .corpus import load_corpus
+from .prepared import load_prepared
+from .registry import DATASETS, dataset_path
+from .tokenizer import Tokenizer
+from .vocab import Vocab
+
+
+@dataclass
+class PreparedData:
+    vocab: Vocab
+    train_ids: Ids  # (N_train,) long tensor, or a read-only memmap of unsigned ids for --prepared
+    val_ids: Ids | None  # (N_val,): the last val_fraction of the stream, or None
+    source: str
+    default_prefixes: list[str]
+    tokenizer: Tokenizer | None = None
+
+
+def resolve_source(cfg: DataConfig) -> Path:
+    if (cfg.path is None) == (cfg.dataset is None):
+        raise UsageError("give either a text FILE or --dataset NAME")
+    return Path(cfg.path) if cfg.path is not None else dataset_path(cfg.dataset)
+
+
+def split_validation(ids: Ids, fraction: float) -> tuple[Ids, Ids | None]:
+    """(train, validation): the last ``fraction`` of the stream is held out (None when empty)."""
+    n_val = int(len(ids) * fraction)
+    return (ids[:len(ids) - n_val], ids[len(ids) - n_val:]) if n_val else (ids, None)
+
+
+def prepare_data(cfg: DataConfig, vocab: Vocab | None = None) -> PreparedData:
+    """Read, preprocess and tokenise the corpus, build the vocabulary (unless given), encode the
+    stream and split off the last ``val_fraction`` of it for validation.
+
+    With ``cfg.prepared`` the ids are a memory-mapped corpus from ``rnnlab prepare`` (not read into
+    memory), and ``cfg.preset``, ``token``, ``min_freq`` and ``encoding`` are set to the ones it
+    was prepared with."""
+    cfg.validate()
+    data = _prepared_data(cfg, vocab) if cfg.prepared is not None else _text_data(cfg, vocab)
+    data.tokenizer = Tokenizer(data.vocab, cfg.preset, cfg.token, cfg.encoding, cfg.errors)
+    return data
+
+
+def _text_data(cfg: DataConfig, vocab: Vocab | None) -> PreparedData:
+    path = resolve_source(cfg)
+    corpus = load_corpus(path, cfg.preset, cfg.token, cfg.encoding, cfg.errors)
+    if vocab is None:
+        vocab = Vocab.build(corpus.tokens, min_freq=cfg.min_freq, separator="" if cfg.token == "char" else " ")
+        if len(vocab) == 1 and vocab.unk is not None:
+            raise UsageError(f"--min-freq {cfg.min_freq} leaves only <unk> in the vocabulary of {path}; "
+                             f"lower --min-freq")
+    tokens = corpus.tokens[:cfg.max_tokens] if cfg.max_tokens else corpus.tokens
+    ids = torch.tensor(vocab.encode(tokens), dtype=torch.long)
+    train_ids, val_ids = split_validation(ids, cfg.val_fraction)
+    if cfg.dataset is not None:
+        prefixes = list(DATASETS[cfg.dataset].prefixes)
+    else:
+        prefixes = [vocab.separator.join(tokens[: (10 if cfg.token == "char" else 2)])]
+    if cfg.preset == "letters":
+        prefixes = [p.lower() for p in prefixes]
+    return PreparedData(vocab, train_ids, val_ids, str(path), prefixes)
+
+
+def _prepared_data(cfg: DataConfig, vocab: Vocab | None) -> PreparedData:
+    p = load_prepared(cfg.prepared)
+    if vocab is not None and vocab != p.vocab:
+        raise RnnlabError(f"{cfg.prepared}: its vocabulary differs from the checkpoint's "
+                          f"({len(p.vocab)} tokens, the checkpoint's {len(vocab)}); use the corpus the model was "
+                          f"trained on")
+    for name in ("preset", "token", "min_freq", "encoding"):
+        setattr(cfg, name, p.meta[name])
+    ids = p.ids[:cfg.max_tokens] if cfg.max_tokens else p.ids
+    train_ids, val_ids = split_validation(ids, cfg.val_fraction)
+    prefix = p.vocab.decode(ids[: (10 if cfg.token == "char" else 2)].tolist())
+    return PreparedData(p.vocab, train_ids, val_ids, f"{p.meta['source']} (prepared in {p.path})", [prefix])

@@ -1,0 +1,156 @@
+"""What a recurrent cell is to the rest of rnnlab, and the registry that names the cells.
+
+A cell module (``rnn.py``, ``gru.py``, ``lstm.py``, ...) holds everything about one cell — its
+equations, parameters, state, and the kernels that run it — in one subclass of ``Cell``, and
+registers it (``@register``). The model factory, the layer stack and the one-token inference step
+look cells up here by ``ModelConfig.model``; nothing outside ``rnnlab.models`` knows their names.
+
+Letters: ``B`` batch rows (``N`` at inference), ``T`` steps, ``I`` a layer's input size, ``H``
+hidden size, ``G`` gate blocks (the rows of ``weight_ih`` are ``G*H``), ``V`` vocabulary.
+
+Per layer ``k`` a cell's parameters are named ``{name}_l{k}`` after ``Cell.parameters`` —
+by default torch's layout (``weight_ih (G*H, I)``, ``weight_hh (G*H, H)``, ``bias_ih``, ``bias_hh``),
+so a checkpoint moves between the implementations of a cell:
+
+* ``scratch`` runs ``Cell.step`` (the book's maths, one step) in a Python loop over time;
+* ``concise`` runs ``Cell.torch_layer`` (a ``torch.nn`` recurrent layer) when the cell has one;
+* ``fast`` runs ``Cell.fast_layer`` (a whole sequence per call: hand-written BPTT, C++ loops) or,
+  where one applies, ``Cell.fast_stack`` (every layer in one library call).
+
+``Cell.impls`` says which of these exist; asking for another fails with a message, never runs
+another cell's code. Inference (generation, suggestions) steps one token for ``N`` rows with
+``Cell.inference_step`` when the cell has a specialised one, else with ``Cell.step``.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ...errors import UsageError
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+
+CellState = tuple[torch.Tensor, ...]  # one layer's state: (h,) or (h, c), each (B, H)
+Params = tuple[torch.Tensor, ...]  # one layer's parameters, in the order of Cell.parameters
+
+
+class Cell:
+    """Base class of the cells; see the module docstring. Subclasses set the class attributes and
+    implement ``step`` (and whatever of ``torch_layer``, ``fast_layer``, ``fast_stack``,
+    ``prepare_inference``/``inference_step`` they offer)."""
+
+    name: str = ""
+    gates: int = 1  # G
+    state_names: tuple[str, ...] = ("h",)  # the state tensors of one layer; the first is the output h
+    impls: tuple[str, ...] = ("scratch",)  # the implementations this cell has
+    options: dict[str, tuple] = {}  # ModelConfig fields only this cell reads -> their allowed values
+    fold_hidden_bias: bool = True  # the input term holds bias_hh too (GRU: no, it sits inside r * (...))
+    native_greedy: str | None = None  # the C++ greedy loop's name for this cell (csrc/loops.cpp), if any
+
+    # -- declaration ----------------------------------------------------------------------------
+    def parameters(self, input_size: int, hidden_size: int) -> list[tuple[str, tuple[int, ...]]]:
+        """One layer's parameters: (name, shape) in registration order (torch's layout)."""
+        G, H = self.gates, hidden_size
+        return [("weight_ih", (G * H, input_size)), ("weight_hh", (G * H, H)), ("bias_ih", (G * H,)),
+                ("bias_hh", (G * H,))]
+
+    def check(self, cfg: "ModelConfig") -> None:
+        """Refuse the implementation or options this cell does not have (a ``UsageError``)."""
+        if cfg.impl not in self.impls:
+            raise UsageError(f"--impl {cfg.impl} is not available for --model {self.name}; "
+                             f"choose one of: {', '.join(self.impls)}")
+        for name, allowed in self.options.items():
+            value = getattr(cfg, name)
+            if value not in allowed:
+                raise UsageError(f"unknown --{name.replace('_', '-')} {value!r} for --model {self.name}; "
+                                 f"choose one of: {', '.join(map(str, allowed))}")
+
+    # -- scratch --------------------------------------------------------------------------------
+    def step(self, x: torch.Tensor, state: CellState, params: Params, cfg: "ModelConfig") -> CellState:
+        """The reference maths of one step: x (B, I), state each (B, H) -> the new state (h first)."""
+        raise NotImplementedError
+
+    # -- concise --------------------------------------------------------------------------------
+    def torch_layer(self, input_size: int, cfg: "ModelConfig") -> nn.Module:
+        """A ``torch.nn`` stack of ``cfg.num_layers`` layers: (T, B, I), state tuple -> (T, B, H), state."""
+        raise UsageError(f"--impl concise is not available for --model {self.name}")
+
+    # -- fast -----------------------------------------------------------------------------------
+    def fast_stack(self, x: torch.Tensor, state: tuple[torch.Tensor, ...], params: list[Params],
+                   cfg: "ModelConfig", training: bool) -> tuple[torch.Tensor, tuple] | None:
+        """Every layer in one call where such a kernel applies (x (T, B, I) or ids (T, B); state each
+        (L, B, H)); None where it does not (then ``fast_layer`` runs per layer)."""
+        return None
+
+    def fast_layer(self, x: torch.Tensor, state: CellState, params: Params,
+                   cfg: "ModelConfig") -> tuple[torch.Tensor, CellState]:
+        """One layer over a whole sequence: x (T, B, I) float or token ids (T, B) long (one-hot rows
+        of size I) -> out (T, B, H), the last state."""
+        raise UsageError(f"--impl fast is not available for --model {self.name}")
+
+    # -- inference: one token for N rows (generation, suggestions) ------------------------------
+    #: whether ``inference_step`` is specialised; without it the model steps with ``step``
+    has_inference_step: bool = False
+
+    def prepare_inference(self, params: Params, cfg: "ModelConfig") -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """One layer's parameters prepared once for ``inference_step`` while the weights do not
+        change: ``(w_ih_t (I, G*H), b_in (G*H,), rest)`` — the input term is ``x @ w_ih_t + b_in``
+        (for layer 0 a lookup table of it is made for every token), ``rest`` is what
+        ``inference_step`` takes."""
+        raise NotImplementedError
+
+    def inference_step(self, xw: torch.Tensor, state: CellState, rest: Any, cfg: "ModelConfig") -> CellState:
+        """One step from the input term ``xw`` (N, G*H), a private buffer it may overwrite -> the
+        new state, under ``torch.inference_mode``."""
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, Cell] = {}
+
+
+def register(cls: type[Cell]) -> type[Cell]:
+    """Class decorator: make ``cls()`` the cell named ``cls.name`` (a later registration of the same
+    name replaces the earlier one)."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get_cell(name: str) -> Cell:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UsageError(f"unknown cell {name!r}; choose one of: {', '.join(_REGISTRY)}") from None
+
+
+def cell_names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+class TupleState:
+    """Mixin for ``torch.nn.RNN/GRU/LSTM``: the state as rnnlab's tuple of (L, B, H) tensors.
+    Parameters keep torch's names, so the same weights load into the scratch and fast stacks."""
+
+    def forward(self, x: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
+        """x (T, B, I), state tuple of (L, B, H) -> out (T, B, H), state."""
+        out, s = super().forward(x, state[0] if len(state) == 1 else state)
+        return out, (s,) if isinstance(s, torch.Tensor) else tuple(s)
+
+
+def transposed_inference_weights(params: Params, fold_hidden_bias: bool, doubled: tuple[int, int] | None = None,
+                                 hidden_size: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Private contiguous copies for one-token steps: ``w_ih_t (I, G*H)``, ``b_in (G*H,)`` (both
+    biases when ``fold_hidden_bias``), ``w_hh_t (H, G*H)``, ``b_hh (G*H,)``; with ``doubled = (a, b)``
+    the gate columns ``[a*H, b*H)`` of the first three are multiplied by 2."""
+    w_ih, w_hh, b_ih, b_hh = (t.detach() for t in params)
+    b_in = b_ih + b_hh if fold_hidden_bias else b_ih.clone()
+    w_ih_t, w_hh_t = (w.t().clone(memory_format=torch.contiguous_format) for w in (w_ih, w_hh))
+    if doubled is not None:
+        a, b = doubled[0] * hidden_size, doubled[1] * hidden_size
+        for t in (w_ih_t, w_hh_t, b_in):
+            t[..., a:b] *= 2
+    return w_ih_t, b_in, w_hh_t, b_hh.contiguous()

@@ -1,0 +1,159 @@
+"""``SuggestEngine``: suggestions from one model, with the per-client state cache and cross-request
+batching (``search.Scheduler`` driven by ``worker.run_worker``).
+
+The text is read through the checkpoint's tokenizer (with the ``letters`` preset it is lowercased
+and every run of non-letters becomes one space before the model sees it, as in training);
+completions are what to *append* to the user's own text, so they apply to it unchanged.
+
+Word models (``token == "word"``): the next words are the model's top tokens; a partly typed word
+is completed with the vocabulary words that start with it, ranked by the model's probability; next
+characters are the summed probabilities of the words by their next letter.
+"""
+from __future__ import annotations
+
+import math
+from concurrent.futures import Future
+
+import torch
+
+from ..config import SuggestConfig
+from ..data.tokenizer import Tokenizer
+from ..errors import UsageError
+from ..models import LanguageModel
+from .cache import Entry, StateCache
+from .search import Scheduler
+from .text import INNER_WORD_CHARS, is_word_char
+from .types import Completion, SuggestRequest, Suggestions, TokenProb
+from .worker import ThreadWorker
+
+
+class SuggestEngine:
+    """Next characters and word completions for texts typed by many clients.
+
+    ``suggest`` (and ``submit``, its non-blocking form) queue the request for a worker thread that
+    answers every pending request together (``max_batch`` at most): one model call brings all
+    their contexts up to date, then one model call per search depth advances all their open beams.
+    ``suggest_batch`` does the same in the calling thread. ``max_batch=1`` answers one at a time.
+    """
+
+    def __init__(self, model: LanguageModel, tokenizer: Tokenizer, config: SuggestConfig | None = None,
+                 cache: StateCache | None = None, max_batch: int = 64):
+        self.config = config if config is not None else SuggestConfig()
+        self.config.validate()
+        if not isinstance(max_batch, int) or max_batch < 1:
+            raise UsageError(f"max_batch must be a positive integer, got {max_batch}")
+        self.model, self.tokenizer, self.vocab = model, tokenizer, tokenizer.vocab
+        self.beam_width, self.max_word_length = self.config.beam_width, self.config.max_word_length
+        self.cache = cache if cache is not None else StateCache()
+        self.max_batch = max_batch
+        self.worker = ThreadWorker(self, max_batch)
+        self.word_level = tokenizer.word_level
+        self.device = model.device
+        toks = self.vocab.idx_to_token
+        typable = torch.ones(len(toks), dtype=torch.bool)
+        if self.vocab.unk_id is not None:
+            typable[self.vocab.unk_id] = False
+        self.typable = typable.to(self.device)  # (V,) tokens a user could type (not <unk>)
+        self.n_typable = int(typable.sum())
+        if not self.word_level:
+            single = torch.tensor([len(t) == 1 for t in toks]) & typable
+            word = torch.tensor([len(t) == 1 and is_word_char(t) for t in toks]) & single
+            inner = torch.tensor([t in INNER_WORD_CHARS for t in toks]) & single
+            self.word_start_list = word.tolist()  # (V,) may start a word
+            self.boundary_ids = (single & ~word & ~inner).nonzero()[:, 0].to(self.device)  # the tokens that end a word
+            # what a beam may not append next, by row 2 * (depth < 3) + (word started): a started word
+            # takes word characters; an unstarted one a word start or (up to three) leading boundaries
+            self.blocked = torch.stack([~word, ~(word | inner), ~(word | (single & ~word)),
+                                        ~(word | inner)]).to(self.device)  # (4, V)
+
+    # -- the state of the text typed so far -----------------------------------------------------
+    def key(self, mtext: str) -> str:
+        """Cache key of a model text: the text itself (char models) or its words, each followed by a
+        space (word models), so that a key is a prefix of another exactly when its tokens are."""
+        return "".join(w + " " for w in mtext.split()) if self.word_level else mtext
+
+    @torch.inference_mode()
+    def advance(self, entry: Entry | None, ids: list[int]) -> Entry | None:
+        """Run ``ids`` after ``entry`` (or from the initial state) in one model call."""
+        if not ids:
+            return entry
+        state = entry.state if entry is not None else self.model.begin_state(1, self.device)
+        x = torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, T)
+        logits, state = self.model(x, state)  # (1, T, V)
+        return Entry(state, torch.log_softmax(logits[0, -1].float(), dim=-1))
+
+    def pending(self, mtext: str, client: str) -> tuple[str, Entry | None, list[int]]:
+        """(cache key, longest cached entry, token ids still to run) for the model text ``mtext``;
+        the empty text is the tokenizer's start token (``rnnlab.data.tokenizer``)."""
+        key = self.key(mtext)
+        hit_key, hit = self.cache.longest_prefix(client, key)
+        tokens = self.tokenizer.split(key)
+        if not tokens:
+            return key, hit, [] if hit is not None else self.tokenizer.start_ids()
+        done = len(self.tokenizer.split(hit_key)) if hit is not None else 0
+        return key, hit, self.vocab.encode(tokens[done:])
+
+    def context_entry(self, mtext: str, client: str = "") -> tuple[Entry, int]:
+        """The state and next-token log-probs after the model text ``mtext``, and the number of
+        tokens run to get them (0 on a cache hit, 1 after typing one more character)."""
+        key, hit, ids = self.pending(mtext, client)
+        entry = self.advance(hit, ids)
+        if entry is not hit:
+            self.cache.put(client, key, entry)
+        return entry, len(ids)
+
+    # -- suggestions ----------------------------------------------------------------------------
+    def submit(self, text: str, k: int = 5, client: str = "") -> Future:
+        """Queue a request; the future resolves to its ``Suggestions`` (see ``suggest``)."""
+        SuggestConfig(k=k).validate()
+        return self.worker.submit(SuggestRequest(text, k, client))
+
+    def suggest(self, text: str, k: int = 5, client: str = "") -> Suggestions:
+        """Next characters and word completions for ``text``; ``client`` names whose cache to use.
+        Safe to call from many threads: concurrent requests are answered in batches."""
+        return self.submit(text, k, client).result()
+
+    def suggest_batch(self, requests: list[SuggestRequest]) -> list[Suggestions]:
+        """Answer many requests together in the calling thread, as the worker does; the answers are
+        those of asking one at a time (up to float rounding: the model sees the same inputs in a
+        larger batch). Raises the first request's error, if any."""
+        scheduler = Scheduler(self)
+        futures = [Future() for _ in requests]
+        for request, future in zip(requests, futures):
+            scheduler.admit(request, future)
+        while scheduler.in_flight:
+            scheduler.step()
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        """Stop the batching worker thread (it also stops after a second idle, and at exit)."""
+        self.worker.close()
+
+    def suggest_words(self, text: str, mtext: str, k: int, client: str) -> Suggestions:
+        """Word models: the next words, or the vocabulary words that complete the typed one."""
+        ends_word = not mtext or mtext[-1].isspace()
+        words = mtext.split()
+        partial = "" if ends_word else words[-1]
+        partial_user = text.split()[-1] if partial else ""
+        context = " ".join(words if ends_word else words[:-1])
+        out = Suggestions(mode="complete" if partial else "next_word", partial=partial_user, model_text=mtext)
+        entry, out.context_tokens = self.context_entry(context, client)
+        probs = entry.logprobs.exp().masked_fill(~self.typable, 0.0).tolist()  # (V,)
+        toks = self.vocab.idx_to_token
+        cand = sorted((i for i, t in enumerate(toks) if probs[i] > 0 and t.startswith(partial)),
+                      key=lambda i: -probs[i])
+        out.completions = [Completion(partial_user + toks[i][len(partial):], toks[i][len(partial):],
+                                      probs[i], math.log(probs[i])) for i in cand[:k]]
+        # next characters: P(next letter = c) sums P(word) over the words that continue with c
+        # (a space: the typed word is itself the word)
+        by_char: dict[str, float] = {}
+        for i in cand:
+            c = toks[i][len(partial)] if len(toks[i]) > len(partial) else " "
+            by_char[c] = by_char.get(c, 0.0) + probs[i]
+        out.next_chars = [TokenProb(c, p) for c, p in sorted(by_char.items(), key=lambda cp: -cp[1])[:k]]
+        return out
+
+
+def suggest(model: LanguageModel, tokenizer: Tokenizer, text: str, k: int = 5) -> Suggestions:
+    """One-off suggestions for ``text`` (no cache kept between calls), computed in the calling thread."""
+    return SuggestEngine(model, tokenizer).suggest_batch([SuggestRequest(text, k)])[0]
