@@ -19,8 +19,6 @@ from __future__ import annotations
 import math
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
 
 from ..config import SuggestConfig, check_text
@@ -28,9 +26,6 @@ from ..models import State
 from .cache import Entry, Lookahead
 from .text import split_partial_word, visible_word
 from .types import Completion, SuggestRequest, Suggestions, TokenProb
-
-if TYPE_CHECKING:
-    from .engine import SuggestEngine
 
 
 class BeamSearch:
@@ -98,7 +93,8 @@ class Scheduler:
     one request at a time: every job does the same work; only the batch it rides in differs.
     """
 
-    def __init__(self, engine: "SuggestEngine"):
+    def __init__(self, engine):
+        """``engine``: the ``SuggestEngine`` whose model, tokenizer, cache and masks the jobs use."""
         self.engine = engine
         self._reset()
 

@@ -5,6 +5,8 @@ equations, parameters, state, and the kernels that run it — in one subclass of
 registers it (``@register``). The model factory, the layer stack and the one-token inference step
 look cells up here by ``ModelConfig.model``; nothing outside ``rnnlab.models`` knows their names.
 
+Methods take the model's ``ModelConfig`` as ``cfg`` (for options such as ``activation``).
+
 Letters: ``B`` batch rows (``N`` at inference), ``T`` steps, ``I`` a layer's input size, ``H``
 hidden size, ``G`` gate blocks (the rows of ``weight_ih`` are ``G*H``), ``V`` vocabulary.
 
@@ -23,16 +25,14 @@ another cell's code. Inference (generation, suggestions) steps one token for ``N
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from ...errors import UsageError
 
-if TYPE_CHECKING:
-    from ..config import ModelConfig
-
+Config = Any  # the model's ModelConfig (rnnlab.models.config, which imports this registry)
 CellState = tuple[torch.Tensor, ...]  # one layer's state: (h,) or (h, c), each (B, H)
 Params = tuple[torch.Tensor, ...]  # one layer's parameters, in the order of Cell.parameters
 
@@ -57,7 +57,7 @@ class Cell:
         return [("weight_ih", (G * H, input_size)), ("weight_hh", (G * H, H)), ("bias_ih", (G * H,)),
                 ("bias_hh", (G * H,))]
 
-    def check(self, cfg: "ModelConfig") -> None:
+    def check(self, cfg: Config) -> None:
         """Refuse the implementation or options this cell does not have (a ``UsageError``)."""
         if cfg.impl not in self.impls:
             raise UsageError(f"--impl {cfg.impl} is not available for --model {self.name}; "
@@ -69,24 +69,24 @@ class Cell:
                                  f"choose one of: {', '.join(map(str, allowed))}")
 
     # -- scratch --------------------------------------------------------------------------------
-    def step(self, x: torch.Tensor, state: CellState, params: Params, cfg: "ModelConfig") -> CellState:
+    def step(self, x: torch.Tensor, state: CellState, params: Params, cfg: Config) -> CellState:
         """The reference maths of one step: x (B, I), state each (B, H) -> the new state (h first)."""
         raise NotImplementedError
 
     # -- concise --------------------------------------------------------------------------------
-    def torch_layer(self, input_size: int, cfg: "ModelConfig") -> nn.Module:
+    def torch_layer(self, input_size: int, cfg: Config) -> nn.Module:
         """A ``torch.nn`` stack of ``cfg.num_layers`` layers: (T, B, I), state tuple -> (T, B, H), state."""
         raise UsageError(f"--impl concise is not available for --model {self.name}")
 
     # -- fast -----------------------------------------------------------------------------------
     def fast_stack(self, x: torch.Tensor, state: tuple[torch.Tensor, ...], params: list[Params],
-                   cfg: "ModelConfig", training: bool) -> tuple[torch.Tensor, tuple] | None:
+                   cfg: Config, training: bool) -> tuple[torch.Tensor, tuple] | None:
         """Every layer in one call where such a kernel applies (x (T, B, I) or ids (T, B); state each
         (L, B, H)); None where it does not (then ``fast_layer`` runs per layer)."""
         return None
 
     def fast_layer(self, x: torch.Tensor, state: CellState, params: Params,
-                   cfg: "ModelConfig") -> tuple[torch.Tensor, CellState]:
+                   cfg: Config) -> tuple[torch.Tensor, CellState]:
         """One layer over a whole sequence: x (T, B, I) float or token ids (T, B) long (one-hot rows
         of size I) -> out (T, B, H), the last state."""
         raise UsageError(f"--impl fast is not available for --model {self.name}")
@@ -95,14 +95,14 @@ class Cell:
     #: whether ``inference_step`` is specialised; without it the model steps with ``step``
     has_inference_step: bool = False
 
-    def prepare_inference(self, params: Params, cfg: "ModelConfig") -> tuple[torch.Tensor, torch.Tensor, Any]:
+    def prepare_inference(self, params: Params, cfg: Config) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """One layer's parameters prepared once for ``inference_step`` while the weights do not
         change: ``(w_ih_t (I, G*H), b_in (G*H,), rest)`` — the input term is ``x @ w_ih_t + b_in``
         (for layer 0 a lookup table of it is made for every token), ``rest`` is what
         ``inference_step`` takes."""
         raise NotImplementedError
 
-    def inference_step(self, xw: torch.Tensor, state: CellState, rest: Any, cfg: "ModelConfig") -> CellState:
+    def inference_step(self, xw: torch.Tensor, state: CellState, rest: Any, cfg: Config) -> CellState:
         """One step from the input term ``xw`` (N, G*H), a private buffer it may overwrite -> the
         new state, under ``torch.inference_mode``."""
         raise NotImplementedError
