@@ -43,6 +43,17 @@ class LanguageModel(nn.Module):
         ``state``, computed by one kernel: ids (N, length); None where the model has none."""
         return None
 
+    def quantized(self) -> "LanguageModel":
+        """An int8 copy for CPU inference (``rnnlab.models.quantized``), where the model has one."""
+        from ..errors import UsageError
+
+        raise UsageError(f"int8 is not available for {self.describe()}")
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """Names of the state tensors (``("h",)``, ``("h", "c")``, ...), e.g. for an exported graph."""
+        return tuple(f"s{i}" for i in range(len(self.begin_state(1, "cpu"))))
+
     def describe(self) -> str:
         """A short human-readable name for logs."""
         return type(self).__name__

@@ -57,6 +57,16 @@ class RNNLM(LanguageModel):
     def describe(self) -> str:
         return f"{self.cfg.impl} {self.cfg.model}"
 
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return self.cell.state_names
+
+    def quantized(self) -> LanguageModel:
+        """An int8 CPU copy: the cell's quantised recurrent layers and an int8 output layer."""
+        from .quantized import QuantizedLM
+
+        return QuantizedLM(self)
+
     def begin_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         cfg = self.cfg
         device = device if device is not None else self.device

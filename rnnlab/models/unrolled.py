@@ -95,6 +95,14 @@ class UnrolledRNN(LanguageModel):
                 nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
 
+    state_names = ("prev",)
+
+    def quantized(self) -> LanguageModel:
+        """An int8 CPU copy: the hidden and output layers (and the input layer after an embedding)."""
+        from .quantized import quantize_linears
+
+        return quantize_linears(self, {"hidden_layer", "head"} | ({"input_layer"} if self.cfg.embedding_dim else set()))
+
     def begin_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         device = device if device is not None else self.device
         return (torch.full((1, batch_size, self.window - 1), PAD, dtype=torch.long, device=device),)  # (1, B, W-1)

@@ -23,6 +23,7 @@ def add_parsers(sub) -> None:
     add_settings(p, SuggestConfig)
     p.add_argument("--json", action="store_true", help="print the suggestions as one JSON object")
     p.add_argument("--device", default="auto")
+    p.add_argument("--int8", action="store_true", help="run an int8 copy of the model on the CPU (about 4x less memory)")
     p.set_defaults(func=cmd_suggest)
 
     p = sub.add_parser("serve", help="serve suggestions and generation over HTTP, with a web page",
@@ -31,6 +32,7 @@ def add_parsers(sub) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", metavar="DIR", help="a run directory written by `rnnlab train --out DIR`")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (the default serves this machine only)")
+    p.add_argument("--int8", action="store_true", help="serve an int8 copy of the model on the CPU (about 4x less memory)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (0 = any free port)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1,
@@ -50,7 +52,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import load_for_inference
     from ..config import check_text
     from ..runtime import select_device
     from ..suggest import SuggestEngine, SuggestRequest
@@ -58,7 +60,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     scfg = build(args, SuggestConfig)
     scfg.validate()
     check_text(args.text)
-    ckpt = load_checkpoint(args.checkpoint, select_device(args.device))
+    ckpt = load_for_inference(args.checkpoint, select_device("cpu" if args.int8 and args.device == "auto" else args.device), args.int8)
     engine = SuggestEngine(ckpt.model, ckpt.tokenizer, scfg)
     s = engine.suggest_batch([SuggestRequest(args.text, scfg.k)])[0]  # in this thread: no worker to stop
     if args.json:
@@ -91,14 +93,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise RnnlabError("`rnnlab serve` needs fastapi and uvicorn: pip install fastapi uvicorn") from None
     import torch
 
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import load_for_inference
     from ..runtime import select_device
     from .app import create_app
 
     scfg = build(args, SuggestConfig)
     scfg.validate()
     torch.set_num_threads(args.threads)
-    ckpt = load_checkpoint(args.checkpoint, select_device(args.device))
+    ckpt = load_for_inference(args.checkpoint, select_device("cpu" if args.int8 and args.device == "auto" else args.device), args.int8)
     sock = _bind(args.host, args.port)
     app = create_app(ckpt, max_body_bytes=args.max_body_bytes, max_batch=args.max_batch, suggest=scfg,
                      suggest_process=args.suggest_worker == "process", suggest_threads=args.threads,

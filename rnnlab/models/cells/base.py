@@ -91,6 +91,16 @@ class Cell:
         of size I) -> out (T, B, H), the last state."""
         raise UsageError(f"--impl fast is not available for --model {self.name}")
 
+    # -- export and int8 -------------------------------------------------------------------------
+    #: which implementation's ONNX graph onnxruntime can quantise to int8 (its own recurrent
+    #: operators where it has an int8 kernel for them, else the scratch graph's plain MatMuls)
+    int8_onnx_graph: str = "scratch"
+
+    def quantized_layer(self, input_size: int, cfg: Config, weights: dict[str, torch.Tensor]) -> nn.Module:
+        """int8 recurrent layers (``rnnlab.models.quantized``) holding ``weights`` (the stack's
+        parameters by name): (T, B, I), state tuple -> (T, B, H), state."""
+        raise UsageError(f"int8 is not available for --model {self.name}")
+
     # -- inference: one token for N rows (generation, suggestions) ------------------------------
     #: whether ``inference_step`` is specialised; without it the model steps with ``step``
     has_inference_step: bool = False

@@ -56,6 +56,13 @@ class GRUCell(Cell):
         out, h = seq.apply(xw, state[0], w_hh, b_hh)
         return out, (h,)
 
+    def quantized_layer(self, input_size, cfg, weights):
+        from ..quantized import QuantizedRecurrent, with_qconfig
+
+        layer = nn.GRU(input_size, cfg.hidden_size, cfg.num_layers)
+        layer.load_state_dict(weights)
+        return QuantizedRecurrent(torch.ao.nn.quantized.dynamic.GRU.from_float(with_qconfig(layer)))
+
     def prepare_inference(self, params, cfg):
         w_ih_t, b_in, w_hh_t, b_hh = transposed_inference_weights(params, False)
         return w_ih_t, b_in, (w_hh_t, b_hh)

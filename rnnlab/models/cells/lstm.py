@@ -48,6 +48,7 @@ class LSTMCell(Cell):
     impls = ("scratch", "concise", "fast")
     native_greedy = "lstm"
     has_inference_step = True
+    int8_onnx_graph = "concise"  # onnxruntime's DynamicQuantizeLSTM
 
     def step(self, x, state, params, cfg):
         """x (B, I), h, c (B, H) -> (h', c')."""
@@ -81,6 +82,13 @@ class LSTMCell(Cell):
             out, h, c = LSTMSequence.apply(input_term(x, _rotated(w_ih), _rotated(b_ih + b_hh)), h0, c0,
                                            _rotated(w_hh))
         return out, (h, c)
+
+    def quantized_layer(self, input_size, cfg, weights):
+        from ..quantized import QuantizedRecurrent, with_qconfig
+
+        layer = nn.LSTM(input_size, cfg.hidden_size, cfg.num_layers)
+        layer.load_state_dict(weights)
+        return QuantizedRecurrent(torch.ao.nn.quantized.dynamic.LSTM.from_float(with_qconfig(layer)))
 
     def prepare_inference(self, params, cfg):
         H = params[1].shape[1]

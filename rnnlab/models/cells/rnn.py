@@ -51,6 +51,15 @@ class RNNCell(Cell):
         out, h = seq.apply(xw, state[0], w_hh, relu)
         return out, (h,)
 
+    def quantized_layer(self, input_size, cfg, weights):
+        from ..quantized import with_qconfig
+
+        cells = [nn.RNNCell(input_size if k == 0 else cfg.hidden_size, cfg.hidden_size, nonlinearity=cfg.activation)
+                 for k in range(cfg.num_layers)]
+        for k, cell in enumerate(cells):  # torch's layout: weight_ih_l{k}, ..., bias_hh_l{k}
+            cell.load_state_dict({n: weights[f"{n}_l{k}"] for n in cell.state_dict()})
+        return QuantizedRNNStack([torch.ao.nn.quantized.dynamic.RNNCell.from_float(with_qconfig(c)) for c in cells])
+
     def prepare_inference(self, params, cfg):
         w_ih_t, b_in, w_hh_t, _ = transposed_inference_weights(params, True)
         return w_ih_t, b_in, w_hh_t
@@ -59,6 +68,23 @@ class RNNCell(Cell):
         """xw (N, H) with both biases; h (N, H) -> (h',)."""
         a = xw.addmm_(state[0], w_hh_t)
         return (a.relu_() if cfg.activation == "relu" else a.tanh_(),)
+
+
+class QuantizedRNNStack(nn.Module):
+    """int8 RNN layers (``nn.RNN`` has no quantised version): one quantised ``RNNCell`` per layer,
+    looped over time. x (T, B, I), (h (L, B, H),) -> out (T, B, H), (h,)."""
+
+    def __init__(self, cells: list[nn.Module]):
+        super().__init__()
+        self.cells = nn.ModuleList(cells)
+
+    def forward(self, x, state):
+        hs, outs = list(state[0].unbind(0)), []  # L x (B, H)
+        for x_t in x:  # (B, I)
+            for k, cell in enumerate(self.cells):
+                hs[k] = x_t = cell(x_t, hs[k])
+            outs.append(x_t)
+        return torch.stack(outs), (torch.stack(hs),)  # (T, B, H), (L, B, H)
 
 
 class RNNSequence(torch.autograd.Function):
