@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .cli_args import add_settings, build, given
-from .config import DataConfig, GenerateConfig, ModelConfig, RunConfig, TrainConfig
+from .config import DataConfig, DynamicEval, GenerateConfig, ModelConfig, RunConfig, TrainConfig
 from .errors import RnnlabError, UsageError
 from .version import __version__
 
@@ -85,6 +85,10 @@ def _add_eval(sub) -> None:
     p.add_argument("--num-steps", type=int, default=35, help="chunk length (default: 35)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    d = p.add_argument_group("dynamic evaluation", "--dynamic: the model adapts to the text as it reads it "
+                                                   "(a gradient step after scoring each chunk); the checkpoint is not changed")
+    d.add_argument("--dynamic", action="store_true", help="also report the dynamic evaluation beside the static one")
+    add_settings(d, DynamicEval, prefix="dynamic_")
     p.set_defaults(func=cmd_eval)
 
 
@@ -212,13 +216,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.num_steps < 1:
         raise UsageError("--batch-size and --num-steps must be positive integers")
     dcfg = _data_config(args) if (args.file or args.dataset) else None
-    r = evaluate_checkpoint(args.checkpoint, dcfg, args.device, args.batch_size, args.num_steps)
+    dynamic = build(args, DynamicEval, prefix="dynamic_") if args.dynamic else None
+    if dynamic is not None:
+        dynamic.validate()
+    r = evaluate_checkpoint(args.checkpoint, dcfg, args.device, args.batch_size, args.num_steps, dynamic,
+                            log=lambda msg: print(msg, file=sys.stderr))
     if args.json:
         print(json.dumps(r, ensure_ascii=False))
-    else:
-        unk = f" ({r['unk_tokens']:,} unknown to the model)" if r["unk_tokens"] else ""
-        print(f"{r['source']}: {r['tokens']:,} tokens{unk}\n"
-              f"loss {r['loss']:.4f} nats/token  perplexity {r['ppl']:.3f}  {r['bpc']:.4f} bits/token")
+        return 0
+    unk = f" ({r['unk_tokens']:,} unknown to the model)" if r["unk_tokens"] else ""
+    print(f"{r['source']}: {r['tokens']:,} tokens{unk}\n"
+          f"loss {r['loss']:.4f} nats/token  perplexity {r['ppl']:.3f}  {r['bpc']:.4f} bits/token")
+    if dynamic is not None:
+        s, d = r["static_1row"], r["dynamic"]
+        print(f"read in order, one row, chunks of {d['chunk']}: static loss {s['loss']:.4f}, dynamic loss "
+              f"{d['loss']:.4f} ({d['loss'] - s['loss']:+.4f}; {d['method']}, lr {d['lr']:g})")
     return 0
 
 

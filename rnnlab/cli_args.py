@@ -15,8 +15,10 @@ from typing import Any
 from .fields import _kind, choices_of, flag
 
 
-def add_settings(group, cls: type, skip: tuple[str, ...] = (), help_default: dict[str, Any] | None = None) -> None:
-    """Add a flag for every command-line field of the dataclass ``cls`` to ``group``."""
+def add_settings(group, cls: type, skip: tuple[str, ...] = (), help_default: dict[str, Any] | None = None,
+                 prefix: str = "") -> None:
+    """Add a flag for every command-line field of the dataclass ``cls`` to ``group`` (``prefix``
+    names them apart when two dataclasses share field names: ``--dynamic-lr``)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         meta = f.metadata
@@ -25,7 +27,8 @@ def add_settings(group, cls: type, skip: tuple[str, ...] = (), help_default: dic
         base, optional = _kind(hints[f.name])
         default = (help_default or {}).get(f.name, f.default)
         shown = "" if default is None or default is dataclasses.MISSING else f" (default: {default})"
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta.get("help", "") + shown}
+        kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": argparse.SUPPRESS,
+                                  "help": meta.get("help", "") + shown}
         if base is bool:
             kwargs["action"] = "store_true"
         else:
@@ -35,17 +38,17 @@ def add_settings(group, cls: type, skip: tuple[str, ...] = (), help_default: dic
                 kwargs["choices"] = choices
             if meta.get("metavar"):
                 kwargs["metavar"] = meta["metavar"]
-        group.add_argument(flag(f.name), **kwargs)
+        group.add_argument(flag(prefix + f.name), **kwargs)
 
 
-def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+def given(args: argparse.Namespace, cls: type, prefix: str = "") -> dict[str, Any]:
     """The fields of ``cls`` whose flags are on the command line, with their values."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-            if f.metadata.get("cli", True) and hasattr(args, f.name)}
+    return {f.name: getattr(args, prefix + f.name) for f in dataclasses.fields(cls)
+            if f.metadata.get("cli", True) and hasattr(args, prefix + f.name)}
 
 
-def build(args: argparse.Namespace, cls: type, **extra):
+def build(args: argparse.Namespace, cls: type, prefix: str = "", **extra):
     """An instance of ``cls``: the flags given, ``extra``, and the dataclass defaults for the rest."""
-    values = given(args, cls)
+    values = given(args, cls, prefix)
     values.update(extra)
     return cls(**values)

@@ -131,6 +131,16 @@ class SuggestConfig(Settings):
     max_word_length: int = setting(24, "longest completion searched, in characters", min=1, max=64)
 
 
+@dataclass
+class DynamicEval(Settings):
+    """Dynamic evaluation (``rnnlab eval --dynamic``): how the model adapts as it reads."""
+
+    method: str = setting("rms", "rms: steps scaled by the training text's gradient RMS (Krause et al.); sgd: plain",
+                          choices=("rms", "sgd"))
+    lr: float = setting(2e-4, "step size of the adaptation", above=0.0, max=10.0)
+    chunk: int = setting(20, "tokens scored before each adaptation step", min=1, max=10_000)
+
+
 def check_text(text: str, what: str = "the text") -> str:
     """A prompt or typed text: at most ``MAX_TEXT_CHARS`` characters of valid Unicode."""
     if not isinstance(text, str):
@@ -162,5 +172,5 @@ def merge_resume(stored: tuple[DataConfig, ModelConfig, TrainConfig],
     return tuple(out)
 
 
-__all__ = ["DataConfig", "GenerateConfig", "ModelConfig", "RunConfig", "SuggestConfig", "TrainConfig",
+__all__ = ["DataConfig", "DynamicEval", "GenerateConfig", "ModelConfig", "RunConfig", "SuggestConfig", "TrainConfig",
            "check_text", "merge_resume"]

@@ -7,6 +7,7 @@ rank builds the same data and model and trains its share of each batch (``rnnlab
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import signal
 import statistics
@@ -21,18 +22,19 @@ import torch
 from .callbacks import MetricsWriter, ProgressBar, write_plot
 from .checkpoint import BEST, CONFIG, load_checkpoint, load_trainer_state, read_configs, resolve_checkpoint_dir, \
     save_checkpoint
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from .config import DataConfig, DynamicEval, ModelConfig, RunConfig, TrainConfig
 from .data import PreparedData, Tokenizer, prepare_data
 from .decoding import generate
 from .distributed import LOCAL, DistContext, cleanup, device_for, env_context, setup
 from .errors import RnnlabError, UsageError
-from .evaluation import evaluate
+from .evaluation import dynamic_evaluate, evaluate
 from .models import LanguageModel, build_model
 from .runs import RunLock, prepare_run_dir, save_run_checkpoint
 from .runtime import check_memory, seed_everything, select_device
 from .training import Trainer
 
 Log = Callable[[str], None]
+SGD_FALLBACK_LR = 0.1  # plain SGD dynamic evaluation when the training text is gone (measured: half the RMS gain)
 
 
 def stored_configs(run_dir: str | Path) -> tuple[DataConfig, ModelConfig, TrainConfig, RunConfig]:
@@ -221,15 +223,22 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
 
 
 def evaluate_checkpoint(ckpt_dir: str | Path, dcfg: DataConfig | None = None, device: str = "auto",
-                        batch_size: int = 32, num_steps: int = 35) -> dict:
-    """Perplexity of a checkpoint on a text (default: the validation split of its own corpus)."""
+                        batch_size: int = 32, num_steps: int = 35, dynamic: DynamicEval | None = None,
+                        log: Log = lambda msg: None) -> dict:
+    """Perplexity of a checkpoint on a text (default: the validation split of its own corpus).
+
+    With ``dynamic``, also the dynamic evaluation of the same text (``evaluation.dynamic_evaluate``:
+    the model adapts as it reads; the checkpoint is not changed), beside the static figure read
+    the same way (one row, chunks of ``dynamic.chunk``): ``result["dynamic"]``, ``result["static_1row"]``."""
     ck = load_checkpoint(ckpt_dir, select_device(device))
+    train_ids = None
     if dcfg is None:
         dcfg = ck.data_config
         if not dcfg.val_fraction:
             raise UsageError(f"{ckpt_dir} was trained without --val-fraction, so it has no held-out split; "
                              f"give a FILE or --dataset to evaluate on")
-        ids = prepare_data(dcfg, vocab=ck.vocab).val_ids
+        data = prepare_data(dcfg, vocab=ck.vocab)
+        ids, train_ids = data.val_ids, data.train_ids
         source = dcfg.path or dcfg.dataset or (f"the prepared corpus {dcfg.prepared}" if dcfg.prepared else "the corpus")
         what = f"validation split ({dcfg.val_fraction:g}) of {source}"
     else:
@@ -242,6 +251,18 @@ def evaluate_checkpoint(ckpt_dir: str | Path, dcfg: DataConfig | None = None, de
     unk = ck.vocab.unk_id
     result["unk_tokens"] = int((ids == unk).sum()) if unk is not None else 0
     result["source"] = what
+    if dynamic is not None:
+        method, lr = dynamic.method, dynamic.lr
+        if method == "rms" and train_ids is None:
+            try:
+                train_ids = prepare_data(dataclasses.replace(ck.data_config, val_fraction=0.0), vocab=ck.vocab).train_ids
+            except RnnlabError as e:
+                log(f"rnnlab: the training text is not available ({e}); dynamic evaluation falls back to plain SGD "
+                    f"(lr {SGD_FALLBACK_LR:g})")
+                method, lr = "sgd", SGD_FALLBACK_LR
+        result["static_1row"] = evaluate(ck.model, ids, 1, dynamic.chunk)
+        result["dynamic"] = {**dynamic_evaluate(ck.model, ids, lr, dynamic.chunk, method, train_ids),
+                             "method": method, "lr": lr, "chunk": dynamic.chunk}
     return result
 
 
