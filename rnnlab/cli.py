@@ -133,7 +133,7 @@ def _data_config(args: argparse.Namespace, default_dataset: str | None = None) -
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import merge_resume
+    from .config import merge_init_from, merge_resume
     from .pipeline import stored_configs, train_run
 
     prepared = getattr(args, "prepared", None)
@@ -147,6 +147,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     dcfg.prepared = prepared
     mcfg, tcfg = build(args, ModelConfig), build(args, TrainConfig)
     rcfg = build(args, RunConfig, prefixes=getattr(args, "prefixes", []))
+    if rcfg.init_from and not args.resume:
+        from .checkpoint import read_configs, resolve_checkpoint_dir
+
+        base_data, base_model, *_ = read_configs(resolve_checkpoint_dir(rcfg.init_from)) \
+            if Path(rcfg.init_from).is_dir() else (None, None)
+        if base_data is None:
+            raise RnnlabError(f"--init-from {rcfg.init_from}: no such checkpoint directory; give the --out DIR of a "
+                              f"training run")
+        explicit = set(given(args, DataConfig)) | set(given(args, ModelConfig))
+        dcfg, mcfg = merge_init_from((base_data, base_model), (dcfg, mcfg), explicit, rcfg.init_from)
     if args.resume:
         explicit = set(given(args, DataConfig)) | set(given(args, ModelConfig)) | set(given(args, TrainConfig))
         explicit |= {"path"} if args.file else set()

@@ -105,6 +105,14 @@ class RunConfig(Settings):
     save_every: int = setting(0, "checkpoint every N epochs (0 = about ten per run)", min=0)
     keep: int = setting(2, "snapshots kept in OUT/checkpoints (plus OUT/best)", min=1, max=1000)
     log_every: int = setting(10, "print a metrics line every N epochs", min=1)
+    init_from: str | None = setting(None, "fine-tune: start from this trained checkpoint's weights and vocabulary",
+                                    metavar="DIR")
+    extend_vocab: bool = setting(False, "with --init-from: add the text's characters the base model never saw as "
+                                        "new tokens (default: read them as <unk>)")
+
+    def check(self) -> None:
+        if self.extend_vocab and not self.init_from:
+            raise UsageError("--extend-vocab applies to fine-tuning only; give --init-from DIR")
 
 
 @dataclass
@@ -154,6 +162,33 @@ def check_text(text: str, what: str = "the text") -> str:
     return text
 
 
+ARCHITECTURE = ("model", "hidden_size", "num_layers", "embedding_dim", "activation", "window")
+FIXED_BY_BASE = ("preset", "token", "min_freq")
+
+
+def merge_init_from(base: tuple[DataConfig, ModelConfig], given: tuple[DataConfig, ModelConfig],
+                    explicit: set[str], base_dir: str) -> tuple[DataConfig, ModelConfig]:
+    """Settings for fine-tuning ``base_dir``'s model: its architecture and its text settings
+    (preset, char/word, vocabulary), with the given data source and the other explicit flags
+    (dropout, impl, ...). An explicit flag that contradicts the base is refused."""
+    (base_data, base_model), (data, model) = base, given
+    merged_model = ModelConfig.from_dict(base_model.to_dict(), validate=False)
+    for name, value in model.to_dict().items():
+        if name not in explicit or name == "vocab_size":
+            continue
+        if name in ARCHITECTURE and value != getattr(base_model, name):
+            raise UsageError(f"{flag(name)} {value!r} conflicts with the base model's {getattr(base_model, name)!r} "
+                             f"(--init-from {base_dir}); fine-tuning keeps the base's architecture: drop the flag")
+        setattr(merged_model, name, value)
+    merged_data = DataConfig.from_dict(data.to_dict(), validate=False)
+    for name in FIXED_BY_BASE:
+        if name in explicit and getattr(data, name) != getattr(base_data, name):
+            raise UsageError(f"{flag(name)} does not apply with --init-from: the base model's vocabulary and "
+                             f"text settings ({flag(name)} {getattr(base_data, name)!r}) are kept; drop the flag")
+        setattr(merged_data, name, getattr(base_data, name))
+    return merged_data, merged_model
+
+
 def merge_resume(stored: tuple[DataConfig, ModelConfig, TrainConfig],
                  given: tuple[DataConfig, ModelConfig, TrainConfig], explicit: set[str]) -> tuple:
     """Settings for a resumed run: the stored data, model and training settings; any of them given
@@ -173,4 +208,4 @@ def merge_resume(stored: tuple[DataConfig, ModelConfig, TrainConfig],
 
 
 __all__ = ["DataConfig", "DynamicEval", "GenerateConfig", "ModelConfig", "RunConfig", "SuggestConfig", "TrainConfig",
-           "check_text", "merge_resume"]
+           "check_text", "merge_init_from", "merge_resume"]

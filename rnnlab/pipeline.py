@@ -22,13 +22,14 @@ import torch
 from .callbacks import MetricsWriter, ProgressBar, write_plot
 from .checkpoint import BEST, CONFIG, load_checkpoint, load_trainer_state, read_configs, resolve_checkpoint_dir, \
     save_checkpoint
-from .config import DataConfig, DynamicEval, ModelConfig, RunConfig, TrainConfig
+from .config import ARCHITECTURE, DataConfig, DynamicEval, ModelConfig, RunConfig, TrainConfig
 from .data import PreparedData, Tokenizer, prepare_data
 from .decoding import generate
 from .distributed import LOCAL, DistContext, cleanup, device_for, env_context, setup
 from .errors import RnnlabError, UsageError
 from .evaluation import dynamic_evaluate, evaluate
-from .models import LanguageModel, build_model
+from .fields import flag
+from .models import LanguageModel, build_model, grow_vocabulary
 from .runs import RunLock, prepare_run_dir, save_run_checkpoint
 from .runtime import check_memory, seed_everything, select_device
 from .training import Trainer
@@ -132,7 +133,14 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
         raise UsageError(f"{out} already holds a checkpoint; pass --resume to continue it, --overwrite to "
                          f"replace it, or choose another --out")
     stored_vocab = load_checkpoint(out).vocab if resume else None
-    data: PreparedData = prepare_data(dcfg)
+    base = _fine_tuning_base(rcfg, dcfg, mcfg, device, log) if rcfg.init_from and not resume else None
+    if base is not None:
+        data: PreparedData = prepare_data(dcfg, vocab=base.vocab, extend=rcfg.extend_vocab)
+        _report_unknown(data, base, rcfg, log)
+    elif rcfg.init_from:  # resuming a fine-tuned run: the vocabulary is the run's own, kept in the checkpoint
+        data = prepare_data(dcfg, vocab=stored_vocab)
+    else:
+        data = prepare_data(dcfg)
     if stored_vocab is not None and data.vocab != stored_vocab:
         raise RnnlabError(f"the corpus {data.source} gives a different vocabulary from the checkpoint's in {out} "
                           f"({stored_vocab.difference(data.vocab)}); resume with the same text and settings")
@@ -143,6 +151,8 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
     check_memory(mcfg.parameter_count() * 4 * 4, "training the model (weights, gradients, optimizer state)")
     seed_everything(tcfg.seed)
     model = build_model(mcfg).to(device)  # the same initial weights on every rank
+    if base is not None:  # fine-tuning: the base's weights (grown for tokens it never saw, with --extend-vocab)
+        model.load_state_dict(grow_vocabulary(base.model.state_dict(), model, len(base.vocab), base.vocab.unk_id))
     if ctx.rank > 0:  # ranks train different rows: give each its own dropout masks
         torch.manual_seed(tcfg.seed + 1_000_003 * ctx.rank)
     tokenizer = data.tokenizer
@@ -220,6 +230,36 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
     log(f"done{why}: epoch {trainer.epoch}, train perplexity {final['train_ppl']:.3f}{val}, "
         f"median {speed:,.0f} tokens/s; checkpoint in {out}")
     return RunResult(model, tokenizer, trainer.history, out, info=final)
+
+
+def _fine_tuning_base(rcfg: RunConfig, dcfg: DataConfig, mcfg: ModelConfig, device, log: Log):
+    """The checkpoint ``--init-from`` names, checked against the run's settings."""
+    base = load_checkpoint(rcfg.init_from, device)
+    for name in ARCHITECTURE:
+        if getattr(mcfg, name) != getattr(base.model_config, name):
+            raise UsageError(f"--init-from {rcfg.init_from}: its {flag(name)} is {getattr(base.model_config, name)!r}, "
+                             f"this run's {getattr(mcfg, name)!r}; fine-tuning keeps the base's architecture")
+    for name in ("preset", "token"):
+        if getattr(dcfg, name) != getattr(base.data_config, name):
+            raise UsageError(f"--init-from {rcfg.init_from}: its {flag(name)} is {getattr(base.data_config, name)!r}, "
+                             f"this run's {getattr(dcfg, name)!r}; fine-tuning reads text as the base did")
+    log(f"fine-tuning {rcfg.init_from} ({base.model.describe()}, vocabulary {len(base.vocab)}, "
+        f"trained {base.info.get('epoch', '?')} epochs on {Path(str(base.info.get('source', '?'))).name})")
+    return base
+
+
+def _report_unknown(data: PreparedData, base, rcfg: RunConfig, log: Log) -> None:
+    if not data.unknown:
+        return
+    n, shown = sum(data.unknown.values()), ", ".join(repr(t) for t in list(data.unknown)[:8])
+    more = " ..." if len(data.unknown) > 8 else ""
+    if rcfg.extend_vocab:
+        log(f"{len(data.unknown)} new tokens ({shown}{more}; {n:,} occurrences) added to the base's "
+            f"{len(base.vocab)}: their weights start as <unk>'s" if base.vocab.unk is not None else
+            f"{len(data.unknown)} new tokens added; their weights start as the mean of the others'")
+    else:
+        log(f"{n:,} tokens of the text ({len(data.unknown)} distinct: {shown}{more}) are not in the base model's "
+            f"vocabulary and are read as <unk>; --extend-vocab adds them")
 
 
 def evaluate_checkpoint(ckpt_dir: str | Path, dcfg: DataConfig | None = None, device: str = "auto",

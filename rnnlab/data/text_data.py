@@ -6,7 +6,8 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ class PreparedData:
     source: str
     default_prefixes: list[str]
     tokenizer: Tokenizer | None = None
+    unknown: dict[str, int] = field(default_factory=dict)  # tokens a given vocabulary lacks -> count in the text
 
 
 def resolve_source(cfg: DataConfig) -> Path:
@@ -43,22 +45,35 @@ def split_validation(ids: Ids, fraction: float) -> tuple[Ids, Ids | None]:
     return (ids[:len(ids) - n_val], ids[len(ids) - n_val:]) if n_val else (ids, None)
 
 
-def prepare_data(cfg: DataConfig, vocab: Vocab | None = None) -> PreparedData:
+def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, extend: bool = False) -> PreparedData:
     """Read, preprocess and tokenise the corpus, build the vocabulary (unless given), encode the
     stream and split off the last ``val_fraction`` of it for validation.
+
+    With a given ``vocab`` (a base model's, for fine-tuning), tokens it lacks are counted in
+    ``unknown`` and read as ``<unk>``, or with ``extend`` added to the end of a copy of it (most
+    frequent first); a vocabulary without ``<unk>`` and without ``extend`` refuses them.
 
     With ``cfg.prepared`` the ids are a memory-mapped corpus from ``rnnlab prepare`` (not read into
     memory), and ``cfg.preset``, ``token``, ``min_freq`` and ``encoding`` are set to the ones it
     was prepared with."""
     cfg.validate()
-    data = _prepared_data(cfg, vocab) if cfg.prepared is not None else _text_data(cfg, vocab)
+    data = _prepared_data(cfg, vocab) if cfg.prepared is not None else _text_data(cfg, vocab, extend)
     data.tokenizer = Tokenizer(data.vocab, cfg.preset, cfg.token, cfg.encoding, cfg.errors)
     return data
 
 
-def _text_data(cfg: DataConfig, vocab: Vocab | None) -> PreparedData:
+def _text_data(cfg: DataConfig, vocab: Vocab | None, extend: bool = False) -> PreparedData:
     path = resolve_source(cfg)
     corpus = load_corpus(path, cfg.preset, cfg.token, cfg.encoding, cfg.errors)
+    unknown: dict[str, int] = {}
+    if vocab is not None:
+        unknown = dict(Counter(t for t in corpus.tokens if t not in vocab).most_common())
+        if unknown and extend:
+            vocab = vocab.extended(list(unknown), list(unknown.values()))
+        elif unknown and vocab.unk is None:
+            shown = ", ".join(repr(t) for t in list(unknown)[:5])
+            raise RnnlabError(f"{path} has tokens the model's vocabulary lacks ({shown}) and the vocabulary has no "
+                              f"<unk>; pass --extend-vocab to add them")
     if vocab is None:
         vocab = Vocab.build(corpus.tokens, min_freq=cfg.min_freq, separator="" if cfg.token == "char" else " ")
         if len(vocab) == 1 and vocab.unk is not None:
@@ -73,7 +88,7 @@ def _text_data(cfg: DataConfig, vocab: Vocab | None) -> PreparedData:
         prefixes = [vocab.separator.join(tokens[: (10 if cfg.token == "char" else 2)])]
     if cfg.preset == "letters":
         prefixes = [p.lower() for p in prefixes]
-    return PreparedData(vocab, train_ids, val_ids, str(path), prefixes)
+    return PreparedData(vocab, train_ids, val_ids, str(path), prefixes, unknown=unknown)
 
 
 def _prepared_data(cfg: DataConfig, vocab: Vocab | None) -> PreparedData:

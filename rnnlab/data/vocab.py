@@ -94,6 +94,13 @@ class Vocab:
     def from_json(cls, s: str) -> "Vocab":
         return cls.from_dict(json.loads(s))
 
+    def extended(self, tokens: Sequence[str], counts: Sequence[int] | None = None) -> "Vocab":
+        """A copy with ``tokens`` (not already in it) appended as new ids, in the order given."""
+        new = [t for t in dict.fromkeys(tokens) if t not in self.token_to_idx]
+        extra = dict(zip(tokens, counts)) if counts is not None else {}
+        return Vocab(self.idx_to_token + new, unk=self.unk, separator=self.separator,
+                     counts=self.counts + [int(extra.get(t, 0)) for t in new])
+
     def difference(self, other: "Vocab") -> str:
         """What ``other`` has that this vocabulary lacks, or the reverse, in a few words."""
         new = [t for t in other.idx_to_token if t not in self.token_to_idx]

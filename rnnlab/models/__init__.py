@@ -6,7 +6,7 @@ the AWS post's many-to-one network, ``native.py`` builds the C++ loops the cells
 """
 from __future__ import annotations
 
-from .base import LanguageModel, State, detach_state
+from .base import LanguageModel, State, detach_state, grow_vocabulary
 from .config import ModelConfig, model_names
 from .rnnlm import RNNLM
 from .unrolled import UnrolledRNN, window_dataset
@@ -20,5 +20,5 @@ def build_model(cfg: ModelConfig) -> LanguageModel:
     return RNNLM(cfg)
 
 
-__all__ = ["LanguageModel", "ModelConfig", "RNNLM", "State", "UnrolledRNN", "build_model", "detach_state",
+__all__ = ["LanguageModel", "ModelConfig", "RNNLM", "State", "UnrolledRNN", "build_model", "detach_state", "grow_vocabulary",
            "model_names", "window_dataset"]

@@ -70,3 +70,28 @@ class LanguageModel(nn.Module):
 def detach_state(state: State) -> State:
     """Cut the autograd graph at a minibatch boundary, keeping the values (truncated BPTT)."""
     return tuple(s.detach() for s in state)
+
+
+def grow_vocabulary(state: dict[str, torch.Tensor], model: nn.Module, old_size: int, like: int | None) -> dict:
+    """``state`` (a model's weights over ``old_size`` tokens) laid out for ``model``, whose
+    vocabulary has the same first ``old_size`` tokens and new ones after them: every tensor with a
+    vocabulary-sized dimension (embedding rows, one-hot input columns, output rows and biases)
+    keeps its old slices, and each new token's slice starts as token ``like``'s (``<unk>``: what
+    the model already did with characters it had not seen) or, without it, the mean of the old
+    ones."""
+    out = {}
+    for name, new in model.state_dict().items():
+        old = state[name]
+        if old.shape == new.shape:
+            out[name] = old
+            continue
+        dims = [d for d, (a, b) in enumerate(zip(old.shape, new.shape)) if a != b]
+        if len(old.shape) != len(new.shape) or any(old.shape[d] != old_size for d in dims):
+            raise ValueError(f"{name}: {tuple(old.shape)} does not grow into {tuple(new.shape)}")
+        grown = old
+        for d in dims:
+            n_new = new.shape[d] - old_size
+            seed = grown.narrow(d, like, 1) if like is not None else grown.mean(dim=d, keepdim=True)
+            grown = torch.cat([grown, seed.expand(*[n_new if i == d else -1 for i in range(grown.dim())])], dim=d)
+        out[name] = grown.clone()
+    return out
