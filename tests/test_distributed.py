@@ -184,11 +184,13 @@ def test_a_stop_on_one_rank_stops_all_and_resumes_exactly(two_ranks):
         assert torch.allclose(resumed[k], weights[k], atol=TOL, rtol=0), k
 
 
-def test_torchrun_cli_trains_resumes_and_only_rank0_writes(tmp_path):
+@pytest.mark.parametrize("model", [["--model", "gru"], ["--model", "mingru", "--impl", "fast", "--embedding-dim", "12"]],
+                         ids=["gru", "mingru"])
+def test_torchrun_cli_trains_resumes_and_only_rank0_writes(tmp_path, model):
     """``torchrun -m rnnlab train`` for 2 epochs, then ``--resume`` to 3, equals one process for 3."""
     src = tmp_path / "text.txt"
     src.write_text(TEXT)
-    common = [str(src), "--model", "gru", "--hidden-size", "12", "--batch-size", "4", "--num-steps", "8",
+    common = [str(src), *model, "--hidden-size", "12", "--batch-size", "4", "--num-steps", "8",
               "--optimizer", "adam", "--lr", "0.01", "--val-fraction", "0.1", "--predict-every", "0", "--quiet",
               "--log-every", "1", "--seed", "2"]
     env = dict(os.environ, OMP_NUM_THREADS="1")

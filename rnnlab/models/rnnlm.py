@@ -30,8 +30,7 @@ class RNNLM(LanguageModel):
         V, E, H = cfg.vocab_size, cfg.embedding_dim, cfg.hidden_size
         self.embedding = nn.Embedding(V, E) if E > 0 else None
         input_size = E if E > 0 else V
-        self.rnn = self.cell.torch_layer(input_size, cfg) if cfg.impl == "concise" else \
-            RecurrentStack(self.cell, cfg.impl, input_size, cfg)
+        self.rnn = self.cell.make_stack(cfg.impl, input_size, cfg)
         self.head = nn.Linear(H, V)
         self._inference = None  # (key, weights prepared for `step`), rebuilt when the parameters change
         self.reset_parameters()
@@ -40,8 +39,11 @@ class RNNLM(LanguageModel):
         init = self.cfg.init
         if init == "auto":
             init = "normal" if self.cfg.impl == "scratch" else "torch"
+        own = getattr(self.rnn, "owns_init", False)  # a block stack (norms, mixes) initialises itself
+        if own:
+            self.rnn.reset_parameters()
         for name, p in self.named_parameters():
-            if name.startswith("embedding."):
+            if name.startswith("embedding.") or (own and name.startswith("rnn.")):
                 continue  # N(0, 1), torch's default, in every case
             if init == "normal":  # the book's scratch models: N(0, 0.01^2) weights, zero biases
                 if "bias" in name:
@@ -135,6 +137,9 @@ class RNNLM(LanguageModel):
         """The cell's own ``step`` (the book's maths) for a cell without a specialised one."""
         x = self.embedding(ids) if self.embedding is not None else \
             F.one_hot(ids, self.cfg.vocab_size).to(self.dtype)  # (N, I)
+        if hasattr(self.rnn, "step"):  # a stack with a one-step mode of its own
+            out, state = self.rnn.step(x, state)  # (N, H)
+            return self.head(out), state
         layers_in = list(zip(*(s.unbind(0) for s in state)))
         new = []
         for k in range(self.cfg.num_layers):

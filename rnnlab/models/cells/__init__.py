@@ -3,7 +3,7 @@
 To add a cell: write a module here with a ``Cell`` subclass decorated with ``@register``, import it
 below, and test it against a reference loop (``tests/test_cells.py``). Nothing else changes.
 """
-from . import rnn, gru, lstm  # noqa: F401, I001  (each registers its cell; this order is --help's)
+from . import rnn, gru, lstm, mingru, minlstm  # noqa: F401, I001  (each registers its cell; this order is --help's)
 from .base import Cell, CellState, Params, TupleState, cell_names, get_cell, register
 
 __all__ = ["Cell", "CellState", "Params", "TupleState", "cell_names", "get_cell", "register"]

@@ -68,6 +68,17 @@ class Cell:
                 raise UsageError(f"unknown --{name.replace('_', '-')} {value!r} for --model {self.name}; "
                                  f"choose one of: {', '.join(map(str, allowed))}")
 
+    def make_stack(self, impl: str, input_size: int, cfg: Config) -> nn.Module:
+        """The module that runs ``cfg.num_layers`` layers of this cell in ``impl``: (T, B, I) (or
+        token ids (T, B) when it has ``accepts_ids``), state tuple of (L, B, ...) -> (T, B, H), state.
+        By default torch's layer for ``concise`` and ``RecurrentStack`` (this cell's ``step`` or
+        fast kernels per layer) otherwise; a cell with a block structure of its own returns its own."""
+        if impl == "concise":
+            return self.torch_layer(input_size, cfg)
+        from ..stack import RecurrentStack
+
+        return RecurrentStack(self, impl, input_size, cfg)
+
     # -- scratch --------------------------------------------------------------------------------
     def step(self, x: torch.Tensor, state: CellState, params: Params, cfg: Config) -> CellState:
         """The reference maths of one step: x (B, I), state each (B, H) -> the new state (h first)."""

@@ -1,0 +1,50 @@
+"""minGRU (Feng et al. 2024, "Were RNNs All We Needed?"): the GRU without the state in its gates::
+
+    z_t  = sigmoid(k_t)            k_t, v_t = rows of W x_t + b   (x_t: the block's shifted input)
+    h~_t = g(v_t)                  g(v) = v + 1/2 for v >= 0, sigmoid(v) below (positive, for log space)
+    h_t  = (1 - z_t) * h_{t-1} + z_t * h~_t
+
+so ``h_t = a_t h_{t-1} + b_t`` with ``a = 1 - z``, ``b = z h~``: a parallel scan (``minstack.py``,
+which also holds the block around the cell: norms, token shift, projections, a small MLP).
+"""
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from ...errors import UsageError
+from .base import Cell, register
+
+
+@register
+class MinGRUCell(Cell):
+    name = "mingru"
+    gates = 2  # k, v
+    state_names = ("h", "shift")
+    impls = ("scratch", "fast")
+
+    def check(self, cfg) -> None:
+        super().check(cfg)
+        if cfg.embedding_dim != cfg.hidden_size:
+            raise UsageError(f"--model {self.name} adds each block's output to its input: give --embedding-dim "
+                             f"equal to --hidden-size ({cfg.hidden_size})")
+
+    def make_stack(self, impl, input_size, cfg):
+        from ..minstack import MinStack
+
+        return MinStack(self, impl, input_size, cfg)
+
+    def coefficients(self, pre: torch.Tensor):
+        """pre (T, B, 2D) -> a, b (T, B, D) in linear space (the reference)."""
+        k, v = pre.chunk(2, dim=-1)
+        z = torch.sigmoid(k)
+        from ..minstack import g
+
+        return 1 - z, z * g(v)
+
+    def log_coefficients(self, pre: torch.Tensor):
+        """pre (T, B, 2D) -> log a, log b (T, B, D)."""
+        from ..minstack import log_g
+
+        k, v = pre.chunk(2, dim=-1)
+        return -F.softplus(k), -F.softplus(-k) + log_g(v)
