@@ -12,7 +12,7 @@ from rnnlab.config import DataConfig, GenerateConfig, ModelConfig, RunConfig, Tr
 from rnnlab.data import Tokenizer, Vocab
 from rnnlab.decoding import generate_text
 from rnnlab.errors import UsageError
-from rnnlab.models import build_model
+from rnnlab.models import build_model, minstack, native
 from rnnlab.models.minstack import linear_scan, log_scan
 from rnnlab.pipeline import stored_configs, train_run
 from rnnlab.suggest import SuggestEngine
@@ -44,14 +44,21 @@ def _run(model, dtype, tokens, state):
             **{n: p.grad.clone() for n, p in model.named_parameters()}}
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("dtype,kernel", [(torch.float64, "log"), (torch.float32, "log"), (torch.float32, "native")],
+                         ids=["f64-log", "f32-log", "f32-native"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_parallel_scan_equals_the_recurrence(cell, dtype):
+def test_parallel_scan_equals_the_recurrence(cell, dtype, kernel, monkeypatch):
+    if kernel == "native" and not native.available():
+        pytest.skip(f"no C++ loops here: {native.reason()}")
+    monkeypatch.setattr(native, "USE", kernel == "native")
+    calls = []
+    monkeypatch.setattr(minstack.NativeScan, "apply", (lambda f: lambda *a: calls.append(1) or f(*a))(minstack.NativeScan.apply))
     ref, fast = _pair(cell, dtype)
     tokens = torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(1))
     start = tuple(torch.randn(s.shape, dtype=dtype, generator=torch.Generator().manual_seed(2))
                   for s in ref.begin_state(B))  # a nonzero start of either sign
     a, b = _run(ref, dtype, tokens, start), _run(fast, dtype, tokens, start)
+    assert bool(calls) == (kernel == "native")  # the case ran the kernel it names
     assert a.keys() == b.keys() and len(a) > 10
     for k in a:
         scale = max(1.0, a[k].abs().max().item())

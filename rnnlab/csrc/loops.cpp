@@ -334,6 +334,63 @@ at::Tensor lstm_backward(at::Tensor dh, at::Tensor dc, const at::Tensor& c0, con
 }
 
 // ---------------------------------------------------------------------------------------------
+// Linear scan (minGRU, minLSTM): h_t = a_t * h_{t-1} + b_t, elementwise, over T steps
+// ---------------------------------------------------------------------------------------------
+
+// a, b, out (T, N); h0 (N). Each thread takes a range of the N columns for all T steps (the state
+// of a column never leaves that thread's cache; the loop over a range vectorises).
+void scan_forward(const at::Tensor& a, const at::Tensor& b, const at::Tensor& h0, at::Tensor out) {
+  check(a, "a"); check(b, "b"); check(h0, "h0"); check(out, "out");
+  const int64_t T = a.size(0), N = a.size(1);
+  const float *a_p = fp(a), *b_p = fp(b), *h0_p = fp(h0);
+  float* o_p = fp(out);
+  at::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
+    const int64_t n = end - begin;
+    std::vector<float> h(h0_p + begin, h0_p + end);
+    float* hp = h.data();
+    for (int64_t t = 0; t < T; ++t) {
+      cf at_ = a_p + t * N + begin;
+      cf bt = b_p + t * N + begin;
+      mf ot = o_p + t * N + begin;
+      for (int64_t j = 0; j < n; ++j) {
+        hp[j] = at_[j] * hp[j] + bt[j];
+        ot[j] = hp[j];
+      }
+    }
+  });
+}
+
+// dout (T, N): dL/dh_t from outside; a, out (T, N), h0 (N) from the forward. Writes da, db (T, N)
+// and dh0 (N): a running g_t = dout_t + a_{t+1} g_{t+1}; db_t = g_t, da_t = g_t h_{t-1}.
+void scan_backward(const at::Tensor& dout, const at::Tensor& a, const at::Tensor& out, const at::Tensor& h0,
+                   at::Tensor da, at::Tensor db, at::Tensor dh0) {
+  check(dout, "dout"); check(a, "a"); check(out, "out"); check(h0, "h0");
+  check(da, "da"); check(db, "db"); check(dh0, "dh0");
+  const int64_t T = a.size(0), N = a.size(1);
+  const float *d_p = fp(dout), *a_p = fp(a), *o_p = fp(out), *h0_p = fp(h0);
+  float *da_p = fp(da), *db_p = fp(db), *dh0_p = fp(dh0);
+  at::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
+    const int64_t n = end - begin;
+    std::vector<float> carry(n, 0.0f);  // a_{t+1} g_{t+1}
+    float* cp = carry.data();
+    for (int64_t t = T - 1; t >= 0; --t) {
+      cf dt = d_p + t * N + begin;
+      cf at_ = a_p + t * N + begin;
+      cf hprev = t > 0 ? o_p + (t - 1) * N + begin : h0_p + begin;
+      mf dat = da_p + t * N + begin;
+      mf dbt = db_p + t * N + begin;
+      for (int64_t j = 0; j < n; ++j) {
+        float gj = dt[j] + cp[j];
+        dbt[j] = gj;
+        dat[j] = gj * hprev[j];
+        cp[j] = gj * at_[j];
+      }
+    }
+    std::memcpy(dh0_p + begin, cp, n * sizeof(float));
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
 // Greedy generation: the whole token loop in C++ (the book's predict_ch8 after the warm-up)
 // ---------------------------------------------------------------------------------------------
 
@@ -426,6 +483,9 @@ TORCH_LIBRARY(rnnlab, m) {
         "Tensor(c!) tc, Tensor(d!) out) -> ()", lstm_forward);
   m.def("lstm_backward(Tensor(a!) dh, Tensor(b!) dc, Tensor c0, Tensor act, Tensor cs, Tensor tc, Tensor w, "
         "Tensor(c!) dg) -> Tensor", lstm_backward);
+  m.def("scan_forward(Tensor a, Tensor b, Tensor h0, Tensor(a!) out) -> ()", scan_forward);
+  m.def("scan_backward(Tensor dout, Tensor a, Tensor out, Tensor h0, Tensor(a!) da, Tensor(b!) db, Tensor(c!) dh0) -> ()",
+        scan_backward);
   m.def("greedy(str mode, bool relu, Tensor table, Tensor[] w_ih, Tensor[] b_in, Tensor[] w_hh, Tensor[] b_hh, "
         "Tensor head_w, Tensor head_b, Tensor(a!) h, Tensor(b!) c, Tensor logits, Tensor banned, int length) "
         "-> Tensor", greedy);

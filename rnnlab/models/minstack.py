@@ -19,7 +19,10 @@ The state of layer ``k`` is ``(h, shift)``: its scan state and the last normalis
 token shift), each (L, B, D). ``impl``:
 
 * ``scratch`` — the recurrence one step at a time in linear space (the paper's maths);
-* ``fast``    — a parallel scan in log space over chunks of ``SCAN_CHUNK`` steps:
+* ``fast``    — on CPU float32 with the C++ loops, the recurrence in C++ (``NativeScan``: one
+  memory pass forward and one backward, exact in linear space, the columns split over the
+  cores); elsewhere (float64, CUDA, no compiler) a parallel scan in log space over chunks of
+  ``SCAN_CHUNK`` steps:
   ``log h_t = A_t + logcumsumexp_k(log b_k - A_k)`` with ``A_t = sum_{k<=t} log a_k`` (the start
   state enters as ``exp(A_t) * h_0``), chunks chained by their last state. Chunking bounds
   ``|A_t|``, which keeps float32 precise for any T.
@@ -31,7 +34,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
+
+from . import native
 
 SCAN_CHUNK = 16
 FFN_EXPANSION = 2
@@ -69,6 +75,30 @@ def log_scan(log_a: torch.Tensor, log_b: torch.Tensor, h0: torch.Tensor, chunk: 
     return torch.cat(out)
 
 
+class NativeScan(torch.autograd.Function):
+    """``linear_scan`` in C++ (``csrc/loops.cpp``: one pass forward, one backward, each thread a
+    range of the B*D columns for all T steps). a, b (T, B, D), h0 (B, D) -> h (T, B, D)."""
+
+    @staticmethod
+    def forward(ctx, a, b, h0):
+        T, B, D = a.shape
+        a, b, h0 = (t.contiguous() for t in (a, b, h0))
+        out = torch.empty_like(a)
+        native.ops.scan_forward(a.view(T, -1), b.view(T, -1), h0.view(-1), out.view(T, -1))
+        ctx.save_for_backward(a, out, h0)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out):
+        a, out, h0 = ctx.saved_tensors
+        T = a.shape[0]
+        da, db, dh0 = torch.empty_like(a), torch.empty_like(a), torch.empty_like(h0)
+        native.ops.scan_backward(d_out.contiguous().view(T, -1), a.view(T, -1), out.view(T, -1), h0.view(-1),
+                                 da.view(T, -1), db.view(T, -1), dh0.view(-1))
+        return da, db, dh0
+
+
 def g(x: torch.Tensor) -> torch.Tensor:
     """The paper's positive activation for the candidate state: x + 1/2 for x >= 0, sigmoid(x) below."""
     return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
@@ -98,7 +128,10 @@ class MinBlock(nn.Module):
         prev = torch.cat([u0[None], u[:-1]])  # (T, B, D): each position's previous normalised input
         mixed = torch.lerp(u, prev, self.shift_mix)  # (1 - mix) * u + mix * prev
         pre = self.in_proj(mixed)  # (T, B, G*D): one product over T*B rows
-        if parallel:
+        if parallel and native.use(pre):  # CPU float32: the recurrence in C++, linear space (exact)
+            a, b = self.cell.coefficients(pre)
+            h = NativeScan.apply(a, b, h0)
+        elif parallel:
             log_a, log_b = self.cell.log_coefficients(pre)
             h = log_scan(log_a, log_b, h0)
         else:

@@ -157,7 +157,7 @@ def available() -> bool:
                 _load(cflags, ldflags)
                 global ops
                 ops = torch.ops.rnnlab
-                _state.update(ok=hasattr(ops, "gru_forward"), why="")
+                _state.update(ok=hasattr(ops, "gru_forward") and hasattr(ops, "scan_forward"), why="")
                 return _state["ok"]
             except Exception as exc:  # no compiler, no ninja, headers missing...
                 text = str(exc).strip()
