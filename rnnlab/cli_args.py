@@ -32,13 +32,27 @@ def add_settings(group, cls: type, skip: tuple[str, ...] = (), help_default: dic
         if base is bool:
             kwargs["action"] = "store_true"
         else:
-            kwargs["type"] = base
+            kwargs["type"] = _argparse_type(meta["parse"]) if meta.get("parse") else base
             choices = choices_of(f)
             if choices is not None:
                 kwargs["choices"] = choices
             if meta.get("metavar"):
                 kwargs["metavar"] = meta["metavar"]
         group.add_argument(flag(prefix + f.name), **kwargs)
+
+
+def _argparse_type(parse):
+    """``parse`` with its ``UsageError`` turned into argparse's own one-line usage error."""
+    from .errors import RnnlabError
+
+    def convert(text: str):
+        try:
+            return parse(text)
+        except RnnlabError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
 
 
 def given(args: argparse.Namespace, cls: type, prefix: str = "") -> dict[str, Any]:

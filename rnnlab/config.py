@@ -91,12 +91,37 @@ class TrainConfig(Settings):
                              f"from --lr down to --min-lr")
 
 
+def parse_duration(text: str) -> float:
+    """Seconds in "90s", "10m", "2h", "1h30m" or a plain number of seconds; a ``UsageError`` otherwise."""
+    import re
+
+    t = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(h|m|s)", t)
+    if not parts or "".join(f"{n}{u}" for n, u in parts) != t.replace(" ", ""):
+        raise UsageError(f"--budget {text!r} is not a duration; write it like 90s, 10m, 2h or 1h30m")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
 @dataclass
 class RunConfig(Settings):
     """How long and how to run a training: may change when a run is resumed."""
 
     epochs: int = setting(500, "epochs to train (the book: 500)", min=1, max=1 << 30)
-    max_seconds: float = setting(0.0, "stop after this much wall time (0 = no limit)", min=0.0, max=1e8)
+    budget: float = setting(0.0, "time budget (90s, 10m, 2h): the learning-rate schedule spans it and training "
+                                 "stops when it is spent (0 = none: the schedule spans --epochs)",
+                            min=0.0, max=1e7, parse=parse_duration, metavar="TIME")
+    max_seconds: float = setting(0.0, "stop after this much wall time, whatever the schedule (0 = no limit)",
+                                 min=0.0, max=1e8)
+    eval_every: float = setting(0.0, "also evaluate every this many seconds of training, not only at epoch ends "
+                                     "(0 = epoch ends only)", min=0.0, max=1e7)
+    eval_tokens: int = setting(0, "score at most this many tokens of the validation split at each evaluation "
+                                  "(0 = all of it)", min=0)
+    patience: int = setting(0, "stop after this many evaluations without a better validation loss (0 = never)",
+                            min=0, max=1 << 20)
+    restore_best: bool = setting(False, "end with the weights of the best validation loss (they are kept in "
+                                        "OUT/best either way)")
     device: str = setting("auto", DEVICE_HELP)
     predict_every: int = setting(50, "greedy samples every N epochs (0 = never)", min=0)
     prefixes: list[str] = setting(help="prefixes for progress samples (default: the dataset's)", factory=list,

@@ -20,11 +20,14 @@ _MISSING = dataclasses.MISSING
 
 def setting(default: Any = _MISSING, help: str = "", *, choices: tuple | Callable[[], tuple] | None = None,
             min: float | None = None, max: float | None = None, above: float | None = None,
-            factory: Callable[[], Any] | None = None, cli: bool = True, metavar: str | None = None) -> Any:
+            factory: Callable[[], Any] | None = None, cli: bool = True, metavar: str | None = None,
+            parse: Callable[[str], Any] | None = None) -> Any:
     """A config field. ``min``/``max`` bound it inclusively, ``above`` exclusively; ``choices`` is a
     tuple or a function returning one (for registries filled at import time); ``cli=False`` keeps
-    it off the command line (e.g. ``vocab_size``, set from the data)."""
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "above": above, "cli": cli, "metavar": metavar}
+    it off the command line (e.g. ``vocab_size``, set from the data); ``parse`` reads its flag's
+    text (e.g. "10m" for seconds)."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "above": above, "cli": cli, "metavar": metavar,
+            "parse": parse}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)

@@ -169,8 +169,8 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
     bar = ProgressBar(0, enabled=False)  # replaced below once the trainer knows its length
     emit: Log = log
 
-    def save(trainer: Trainer, name: str) -> None:
-        last = trainer.history[-1] if trainer.history else {}
+    def save(trainer: Trainer, name: str, last: dict | None = None) -> None:
+        last = last if last is not None else (trainer.history[-1] if trainer.history else {})
         info = {"epoch": trainer.epoch, "step": trainer.step, "source": data.source,
                 **{k: v for k, v in last.items() if k.startswith(("train_", "val_"))}}
         save_run_checkpoint(out, name, rcfg.keep, model, tokenizer, mcfg, dcfg, tcfg, rcfg, info, trainer.state_dict(),
@@ -182,11 +182,13 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
 
     def on_epoch(trainer: Trainer, m: dict) -> None:
         e = m["epoch"]
-        if e == 1 or e % rcfg.log_every == 0 or e == rcfg.epochs or trainer.time_up:
-            val = f"  val ppl {m['val_ppl']:.3f}" if "val_ppl" in m else ""
-            emit(f"epoch {e:4d}  loss {m['train_loss']:.4f}  ppl {m['train_ppl']:.3f}{val}  "
+        ends_epoch = isinstance(e, int)  # else an evaluation point inside an epoch (--eval-every)
+        if not ends_epoch or e == 1 or e % rcfg.log_every == 0 or e == rcfg.epochs or trainer.time_up:
+            val = f"  val loss {m['val_loss']:.4f}  val ppl {m['val_ppl']:.3f}" if "val_ppl" in m else ""
+            where = f"epoch {e:4d}" if ends_epoch else f"epoch {e:8.2f}"
+            emit(f"{where}  loss {m['train_loss']:.4f}  ppl {m['train_ppl']:.3f}{val}  "
                  f"{m['tokens_per_sec']:,.0f} tokens/s  {m['elapsed_s']:.1f}s")
-        if rcfg.predict_every and (e % rcfg.predict_every == 0 or e == rcfg.epochs):
+        if ends_epoch and rcfg.predict_every and (e % rcfg.predict_every == 0 or e == rcfg.epochs):
             for p in rcfg.prefixes:
                 emit("  > " + generate(trainer.model, tokenizer, p, rcfg.predict_length).replace("\n", "\\n"))
         if trainer.improved:
@@ -195,7 +197,7 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
             replacing["best"] = False
             save_checkpoint(out / BEST, model, tokenizer, mcfg, dcfg, tcfg, rcfg, info={"epoch": e, "step": trainer.step, **{
                 k: v for k, v in m.items() if k.startswith(("train_", "val_"))}})
-        if e % save_every == 0 and e < rcfg.epochs and not trainer.time_up:
+        if ends_epoch and e % save_every == 0 and e < rcfg.epochs and not trainer.time_up:
             save(trainer, f"epoch-{e:06d}")
 
     if main:
@@ -221,13 +223,19 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
         log(f"stopped at epoch {trainer.epoch} + {trainer.batch_in_epoch} minibatches; checkpoint saved in {out}; "
             f"continue with: rnnlab train --resume --out {out}")
         return RunResult(model, tokenizer, trainer.history, out, interrupted=True)
+    final = dict(trainer.history[-1])
+    if data.val_ids is not None and (rcfg.eval_tokens or rcfg.restore_best):  # the whole split, once, at the end
+        full = evaluate(model, data.val_ids, tcfg.batch_size, tcfg.num_steps)
+        final.update(val_loss=full["loss"], val_ppl=full["ppl"], val_bpc=full["bpc"])
     if main:
-        save(trainer, f"epoch-{trainer.epoch:06d}")
-    final = trainer.history[-1]
+        save(trainer, f"epoch-{trainer.epoch:06d}", final)
     speed = statistics.median(h["tokens_per_sec"] for h in trainer.history)
-    val = f", validation perplexity {final['val_ppl']:.3f}" if "val_ppl" in final else ""
-    why = " (time limit)" if trainer.time_up else ""
-    log(f"done{why}: epoch {trainer.epoch}, train perplexity {final['train_ppl']:.3f}{val}, "
+    val = f", validation loss {final['val_loss']:.4f} (perplexity {final['val_ppl']:.3f})" if "val_ppl" in final else ""
+    why = (" (time limit)" if trainer.time_up else
+           f" (early stop: {trainer.evals_since_best} evaluations without a better validation loss)"
+           if trainer.early_stopped else "")
+    best = ", the best validation weights restored" if rcfg.restore_best and trainer.best_state is not None else ""
+    log(f"done{why}: epoch {trainer.epoch}, train perplexity {final['train_ppl']:.3f}{val}{best}, "
         f"median {speed:,.0f} tokens/s; checkpoint in {out}")
     return RunResult(model, tokenizer, trainer.history, out, info=final)
 

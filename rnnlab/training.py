@@ -108,7 +108,11 @@ class Trainer:
         self.elapsed = 0.0  # wall seconds of training so far, across resumes
         self.history: list[dict] = []
         self.best_val = float("inf")
-        self.improved = False  # did the last finished epoch improve the validation loss?
+        self.improved = False  # did the last evaluation improve the validation loss?
+        self.best_state: dict[str, torch.Tensor] | None = None  # the weights of the best validation loss
+        self.evals_since_best = 0  # evaluations without a better validation loss (early stopping)
+        self.early_stopped = False
+        self.next_eval = self.run.eval_every or float("inf")
         # an unfinished epoch (after an interruption)
         self.epoch_rng_state = None  # batching RNG state at the start of the unfinished epoch
         self.batch_in_epoch = 0
@@ -119,6 +123,10 @@ class Trainer:
         self._stop = False
         self.batches_per_epoch = num_batches(len(train_ids), cfg.batch_size, cfg.num_steps, cfg.sampling,
                                              cfg.num_steps // 2)
+        # the validation text scored at each evaluation: all of it, or its first eval_tokens (+1 for the last target)
+        self.eval_ids = self.val_ids
+        if self.val_ids is not None and self.run.eval_tokens and len(self.val_ids) > self.run.eval_tokens + 1:
+            self.eval_ids = self.val_ids[:self.run.eval_tokens + 1]
 
     # -- control ---------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -132,8 +140,8 @@ class Trainer:
             return cfg.lr * (step + 1) / cfg.warmup_steps
         if cfg.lr_schedule == "constant":
             return cfg.lr
-        if self.run.max_seconds:
-            progress = elapsed / self.run.max_seconds
+        if self.run.budget:  # the schedule spans the time budget
+            progress = elapsed / self.run.budget
         else:
             total = max(1, self.run.epochs * self.batches_per_epoch - cfg.warmup_steps)
             progress = (step - cfg.warmup_steps) / total
@@ -141,10 +149,18 @@ class Trainer:
         return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
     # -- training --------------------------------------------------------------------------
+    @property
+    def time_limit(self) -> float:
+        """Seconds of training after which ``fit`` stops: the budget or ``max_seconds``, the sooner."""
+        limits = [t for t in (self.run.budget, self.run.max_seconds) if t]
+        return min(limits) if limits else 0.0
+
     def fit(self) -> list[dict]:
         self.interrupted = self.time_up = self._stop = False
-        while self.epoch < self.run.epochs and not (self.interrupted or self.time_up):
+        while self.epoch < self.run.epochs and not (self.interrupted or self.time_up or self.early_stopped):
             self._run_epoch()
+        if self.run.restore_best and self.best_state is not None and not self.interrupted:
+            self.model.load_state_dict(self.best_state)  # end with the best validation weights
         return self.history
 
     def _run_epoch(self) -> None:
@@ -169,6 +185,7 @@ class Trainer:
             per = cfg.batch_size // ctx.world_size
             state = tuple(s[:, ctx.rank * per:(ctx.rank + 1) * per] for s in state)  # (L, B/W, H)
         wall0, elapsed0 = time.perf_counter(), self.elapsed
+        self._mark = [loss_sum.item(), n_tokens, compute]  # sums at the last record (evaluation points)
         for x, y in batches:
             t0 = time.perf_counter()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # (B/W, T)
@@ -206,9 +223,14 @@ class Trainer:
                 cb(self, step_loss, y.numel() * ctx.world_size)
             if stop or (self._stop and not ctx.enabled):
                 break
-            if self.run.max_seconds and self.elapsed >= self.run.max_seconds:  # the same clock on every rank
+            limit = self.time_limit
+            if limit and self.elapsed >= limit:  # the same clock on every rank
                 self.time_up = True
                 break
+            if self.elapsed >= self.next_eval and self.eval_ids is not None and self.batch_in_epoch < self.batches_per_epoch:
+                self._evaluation_point(loss_sum, n_tokens, compute, elapsed0, wall0)
+                if self.early_stopped:
+                    break
         # under DDP a stop requested after the last all-reduce (e.g. in a callback) waits for the next step
         stopped = stop if ctx.enabled else self._stop
         loss_total = loss_sum.item()
@@ -239,21 +261,60 @@ class Trainer:
             "tokens_per_sec": n_tokens / compute if compute > 0 else 0.0,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
-        if self.val_ids is not None:
-            v = evaluate(model, self.val_ids, cfg.batch_size, cfg.num_steps)
+        self._validate(metrics, elapsed0, wall0)
+        self._gather_rng()
+        self._record(metrics)
+
+    def _validate(self, metrics: dict, elapsed0: float, wall0: float) -> None:
+        """Score the validation text (its bounded slice) into ``metrics``; the time counts as training
+        time (inside a budget). Under DDP every rank scores and the clocks agree on rank 0's."""
+        ctx, device = self.dist, self.model.device
+        if self.eval_ids is not None:
+            v = evaluate(self.model, self.eval_ids, self.cfg.batch_size, self.cfg.num_steps)
+            self.model.train()
             metrics.update(val_loss=v["loss"], val_ppl=v["ppl"], val_bpc=v["bpc"])
             self.elapsed = elapsed0 + (time.perf_counter() - wall0)
         if ctx.enabled:  # validation took each rank its own time: agree on rank 0's clock
             clock = torch.tensor([self.elapsed if ctx.is_main else 0.0], dtype=torch.float64, device=device)
             self.elapsed = float(all_reduce_sum(clock, ctx).item())
-        self._gather_rng()
         metrics["elapsed_s"] = self.elapsed
+
+    def _record(self, metrics: dict) -> None:
+        """Keep an evaluation's metrics: best weights, early stopping, history, callbacks."""
         self.improved = "val_loss" in metrics and metrics["val_loss"] < self.best_val
         if self.improved:
             self.best_val = metrics["val_loss"]
+            self.evals_since_best = 0
+            if self.run.restore_best:
+                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        elif "val_loss" in metrics:
+            self.evals_since_best += 1
+            if self.run.patience and self.evals_since_best >= self.run.patience:
+                self.early_stopped = True
+        self.next_eval = self.elapsed + self.run.eval_every if self.run.eval_every else float("inf")
         self.history.append(metrics)
         for cb in self.callbacks:
             cb(self, metrics)
+
+    def _evaluation_point(self, loss_sum: torch.Tensor, n_tokens: int, compute: float, elapsed0: float,
+                          wall0: float) -> None:
+        """An evaluation inside an epoch (every ``eval_every`` seconds): a record whose ``epoch`` is
+        the fractional progress and whose training loss is the mean since the last record."""
+        ctx, device = self.dist, self.model.device
+        now = [loss_sum.item(), n_tokens, compute]
+        since = [a - b for a, b in zip(now, self._mark)]  # this rank's sums since the last record of the epoch
+        self._mark = now
+        if ctx.enabled:
+            sums = torch.tensor([since[0], since[1], since[2] if ctx.is_main else 0.0], dtype=torch.float64, device=device)
+            all_reduce_sum(sums, ctx)
+            since = [sums[0].item(), int(sums[1].item()), sums[2].item()]
+        mean = since[0] / max(since[1], 1)
+        metrics = {"epoch": round(self.epoch + self.batch_in_epoch / max(self.batches_per_epoch, 1), 3),
+                   "step": self.step, "train_loss": mean, "train_ppl": perplexity(mean),
+                   "tokens_per_sec": since[1] / since[2] if since[2] > 0 else 0.0,
+                   "lr": self.optimizer.param_groups[0]["lr"]}
+        self._validate(metrics, elapsed0, wall0)
+        self._record(metrics)
 
     # -- saving and restoring --------------------------------------------------------------
     def _gather_rng(self) -> None:
@@ -277,6 +338,8 @@ class Trainer:
         if self.carry is not None:
             for i, s in enumerate(self.carry):
                 tensors[f"carry.{i}"] = s
+        for name, t in (self.best_state or {}).items():
+            tensors[f"best.{name}"] = t
         opt = self.optimizer.state_dict()
         opt_json: dict = {"param_groups": opt["param_groups"], "state": {}}
         for pid, st in opt["state"].items():
@@ -296,6 +359,8 @@ class Trainer:
                                 [self.epoch_rng_state[0], list(self.epoch_rng_state[1]), self.epoch_rng_state[2]]),
             "batch_in_epoch": self.batch_in_epoch, "partial": self.partial,
             "carry_len": 0 if self.carry is None else len(self.carry), "optimizer": opt_json,
+            "evals_since_best": self.evals_since_best, "early_stopped": self.early_stopped,
+            "next_eval": self.next_eval if math.isfinite(self.next_eval) else None,
         }
         return tensors, meta
 
@@ -303,6 +368,12 @@ class Trainer:
         device = self.model.device
         self.epoch, self.step, self.elapsed = meta["epoch"], meta["step"], meta["elapsed"]
         self.best_val, self.history = meta["best_val"], meta["history"]
+        self.evals_since_best = int(meta.get("evals_since_best", 0))  # absent before rnnlab 0.2
+        self.early_stopped = bool(meta.get("early_stopped", False))
+        nxt = meta.get("next_eval")
+        self.next_eval = float(nxt) if nxt is not None else (self.run.eval_every or float("inf"))
+        best = {k[len("best."):]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
+        self.best_state = best or None
         v, internal, gauss = meta["rng_batching"]
         self.rng.setstate((v, tuple(internal), gauss))
         e = meta["epoch_rng_state"]

@@ -1,0 +1,117 @@
+"""Time budgets, evaluation points, early stopping and the best weights."""
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rnnlab.config import ModelConfig, RunConfig, TrainConfig, parse_duration
+from rnnlab.errors import UsageError
+from rnnlab.models import build_model
+from rnnlab.training import Trainer
+
+
+def _ids(n=3000, period="abcdefghijk"):
+    return torch.tensor([i % len(period) + 1 for i in range(n)])
+
+
+def _model(hidden=16):
+    torch.manual_seed(0)
+    return build_model(ModelConfig(model="gru", impl="fast", vocab_size=13, hidden_size=hidden, embedding_dim=8))
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("10m", 600), ("2h", 7200), ("1h30m", 5400), ("45", 45),
+                                           ("0.5h", 1800), ("1m30s", 90)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["ten minutes", "10x", "", "m", "10m5", "-5m"])
+def test_bad_durations_are_usage_errors(text):
+    with pytest.raises(UsageError, match="write it like 90s, 10m, 2h"):
+        parse_duration(text)
+    r = subprocess.run([sys.executable, "-m", "rnnlab", "train", f"--budget={text}"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "write it like 90s" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_cosine_schedule_spans_the_budget_not_the_epochs():
+    cfg = TrainConfig(batch_size=4, num_steps=8, optimizer="adam", lr=0.01, min_lr=0.001, lr_schedule="cosine",
+                      warmup_steps=5)
+    tr = Trainer(_model(), cfg, _ids(), run=RunConfig(epochs=10_000, budget=100.0))
+    assert tr.lr_at(2, 0.0) == pytest.approx(0.01 * 3 / 5)  # warm-up by steps
+    assert tr.lr_at(50, 0.0) == pytest.approx(0.01)
+    assert tr.lr_at(50, 50.0) == pytest.approx(0.001 + 0.009 * 0.5)
+    assert tr.lr_at(50, 100.0) == pytest.approx(0.001) and tr.lr_at(50, 150.0) == pytest.approx(0.001)
+    assert tr.time_limit == 100.0
+    assert Trainer(_model(), cfg, _ids(), run=RunConfig(budget=100.0, max_seconds=30.0)).time_limit == 30.0
+
+
+def test_a_budget_stops_training_and_evaluation_time_counts_in_it():
+    cfg = TrainConfig(batch_size=4, num_steps=8, optimizer="adam", lr=0.01)
+    tr = Trainer(_model(64), cfg, _ids(20000), _ids(3000), run=RunConfig(epochs=10_000, budget=2.0, eval_every=0.5))
+    hist = tr.fit()
+    assert tr.time_up and 2.0 <= tr.elapsed < 2.0 + 5.0
+    points = [h for h in hist if not isinstance(h["epoch"], int)]
+    assert len(points) >= 2 and all("val_loss" in h for h in points)  # evaluations inside epochs
+    assert all(b["step"] > a["step"] for a, b in zip(hist, hist[1:]))
+    assert hist[-1]["elapsed_s"] >= 2.0
+
+
+def test_evaluations_score_a_bounded_slice():
+    calls = []
+    import rnnlab.training as training
+
+    real = training.evaluate
+
+    def spy(model, ids, *a, **k):
+        calls.append(len(ids))
+        return real(model, ids, *a, **k)
+
+    training.evaluate = spy
+    try:
+        Trainer(_model(), TrainConfig(batch_size=4, num_steps=8), _ids(), _ids(5000),
+                run=RunConfig(epochs=2, eval_tokens=300)).fit()
+    finally:
+        training.evaluate = real
+    assert calls == [301, 301]
+
+
+def test_early_stopping_and_the_best_weights_restored(monkeypatch):
+    """Validation losses that improve twice, then not: training stops after ``patience``
+    evaluations without improvement and ends with the weights of the best one."""
+    import rnnlab.training as training
+
+    losses = iter([3.0, 2.0, 1.5, 1.6, 1.5, 1.7] + [9.0] * 100)
+    monkeypatch.setattr(training, "evaluate", lambda *a, **k: {"loss": next(losses), "ppl": 1.0, "bpc": 1.0})
+    cfg = TrainConfig(batch_size=4, num_steps=8, optimizer="adam", lr=0.01)
+    model = _model()
+    seen = []
+
+    def remember(trainer, m):
+        seen.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+
+    tr = Trainer(model, cfg, _ids(), _ids(1000), run=RunConfig(epochs=50, patience=3, restore_best=True),
+                 callbacks=[remember])
+    hist = tr.fit()
+    assert tr.early_stopped and [h["val_loss"] for h in hist] == [3.0, 2.0, 1.5, 1.6, 1.5, 1.7]
+    assert tr.best_val == 1.5 and tr.evals_since_best == 3
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in seen[2].items())  # the first 1.5
+    assert not all(torch.equal(seen[2][k], v) for k, v in seen[-1].items())
+
+
+def test_early_stopping_through_the_cli_keeps_best_and_final_alike(tmp_path):
+    text = "the cat sat on the mat. " * 200
+    (tmp_path / "t.txt").write_text(text)
+    r = subprocess.run([sys.executable, "-m", "rnnlab", "train", str(tmp_path / "t.txt"), "--model", "gru",
+                        "--hidden-size", "32", "--embedding-dim", "8", "--optimizer", "adam", "--lr", "0.02",
+                        "--val-fraction", "0.1", "--epochs", "200", "--patience", "3", "--restore-best",
+                        "--batch-size", "8", "--num-steps", "16", "--out", str(tmp_path / "run"), "--quiet",
+                        "--predict-every", "0"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "early stop" in r.stdout and "best validation weights restored" in r.stdout
+    final, best = load_file(str(tmp_path / "run" / "model.safetensors")), load_file(str(tmp_path / "run" / "best" / "model.safetensors"))
+    assert all(torch.equal(final[k], best[k]) for k in final)
+    assert math.isfinite(float(r.stdout.split("validation loss ")[1].split()[0]))
