@@ -38,7 +38,7 @@ def _add_train(sub) -> None:
     add_settings(p.add_argument_group("model"), ModelConfig)
     add_settings(p.add_argument_group("training"), TrainConfig)
     r = p.add_argument_group("run")
-    add_settings(r, RunConfig)
+    add_settings(r, RunConfig, help_default={"recipe": "default"})
     r.add_argument("--out", default="runs/latest", help="run directory: metrics, plot, checkpoints (default: runs/latest)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     r.add_argument("--overwrite", action="store_true", help="replace a run already in --out (its checkpoints, "
@@ -147,6 +147,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     dcfg.prepared = prepared
     mcfg, tcfg = build(args, ModelConfig), build(args, TrainConfig)
     rcfg = build(args, RunConfig, prefixes=getattr(args, "prefixes", []))
+    if "recipe" not in given(args, RunConfig):
+        rcfg.recipe = "default"  # the command line's default; the library's is the book (the configs' defaults)
     if rcfg.init_from and not args.resume:
         from .checkpoint import read_configs, resolve_checkpoint_dir
 
@@ -164,8 +166,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         s_data, s_model, s_train, s_run = stored_configs(args.out)
         dcfg, mcfg, tcfg = merge_resume((s_data, s_model, s_train), (dcfg, mcfg, tcfg), explicit)
         rcfg = s_run.replace(**given(args, RunConfig), **({"prefixes": args.prefixes} if hasattr(args, "prefixes") else {}))
+    explicit = set().union(*(given(args, c) for c in (DataConfig, ModelConfig, TrainConfig, RunConfig)))
     result = train_run(dcfg, mcfg, tcfg, rcfg, args.out, resume=args.resume, overwrite=args.overwrite,
-                       progress=not args.quiet)
+                       progress=not args.quiet, explicit=explicit)
     return 130 if result.interrupted else 0
 
 

@@ -108,6 +108,10 @@ def parse_duration(text: str) -> float:
 class RunConfig(Settings):
     """How long and how to run a training: may change when a run is resumed."""
 
+    recipe: str = setting("book", "default: the best model for the time given (--budget), with validation, "
+                                  "early stopping and a model sized to the budget and the text; book: the book's "
+                                  "settings (the configs' defaults). Explicit flags always win",
+                          choices=("default", "book"))
     epochs: int = setting(500, "epochs to train (the book: 500)", min=1, max=1 << 30)
     budget: float = setting(0.0, "time budget (90s, 10m, 2h): the learning-rate schedule spans it and training "
                                  "stops when it is spent (0 = none: the schedule spans --epochs)",

@@ -31,7 +31,8 @@ from .evaluation import dynamic_evaluate, evaluate
 from .fields import flag
 from .models import LanguageModel, build_model, grow_vocabulary
 from .runs import RunLock, prepare_run_dir, save_run_checkpoint
-from .runtime import check_memory, seed_everything, select_device
+from . import recipes
+from .runtime import check_memory, gemm_rate, seed_everything, select_device
 from .training import Trainer
 
 Log = Callable[[str], None]
@@ -86,8 +87,13 @@ class _StopOnSignal:
 
 
 def train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunConfig, out_dir: str | Path,
-              log: Log = print, resume: bool = False, overwrite: bool = False, progress: bool = False) -> RunResult:
+              log: Log = print, resume: bool = False, overwrite: bool = False, progress: bool = False,
+              explicit: set[str] | None = None) -> RunResult:
     """Train as configured, writing ``metrics.jsonl``, checkpoints and a plot into ``out_dir``.
+
+    ``rcfg.recipe == "default"`` fills the settings not in ``explicit`` (the field names the user
+    chose; by default every field that differs from its dataclass default) from the recipe
+    (``rnnlab.recipes``), once the corpus size is known; ``"book"`` trains exactly as configured.
 
     With ``resume``, the model, optimizer, RNG states and position are read from ``out_dir`` and
     training continues exactly where it stopped. ``overwrite`` replaces a previous run in
@@ -97,6 +103,9 @@ def train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunC
     process group and trains as one rank: ``tcfg.batch_size`` is the global batch, split evenly
     over the ranks; only rank 0 logs and writes files.
     """
+    if explicit is None:
+        explicit = {name for cfg in (dcfg, mcfg, tcfg, rcfg) for name, value in cfg.to_dict().items()
+                    if value != getattr(type(cfg)(), name)}
     for cfg in (dcfg, mcfg, tcfg, rcfg):
         cfg.validate()
     if not str(out_dir).strip():
@@ -110,7 +119,7 @@ def train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunC
         if ctx.is_main:
             prepare_run_dir(out)
         with RunLock(out) if ctx.is_main else nullcontext():
-            result = _train_run(dcfg, mcfg, tcfg, rcfg, out, log, resume, overwrite, progress, device, ctx)
+            result = _train_run(dcfg, mcfg, tcfg, rcfg, out, log, resume, overwrite, progress, device, ctx, explicit)
         ok = True
         return result
     finally:
@@ -124,7 +133,7 @@ def train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunC
 
 def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunConfig, out: Path, log: Log,
                resume: bool, overwrite: bool, progress: bool, device: torch.device,
-               ctx: DistContext = LOCAL) -> RunResult:
+               ctx: DistContext = LOCAL, explicit: frozenset = frozenset()) -> RunResult:
     main = ctx.is_main
     if not main:
         log = lambda msg: None  # noqa: E731  (rank 0 speaks for the run)
@@ -133,6 +142,9 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
         raise UsageError(f"{out} already holds a checkpoint; pass --resume to continue it, --overwrite to "
                          f"replace it, or choose another --out")
     stored_vocab = load_checkpoint(out).vocab if resume else None
+    use_recipe = rcfg.recipe != "book" and not resume  # a resumed run's settings are the stored, resolved ones
+    if use_recipe:
+        recipes.data_defaults(rcfg.recipe, dcfg, explicit)
     base = _fine_tuning_base(rcfg, dcfg, mcfg, device, log) if rcfg.init_from and not resume else None
     if base is not None:
         data: PreparedData = prepare_data(dcfg, vocab=base.vocab, extend=rcfg.extend_vocab)
@@ -146,6 +158,13 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
                           f"({stored_vocab.difference(data.vocab)}); resume with the same text and settings")
     if not rcfg.prefixes:
         rcfg.prefixes = data.default_prefixes
+    if use_recipe:
+        gemm = recipes.REFERENCE_GEMM_GFLOPS if ctx.enabled or "hidden_size" in explicit else gemm_rate()
+        plan = recipes.resolve(rcfg.recipe, mcfg, tcfg, rcfg, explicit, len(data.train_ids), len(data.vocab), gemm,
+                               fine_tuning=base is not None, validation=data.val_ids is not None)
+        for cfg in (mcfg, tcfg, rcfg):
+            cfg.validate()
+        log(plan.describe())
     mcfg.vocab_size = len(data.vocab)
     mcfg.validate()
     check_memory(mcfg.parameter_count() * 4 * 4, "training the model (weights, gradients, optimizer state)")

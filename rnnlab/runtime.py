@@ -85,3 +85,18 @@ def keep_freed_memory() -> bool:
     # serve blocks up to 32 MiB (glibc's largest allowed threshold) from the heap; trim rarely
     _kept = bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
     return _kept
+
+
+def gemm_rate(n: int = 1024, reps: int = 3) -> float:
+    """GFLOP/s of an n^3 float32 matrix product on the CPU (the best of ``reps``): how fast this
+    machine is next to another, for rules measured elsewhere (about 50 ms)."""
+    import time
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9

@@ -20,7 +20,7 @@ def run(*args, cwd=None, env=None):
 def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     (d / "tiny.txt").write_text(CORPUS)
-    r = run("train", str(d / "tiny.txt"), "--model", "gru", "--hidden-size", "32", "--batch-size", "8",
+    r = run("train", str(d / "tiny.txt"), "--recipe", "book", "--model", "gru", "--hidden-size", "32", "--batch-size", "8",
             "--num-steps", "16", "--epochs", "30", "--lr", "2", "--out", str(d / "run"), "--predict-every", "10")
     assert r.returncode == 0, r.stderr
     return d, r

@@ -14,7 +14,8 @@ import pytest
 
 CORPUS = ("the time traveller for so it will be convenient to speak of him "
           "was expounding a recondite matter to us his grey eyes shone and twinkled\n") * 12
-TINY = ["--hidden-size", "16", "--batch-size", "4", "--num-steps", "10", "--predict-every", "0", "--quiet"]
+REST = ["--recipe", "book", "--batch-size", "4", "--num-steps", "10", "--predict-every", "0", "--quiet"]
+TINY = ["--hidden-size", "16", *REST]
 
 
 def run(*args, timeout=300, preexec_fn=None, env=None):
@@ -137,10 +138,10 @@ def test_a_save_that_fails_midway_leaves_no_temporary_folders_and_the_last_check
     before = (run_dir / "model.safetensors").read_bytes()
     # a larger model's weights (> 64 KiB) cannot be written: the save fails like on a full disk
     r = run("train", text, "--epochs", "1", "--out", run_dir, "--overwrite", "--hidden-size", "128",
-            *TINY[2:], preexec_fn=_limit_file_size)
+            *REST, preexec_fn=_limit_file_size)
     one_line_error(r, 1, "cannot write")
     assert not list((run_dir / "checkpoints").glob(".tmp-*"))
-    r = run("train", text, "--resume", "--out", run_dir, "--epochs", "2", *TINY[2:], preexec_fn=_limit_file_size)
+    r = run("train", text, "--resume", "--out", run_dir, "--epochs", "2", *REST, preexec_fn=_limit_file_size)
     assert (run_dir / "model.safetensors").read_bytes() == before or r.returncode == 0
     assert run("generate", run_dir, "--length", "5").returncode == 0
 
@@ -186,7 +187,7 @@ def test_utf16_text_is_read_with_its_encoding(tmp_path):
     (["--hidden-size", "16384", "--num-layers", "64"], 2, "available"),
 ])
 def test_sizes_are_checked_before_allocating(text, tmp_path, args, code, fragment):
-    r = run("train", text, "--out", tmp_path / "o", *TINY[2:], *args, timeout=120)
+    r = run("train", text, "--out", tmp_path / "o", *REST, *args, timeout=120)
     assert r.returncode == code and fragment in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 

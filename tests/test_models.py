@@ -223,3 +223,47 @@ def test_embedding_dropout_changes_training_output_only():
     torch.manual_seed(9)
     c, _ = scratch(tokens)
     assert not torch.allclose(a, c)
+
+
+# -- regularisation: locked dropout, weight drop ------------------------------------------------
+
+def test_locked_dropout_uses_one_mask_per_sequence():
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(model="lstm", impl="fast", vocab_size=V, hidden_size=H, embedding_dim=6,
+                                dropout=0.5, locked_dropout=True)).train()
+    x = torch.ones(5, 4, 6)  # (T, B, F)
+    y = m._dropout(x, 0.5)
+    assert torch.equal(y, y[:1].expand_as(y))  # the same at every step
+    assert (y == 0).any() and (y == 2).any()
+    m.cfg.locked_dropout = False
+    z = m._dropout(x, 0.5)
+    assert not torch.equal(z, z[:1].expand_as(z))
+    m.eval()
+    assert torch.equal(m._dropout(x, 0.5), x)
+
+
+@pytest.mark.parametrize("model", ["rnn", "gru", "lstm"])
+def test_weight_drop_masks_the_recurrent_weights_in_training_only(model, monkeypatch):
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(model=model, impl="fast", vocab_size=V, hidden_size=H, weight_drop=0.5))
+    tokens = torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(1))
+    if model == "lstm":  # the fused kernel still runs, on the dropped copy
+        import rnnlab.models.cells.lstm as lstm_cell
+
+        seen = []
+        real = torch.lstm
+        monkeypatch.setattr(torch, "lstm", lambda *a: seen.append(a[2][1]) or real(*a))
+    m.train()
+    a, _ = m(tokens)
+    b, _ = m(tokens)
+    assert not torch.allclose(a, b)  # a new mask per minibatch
+    a.sum().backward()
+    assert m.rnn.weight_hh_l0.grad is not None and (m.rnn.weight_hh_l0.grad == 0).any()
+    m.eval()
+    c, _ = m(tokens)
+    d, _ = m(tokens)
+    assert torch.equal(c, d)
+    if model == "lstm" and lstm_cell.fused_applies(m.rnn.weight_hh_l0):
+        assert seen and (seen[0] == 0).sum() > 0 and not torch.equal(seen[0], m.rnn.weight_hh_l0)
+    with pytest.raises(Exception, match="--weight-drop needs --impl fast"):
+        build_model(ModelConfig(model=model, impl="concise", vocab_size=V, hidden_size=H, weight_drop=0.5))

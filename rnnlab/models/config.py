@@ -31,6 +31,11 @@ class ModelConfig(Settings):
     num_layers: int = setting(1, "stacked recurrent layers", min=1, max=MAX_LAYERS)
     embedding_dim: int = setting(0, "learned embedding size (0 = one-hot inputs, the book)", min=0, max=MAX_WIDTH)
     dropout: float = setting(0.0, "dropout on embeddings, between layers and before the output", min=0.0, max=0.95)
+    input_dropout: float | None = setting(None, "dropout on the embeddings (default: --dropout)", min=0.0, max=0.95)
+    locked_dropout: bool = setting(False, "one dropout mask per sequence, the same at every time step (AWD-LSTM's "
+                                          "locked dropout), instead of a new mask per step")
+    weight_drop: float = setting(0.0, "DropConnect on the recurrent weights W_hh, a new mask per minibatch "
+                                      "(AWD-LSTM; --impl fast)", min=0.0, max=0.95)
     activation: str = setting("tanh", "--model rnn only: tanh (the book) or relu", choices=("tanh", "relu"))
     init: str = setting("auto", "auto: N(0, 0.01^2) for scratch (the book), torch's default otherwise",
                         choices=("auto", "normal", "torch"))
@@ -44,6 +49,9 @@ class ModelConfig(Settings):
         if self.window != 3:
             raise UsageError("--window applies to --model unrolled only; the recurrent models carry a state instead")
         cell = get_cell(self.model)
+        if self.weight_drop and (self.impl != "fast" or cell.recurrent_weight is None):
+            raise UsageError(f"--weight-drop needs --impl fast and a cell with recurrent weights "
+                             f"(--model {self.model} --impl {self.impl} has none to drop)")
         for name in ("activation",):  # cell options: only the cells that declare them read them
             if name not in cell.options and getattr(self, name) != "tanh":
                 raise UsageError(f"{flag(name)} applies to --model "

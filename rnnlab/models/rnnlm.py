@@ -78,16 +78,28 @@ class RNNLM(LanguageModel):
     def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         if state is None:
             state = self.begin_state(tokens.shape[0], tokens.device)
+        cfg = self.cfg
         x = tokens.T  # (T, B): the recurrent loop runs over time first
         if self.embedding is not None:
-            x = F.dropout(self.embedding(x), self.cfg.dropout, self.training)  # (T, B, E)
+            p_in = cfg.dropout if cfg.input_dropout is None else cfg.input_dropout
+            x = self._dropout(self.embedding(x), p_in)  # (T, B, E)
         elif not getattr(self.rnn, "accepts_ids", False):
-            x = F.one_hot(x, self.cfg.vocab_size).to(self.dtype)  # (T, B, V)
+            x = F.one_hot(x, cfg.vocab_size).to(self.dtype)  # (T, B, V)
         out, state = self.rnn(x, state)  # (T, B, H)
-        out = F.dropout(out, self.cfg.dropout, self.training)
+        out = self._dropout(out, cfg.dropout)
         if getattr(self.rnn, "accepts_ids", False):
             return self.head(out).transpose(0, 1), state  # one product over T*B rows -> (B, T, V) view
         return self.head(out.transpose(0, 1)), state  # (B, T, V)
+
+    def _dropout(self, x: torch.Tensor, p: float) -> torch.Tensor:
+        """Dropout on (T, B, F): a new mask per element, or with ``locked_dropout`` one mask per
+        sequence and feature, the same at every step."""
+        if not (p and self.training):
+            return x
+        if not self.cfg.locked_dropout:
+            return F.dropout(x, p, training=True)
+        mask = x.new_empty(1, *x.shape[1:]).bernoulli_(1 - p).div_(1 - p)  # (1, B, F)
+        return x * mask
 
     # -- inference ------------------------------------------------------------------------------
     def _layer_params(self, k: int) -> tuple[torch.Tensor, ...]:

@@ -43,17 +43,27 @@ class RecurrentStack(nn.Module):
     def layer_params(self, k: int) -> tuple[torch.Tensor, ...]:
         return tuple(getattr(self, name) for name in self._names[k])
 
+    def _run_params(self, k: int) -> tuple[torch.Tensor, ...]:
+        """Layer ``k``'s parameters for this forward: with ``weight_drop`` in training, a copy of
+        the recurrent weights with a fresh DropConnect mask (the fused kernels run on it as usual)."""
+        params = self.layer_params(k)
+        p, name = self.cfg.weight_drop, self.cell.recurrent_weight
+        if not (p and self.training and name):
+            return params
+        i = [n.rsplit("_l", 1)[0] for n in self._names[k]].index(name)
+        return (*params[:i], F.dropout(params[i], p, training=True), *params[i + 1:])
+
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple]:
         cfg, cell = self.cfg, self.cell
         if self.impl == "fast":
-            whole = cell.fast_stack(x, state, [self.layer_params(k) for k in range(self.num_layers)], cfg,
+            whole = cell.fast_stack(x, state, [self._run_params(k) for k in range(self.num_layers)], cfg,
                                     self.training)
             if whole is not None:
                 return whole
         layers = list(zip(*(s.unbind(0) for s in state)))  # L x (each (B, H),)
         layer_in = x  # (T, B, I)
         for k in range(self.num_layers):
-            params = self.layer_params(k)
+            params = self._run_params(k)
             if self.impl == "fast":
                 layer_in, layers[k] = cell.fast_layer(layer_in, layers[k], params, cfg)
             else:

@@ -49,6 +49,7 @@ class Cell:
     options: dict[str, tuple] = {}  # ModelConfig fields only this cell reads -> their allowed values
     fold_hidden_bias: bool = True  # the input term holds bias_hh too (GRU: no, it sits inside r * (...))
     native_greedy: str | None = None  # the C++ greedy loop's name for this cell (csrc/loops.cpp), if any
+    recurrent_weight: str | None = "weight_hh"  # the parameter --weight-drop drops (None: the cell has none)
 
     # -- declaration ----------------------------------------------------------------------------
     def parameters(self, input_size: int, hidden_size: int) -> list[tuple[str, tuple[int, ...]]]:

@@ -22,6 +22,7 @@ class MinGRUCell(Cell):
     gates = 2  # k, v
     state_names = ("h", "shift")
     impls = ("scratch", "fast")
+    recurrent_weight = None  # its gates read the input only
 
     def check(self, cfg) -> None:
         super().check(cfg)
