@@ -28,7 +28,7 @@ def _resolve(explicit=(), budget=None, tokens=1_000_000, vocab=65, **given):
 def test_the_default_recipe_fills_what_was_not_given():
     m, t, r, plan = _resolve(budget=141.0)
     assert (m.model, m.impl, m.embedding_dim) == ("lstm", "fast", 64)
-    assert (t.optimizer, t.lr_schedule, t.batch_size, t.num_steps, t.warmup_steps) == ("adam", "cosine", 64, 64, 50)
+    assert (t.optimizer, t.lr_schedule, t.batch_size, t.num_steps, t.warmup_steps) == ("adam", "cosine", 16, 64, 50)
     assert r.budget == 141.0 and r.restore_best and r.patience and r.eval_tokens and r.eval_every == 14.1
     assert "recipe default:" in plan.describe() and "hidden-size" in plan.describe()
 
