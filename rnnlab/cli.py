@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .cli_args import add_settings, build, given
-from .config import DataConfig, DynamicEval, GenerateConfig, ModelConfig, RunConfig, TrainConfig
+from .config import DataConfig, DynamicEval, GenerateConfig, KeyboardEval, ModelConfig, RunConfig, TrainConfig
 from .errors import RnnlabError, UsageError
 from .version import __version__
 
@@ -85,10 +85,16 @@ def _add_eval(sub) -> None:
     p.add_argument("--num-steps", type=int, default=35, help="chunk length (default: 35)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--int8", action="store_true", help="evaluate the model's int8 CPU copy (as generate/suggest/serve --int8 run it)")
     d = p.add_argument_group("dynamic evaluation", "--dynamic: the model adapts to the text as it reads it "
                                                    "(a gradient step after scoring each chunk); the checkpoint is not changed")
     d.add_argument("--dynamic", action="store_true", help="also report the dynamic evaluation beside the static one")
     add_settings(d, DynamicEval, prefix="dynamic_")
+    k = p.add_argument_group("keyboard", "--keyboard: a simulated user types the held-out text (or FILE) with the top "
+                                         "1/3/5 word completions shown before each keystroke, one key to accept; "
+                                         "rnnlab's keyboards against a word bigram built from the training text")
+    k.add_argument("--keyboard", action="store_true", help="report keystroke savings instead of perplexity")
+    add_settings(k, KeyboardEval, prefix="keyboard_")
     p.set_defaults(func=cmd_eval)
 
 
@@ -229,11 +235,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.num_steps < 1:
         raise UsageError("--batch-size and --num-steps must be positive integers")
     dcfg = _data_config(args) if (args.file or args.dataset) else None
+    if args.keyboard:
+        return _keyboard_eval(args, dcfg)
     dynamic = build(args, DynamicEval, prefix="dynamic_") if args.dynamic else None
     if dynamic is not None:
         dynamic.validate()
+    if args.int8 and dynamic is not None:
+        raise UsageError("--dynamic trains the model as it reads; an int8 copy cannot be trained (drop --int8)")
     r = evaluate_checkpoint(args.checkpoint, dcfg, args.device, args.batch_size, args.num_steps, dynamic,
-                            log=lambda msg: print(msg, file=sys.stderr))
+                            log=lambda msg: print(msg, file=sys.stderr), int8=args.int8)
     if args.json:
         print(json.dumps(r, ensure_ascii=False))
         return 0
@@ -244,6 +254,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
         s, d = r["static_1row"], r["dynamic"]
         print(f"read in order, one row, chunks of {d['chunk']}: static loss {s['loss']:.4f}, dynamic loss "
               f"{d['loss']:.4f} ({d['loss'] - s['loss']:+.4f}; {d['method']}, lr {d['lr']:g})")
+    return 0
+
+
+def _keyboard_eval(args: argparse.Namespace, dcfg: DataConfig | None) -> int:
+    from .keyboard.run import evaluate_keyboards, table
+    from .runtime import select_device
+
+    if args.dynamic:
+        raise UsageError("--keyboard and --dynamic are separate evaluations; give one of them")
+    settings = build(args, KeyboardEval, prefix="keyboard_")
+    device = select_device("cpu" if args.int8 and args.device == "auto" else args.device)
+    report = evaluate_keyboards(args.checkpoint, dcfg, settings, device, log=lambda msg: print(msg, file=sys.stderr),
+                                int8=args.int8)
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+        return 0
+    r = next(iter(report["keyboards"].values()))
+    print(f"{report['source']}: {r['words']:,} words, {r['characters']:,} characters typed\n{table(report)}")
     return 0
 
 

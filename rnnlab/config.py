@@ -14,6 +14,7 @@ bounds, so a value is validated once, in one place, for the CLI, the library and
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .errors import UsageError
@@ -176,6 +177,46 @@ class DynamicEval(Settings):
                           choices=("rms", "sgd"))
     lr: float = setting(2e-4, "step size of the adaptation", above=0.0, max=10.0)
     chunk: int = setting(20, "tokens scored before each adaptation step", min=1, max=10_000)
+
+
+@dataclass
+class AdaptConfig(Settings):
+    """Online adaptation of the keyboard (``rnnlab serve --adapt``): each client's own copy of the
+    model takes dynamic-evaluation steps on the text that client has typed."""
+
+    clients: int = setting(8, "clients adapted at once (each holds one copy of the model's weights; the least "
+                              "recently seen is dropped)", min=1, max=1024)
+    lr: float = setting(2e-4, "step size, scaled by the training text's gradient RMS (without the training "
+                              "text: plain SGD steps at lr 0.1)", above=0.0, max=10.0)
+    chunk: int = setting(20, "characters read before each step (only finished words are read)", min=2, max=10_000)
+
+
+@dataclass
+class KeyboardEval(Settings):
+    """The keyboard simulation (``rnnlab eval --keyboard``): what is typed and which keyboards."""
+
+    words: int = setting(3000, "type only the first N words of the held-out text (0: all of it)", min=0,
+                         max=100_000_000)
+    mix: str = setting("0.5,0.3,0.2", "weights of rnnlab's word re-ranker: character model, word bigram, the "
+                                      "user's recent words ('off': the suggestion engine alone)", metavar="A,B,C")
+    preamble: int = setting(2000, "characters of text before each concurrently typed piece given as its context",
+                            min=0, max=100_000)
+
+    def weights(self) -> tuple[float, float, float] | None:
+        """The re-ranker's weights, or None for the engine alone."""
+        if self.mix.strip().lower() in ("off", "", "none"):
+            return None
+        try:
+            w = tuple(float(x) for x in self.mix.split(","))
+        except ValueError:
+            w = ()
+        if len(w) != 3 or not all(math.isfinite(x) and x >= 0 for x in w) or not sum(w):
+            raise UsageError(f"--keyboard-mix {self.mix!r}: give three non-negative weights, not all 0 "
+                             f"(e.g. 0.5,0.3,0.2), or 'off'")
+        return w  # type: ignore[return-value]
+
+    def check(self) -> None:
+        self.weights()
 
 
 def check_text(text: str, what: str = "the text") -> str:

@@ -9,6 +9,8 @@ from .errors import RnnlabError
 from .metrics import bits_per_token, perplexity
 from .models import LanguageModel
 
+SGD_FALLBACK_LR = 0.1  # plain SGD dynamic evaluation when the training text is gone (measured: half the RMS gain)
+
 
 def to_device(ids: Ids, device: torch.device) -> Ids:
     """Tensors move to the model's device; NumPy ids (a memory-mapped corpus) stay where they are
@@ -55,53 +57,103 @@ def evaluate(model: LanguageModel, ids: Ids, batch_size: int = 32, num_steps: in
     return {"loss": loss, "ppl": perplexity(loss), "bpc": bits_per_token(loss), "tokens": count}
 
 
+class Adapter:
+    """A private copy of a model that adapts to the text it reads (Krause et al. 2018's dynamic
+    evaluation): ``read(ids)`` takes the ids ``chunk`` tokens at a time with the state carried,
+    scores each chunk, then takes one gradient step on it. The original model is never changed.
+
+    ``scale`` (per parameter, from ``rms_scale``) makes the step ``lr * g / scale`` ("rms");
+    without it the step is ``lr * g`` ("sgd"). ``decay`` pulls the weights back toward the
+    original ones after each step."""
+
+    def __init__(self, model: LanguageModel, lr: float, chunk: int = 20, scale: list | None = None,
+                 decay: float = 0.0):
+        import copy
+
+        self.model = copy.deepcopy(model)
+        self.model.eval()  # no dropout; gradients still flow
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.lr, self.chunk, self.scale, self.decay = lr, chunk, scale, decay
+        self.origin = [p.detach().clone() for p in self.params] if decay else None
+        self.state = self.model.begin_state(1, self.model.device)
+        self.steps = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the adapted copy holds: its parameters (and the decay anchor)."""
+        n = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return n * (2 if self.origin is not None else 1)
+
+    def restart(self, ids: Ids | None = None) -> None:
+        """Forget the carried state (keep the adapted weights); with ``ids``, read them first
+        without adapting (the context the next ``read`` continues)."""
+        self.state = self.model.begin_state(1, self.model.device)
+        if ids is not None and len(ids):
+            with torch.no_grad():
+                x = as_long(ids).to(self.model.device)[None]  # (1, T)
+                _, self.state = self.model(x, self.state)
+
+    def read(self, ids: Ids) -> tuple[float, int]:
+        """Adapt to ``ids`` (predicting ``ids[1:]`` from ``ids[:-1]``); return the summed loss of
+        the scored targets (before each step) and their number."""
+        device = self.model.device
+        n_targets = len(ids) - 1
+        total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+        for i in range(0, max(n_targets, 0), self.chunk):
+            x = as_long(ids[i:min(i + self.chunk, n_targets)]).to(device)[None]  # (1, <=chunk)
+            y = as_long(ids[i + 1:min(i + self.chunk, n_targets) + 1]).to(device)[None]
+            state = tuple(s.detach() for s in self.state)
+            logits, self.state = self.model(x, state)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))  # (chunk, V) vs (chunk,)
+            total += loss.detach().double() * y.numel()
+            count += y.numel()
+            grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+            with torch.no_grad():
+                for k, (p, g) in enumerate(zip(self.params, grads)):
+                    if g is not None:
+                        p.add_(g / self.scale[k] if self.scale is not None else g, alpha=-self.lr)
+                    if self.origin is not None:
+                        p.add_(self.origin[k] - p, alpha=self.decay)
+            self.steps += 1
+        self.state = tuple(s.detach() for s in self.state)
+        return total.item(), count
+
+
+def rms_scale(model: LanguageModel, stats_ids: Ids, chunk: int = 20, n_chunks: int = 100,
+              eps: float = 1e-5) -> list:
+    """The "rms" step scale of ``Adapter``: per parameter, sqrt(mean squared gradient) + eps over
+    ``n_chunks`` chunks of the training text ``stats_ids``."""
+    import copy
+
+    m = copy.deepcopy(model)
+    m.eval()
+    params = [p for p in m.parameters() if p.requires_grad]
+    return _rms_scale(m, params, to_device(stats_ids, m.device), chunk, n_chunks, eps)
+
+
 def dynamic_evaluate(model: LanguageModel, ids: Ids, lr: float = 2e-4, chunk: int = 20, method: str = "rms",
                      stats_ids: Ids | None = None, stats_chunks: int = 100, decay: float = 0.0,
                      eps: float = 1e-5) -> dict:
     """Dynamic evaluation (Krause et al. 2018): read ``ids`` in order, one row, ``chunk`` tokens at
     a time with the state carried; score each chunk first, then take one gradient step on it, so
-    the model adapts to the text it has read. A private copy of ``model`` is adapted; the model
-    (and any checkpoint on disk) is left unchanged.
+    the model adapts to the text it has read (``Adapter``, on a private copy of ``model``: the
+    model, and any checkpoint on disk, are left unchanged).
 
     ``method="rms"``: the step is ``lr * g / sqrt(MS)``, with MS the mean squared gradient of
     ``stats_chunks`` chunks of ``stats_ids`` (the training text; measured once, before scoring);
     ``"sgd"``: ``lr * g``. ``decay`` pulls the weights back toward the original ones each step.
     Returns the same figures as ``evaluate`` (loss, ppl, bpc, tokens) for the adapted reading.
     """
-    import copy
-
     if method not in ("rms", "sgd"):
         raise RnnlabError(f"unknown dynamic-evaluation method {method!r}; use rms or sgd")
     if method == "rms" and stats_ids is None:
         raise RnnlabError("rms dynamic evaluation needs the training text (stats_ids) for its gradient scale")
-    m = copy.deepcopy(model)
-    m.eval()  # no dropout; gradients still flow
-    params = [p for p in m.parameters() if p.requires_grad]
-    device = m.device
-    ids = to_device(ids, device)
-    n_targets = len(ids) - 1
-    if n_targets < 1:
+    if len(ids) < 2:
         raise RnnlabError("evaluation needs at least 2 tokens")
-    scale = _rms_scale(m, params, to_device(stats_ids, device), chunk, stats_chunks, eps) if method == "rms" else None
-    origin = [p.detach().clone() for p in params] if decay else None
-    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
-    state = m.begin_state(1, device)
-    for i in range(0, n_targets, chunk):
-        x = as_long(ids[i:min(i + chunk, n_targets)]).to(device)[None]  # (1, <=chunk)
-        y = as_long(ids[i + 1:min(i + chunk, n_targets) + 1]).to(device)[None]
-        state = tuple(s.detach() for s in state)
-        logits, state = m(x, state)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))  # (chunk, V) vs (chunk,)
-        total += loss.detach().double() * y.numel()
-        count += y.numel()
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        with torch.no_grad():
-            for k, (p, g) in enumerate(zip(params, grads)):
-                if g is not None:
-                    p.add_(g / scale[k] if scale is not None else g, alpha=-lr)
-                if origin is not None:
-                    p.add_(origin[k] - p, alpha=decay)
-    loss = total.item() / count
+    scale = rms_scale(model, stats_ids, chunk, stats_chunks, eps) if method == "rms" else None
+    adapter = Adapter(model, lr, chunk, scale, decay)
+    total, count = adapter.read(to_device(ids, adapter.model.device))
+    loss = total / count
     return {"loss": loss, "ppl": perplexity(loss), "bpc": bits_per_token(loss), "tokens": count}
 
 

@@ -20,14 +20,14 @@ from typing import Callable
 import torch
 
 from .callbacks import MetricsWriter, ProgressBar, write_plot
-from .checkpoint import BEST, CONFIG, load_checkpoint, load_trainer_state, read_configs, resolve_checkpoint_dir, \
+from .checkpoint import BEST, CONFIG, load_checkpoint, load_for_inference, load_trainer_state, read_configs, resolve_checkpoint_dir, \
     save_checkpoint
 from .config import ARCHITECTURE, DataConfig, DynamicEval, ModelConfig, RunConfig, TrainConfig
 from .data import PreparedData, Tokenizer, prepare_data
 from .decoding import generate
 from .distributed import LOCAL, DistContext, cleanup, device_for, env_context, setup
 from .errors import RnnlabError, UsageError
-from .evaluation import dynamic_evaluate, evaluate
+from .evaluation import SGD_FALLBACK_LR, dynamic_evaluate, evaluate
 from .fields import flag
 from .models import LanguageModel, build_model, grow_vocabulary
 from .runs import RunLock, prepare_run_dir, save_run_checkpoint
@@ -36,7 +36,6 @@ from .runtime import check_memory, gemm_rate, seed_everything, select_device
 from .training import Trainer
 
 Log = Callable[[str], None]
-SGD_FALLBACK_LR = 0.1  # plain SGD dynamic evaluation when the training text is gone (measured: half the RMS gain)
 
 
 def stored_configs(run_dir: str | Path) -> tuple[DataConfig, ModelConfig, TrainConfig, RunConfig]:
@@ -291,13 +290,13 @@ def _report_unknown(data: PreparedData, base, rcfg: RunConfig, log: Log) -> None
 
 def evaluate_checkpoint(ckpt_dir: str | Path, dcfg: DataConfig | None = None, device: str = "auto",
                         batch_size: int = 32, num_steps: int = 35, dynamic: DynamicEval | None = None,
-                        log: Log = lambda msg: None) -> dict:
+                        log: Log = lambda msg: None, int8: bool = False) -> dict:
     """Perplexity of a checkpoint on a text (default: the validation split of its own corpus).
 
     With ``dynamic``, also the dynamic evaluation of the same text (``evaluation.dynamic_evaluate``:
     the model adapts as it reads; the checkpoint is not changed), beside the static figure read
     the same way (one row, chunks of ``dynamic.chunk``): ``result["dynamic"]``, ``result["static_1row"]``."""
-    ck = load_checkpoint(ckpt_dir, select_device(device))
+    ck = load_for_inference(ckpt_dir, select_device("cpu" if int8 and device == "auto" else device), int8)
     train_ids = None
     if dcfg is None:
         dcfg = ck.data_config

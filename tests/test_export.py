@@ -1,5 +1,6 @@
 """ONNX export (one step, float32 and int8) and int8 PyTorch, on tiny untrained models."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,6 +164,15 @@ def test_export_and_int8_through_the_cli(tmp_path):
     assert r.returncode == 0 and r.stdout.startswith("the time") and len(r.stdout.strip()) == 38, r.stderr
     r = cli("suggest", ckpt, "the time trav", "--int8", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["completions"][0]["word"] == "traveller", r.stderr
+    corpus = Path(ckpt).parent / "corpus.txt"  # eval --int8: the int8 copy's loss, close to float32's
+    losses = []
+    for flags in ([], ["--int8"]):
+        r = cli("eval", ckpt, corpus, "--json", *flags)
+        assert r.returncode == 0, r.stderr
+        losses.append(json.loads(r.stdout)["loss"])
+    assert losses[0] != losses[1] and abs(losses[0] - losses[1]) < 0.05
+    r = cli("eval", ckpt, corpus, "--int8", "--dynamic")
+    assert r.returncode == 2 and "int8" in r.stderr
     r = cli("generate", ckpt, "--int8", "--device", "cuda")
     assert r.returncode == 2 and "--int8 runs on the CPU" in r.stderr or "CUDA is not available" in r.stderr
     with TestClient(create_app(load_for_inference(ckpt, int8=True))) as c:

@@ -14,8 +14,9 @@ LAYERS = [  # bottom first
     ["config"],
     ["data"],
     ["decoding", "evaluation", "distributed", "callbacks", "training", "checkpoint"],
-    ["runs"],
-    ["suggest", "export", "keyboard", "ngram"],
+    ["runs", "recipes"],
+    ["suggest", "export"],
+    ["keyboard"],
     ["pipeline"],
     ["cli_args", "serve", "cli", "__main__", "__init__"],
 ]

@@ -41,6 +41,11 @@ def word_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+def words_of(text: str) -> list[str]:
+    """The words of ``text``, in order (``word_spans``)."""
+    return [text[s:e] for s, e in word_spans(text)]
+
+
 def visible_word(partial_user: str, append: str) -> str:
     """The word a completion produces, as the user will see it: when ``append`` starts with
     boundary characters a new word begins after them; otherwise the typed part (with the user's own
