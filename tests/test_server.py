@@ -246,7 +246,7 @@ def test_the_suggestion_process_reports_engine_errors_to_the_caller(ckpt):
 
 def test_the_fast_path_answers_as_the_route(ckpt):
     """Valid suggest requests skip the framework (SuggestFastPath); their responses are the route's."""
-    from rnnlab.serve.app import SuggestFastPath
+    from rnnlab.serve.middleware import SuggestFastPath
 
     app = create_app(ckpt)
     assert any(m.cls is SuggestFastPath for m in app.user_middleware)

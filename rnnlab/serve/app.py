@@ -6,6 +6,7 @@
     POST /v1/suggest           {text, k, client}                  -> next characters + word completions
     POST /v1/generate          {prefix, length, temperature, top_k, top_p, seed} -> continuation
     POST /v1/generate/stream   same body -> NDJSON lines {"text": token} ..., then {"done": true, ...}
+    POST /v1/adapt/reset       {client} -> forget the client's adaptation (rnnlab serve --adapt)
 
 Every request is validated before it reaches the model, against the bounds declared once in
 ``rnnlab.config`` (the request models are generated from those fields): a body over
@@ -32,16 +33,16 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from ..checkpoint import Checkpoint, load_checkpoint
-from ..config import MAX_TEXT_CHARS, GenerateConfig, SuggestConfig
+from ..config import MAX_TEXT_CHARS, AdaptConfig, GenerateConfig, SuggestConfig
 from ..decoding import decode, generate_ids
 from ..errors import RnnlabError
-from ..suggest import StateCache, SuggestEngine
+from ..suggest import AdaptiveSuggester, StateCache, SuggestEngine
 from ..version import __version__
-from .backend import ProcessBackend, ThreadBackend, WorkerUnavailable
+from .backend import AdaptiveBackend, ProcessBackend, ThreadBackend, WorkerUnavailable
+from .middleware import BodyLimit, HeaderLimit, HostCheck, SuggestFastPath, error_json
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_CLIENT_ID = 64
-MAX_HEADER_BYTES = 16 * 1024
 DEFAULT_MAX_BODY_BYTES = 64 * 1024  # the longest text, fully \u-escaped, still fits
 
 
@@ -77,6 +78,12 @@ class SuggestBody(_Body):
                         description="an id per typist (e.g. per browser tab): whose state cache to use")
 
     _check_text = field_validator("text", "client")(_utf8)
+
+
+class ResetBody(_Body):
+    client: str = Field(min_length=1, max_length=MAX_CLIENT_ID, description="the client whose adaptation to forget")
+
+    _check_client = field_validator("client")(_utf8)
 
 
 GenerateBody = create_model(
@@ -116,134 +123,20 @@ class GenerateResponse(BaseModel):
     tokens: int
 
 
-class HostCheck:
-    """ASGI middleware: answer 400 to a ``Host`` header that is not one of ``allowed`` (names
-    without ports), so a web page cannot reach this server through DNS rebinding."""
+def _training_ids(ckpt: Checkpoint, log):
+    """The checkpoint's training text as ids (the adaptation's step scale), or None if it is gone."""
+    import dataclasses
 
-    def __init__(self, app, allowed: list[str]):
-        self.app, self.allowed = app, {h.lower() for h in allowed}
+    from ..data.text_data import prepare_data
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").lower()
-            name = host[:host.index("]") + 1] if host.startswith("[") and "]" in host else host.split(":")[0]
-            if name not in self.allowed:
-                return await _send_error(send, 400, f"Host {host!r} is not this server's; use its own address "
-                                                    f"(rnnlab serve --allowed-host adds names)")
-        return await self.app(scope, receive, send)
-
-
-class HeaderLimit:
-    """ASGI middleware: refuse requests whose headers are over ``max_bytes`` in all with 431."""
-
-    def __init__(self, app, max_bytes: int = MAX_HEADER_BYTES):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            size = sum(len(k) + len(v) for k, v in scope.get("headers") or [])
-            if size > self.max_bytes:
-                return await _send_error(send, 431, f"request headers of {size} bytes are over the limit of "
-                                                    f"{self.max_bytes}")
-        return await self.app(scope, receive, send)
-
-
-class BodyLimit:
-    """ASGI middleware: read the request body up to ``max_bytes`` and refuse a larger one with 413
-    (by its Content-Length before reading anything, or as soon as a chunked body passes the limit)."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        if length is not None:
-            try:
-                n = int(length)
-            except ValueError:
-                return await _send_error(send, 400, "Content-Length is not a number")
-            if n > self.max_bytes:
-                return await _send_error(send, 413, f"request body of {n} bytes is over the limit of {self.max_bytes}")
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                return await _send_error(send, 413, f"request body is over the limit of {self.max_bytes} bytes")
-            if not message.get("more_body", False):
-                break
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
-            return await receive()  # after the body: wait for a disconnect, as a streaming response does
-
-        await self.app(scope, replay, send)
-
-
-class SuggestFastPath:
-    """ASGI middleware: answer a well-formed ``POST /v1/suggest`` directly, without the framework.
-
-    A keystroke is the server's hottest request, and FastAPI's path through its middleware stack,
-    routing and dependency solving costs more CPU than the HTTP parsing itself. A request with a
-    JSON body that ``SuggestBody`` accepts (the same ``json.loads`` + model validation the route
-    does) is answered here with the route's exact response; anything else (malformed JSON, an
-    invalid field, another content type) goes on to the route, so every error is the framework's
-    own. The route stays the documented one (OpenAPI). Sits inside ``BodyLimit``.
-    """
-
-    def __init__(self, app, answer):
-        self.app, self.answer = app, answer  # answer(SuggestBody) -> (status, JSON bytes)
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] != "/v1/suggest" or scope["method"] != "POST":
-            return await self.app(scope, receive, send)
-        ctype = dict(scope.get("headers") or []).get(b"content-type", b"")
-        message = await receive()  # BodyLimit hands the whole body in one message
-        body = message.get("body", b"") if message["type"] == "http.request" else None
-        req = None
-        if body is not None and not message.get("more_body", False) and \
-                ctype.split(b";")[0].strip().lower() == b"application/json":
-            try:
-                req = SuggestBody.model_validate(json.loads(body))
-            except (ValueError, RecursionError):  # bad JSON, an invalid field, nesting too deep: the route explains
-                req = None
-        if req is None:
-            replayed = False
-
-            async def replay():
-                nonlocal replayed
-                if not replayed:
-                    replayed = True
-                    return message
-                return await receive()
-
-            return await self.app(scope, replay, send)
-        status, payload = await self.answer(req)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-length", str(len(payload)).encode()),
-                                (b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": payload})
-
-
-def _error_json(message: str) -> bytes:
-    return json.dumps({"error": message}, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-async def _send_error(send, status: int, message: str) -> None:
-    body = _error_json(message)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
+    try:
+        return prepare_data(dataclasses.replace(ckpt.data_config), vocab=ckpt.vocab).train_ids
+    except OSError as exc:
+        log(f"rnnlab: the training text cannot be read ({exc}); adaptation takes plain SGD steps")
+        return None
+    except RnnlabError as exc:
+        log(f"rnnlab: the training text is not available ({exc}); adaptation takes plain SGD steps")
+        return None
 
 
 def _validation_message(errors: list[dict]) -> tuple[int, str, list[dict]]:
@@ -259,7 +152,8 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, cache_clients: int = 256,
                cache_per_client: int = 16, suggest: SuggestConfig | None = None,
                max_batch: int = 64, suggest_process: bool = False, suggest_threads: int = 1,
-               suggest_fast_path: bool = True, allowed_hosts: list[str] | None = None) -> FastAPI:
+               suggest_fast_path: bool = True, allowed_hosts: list[str] | None = None,
+               adapt: AdaptConfig | None = None, log=lambda msg: None) -> FastAPI:
     """The app for one checkpoint (a directory, or an already loaded ``Checkpoint``).
 
     ``suggest_process=True`` answers ``/v1/suggest`` from an engine in a child process (with
@@ -267,13 +161,18 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
     loop on one GIL (see ``rnnlab.serve.backend``); the default keeps it in this process.
     ``suggest_fast_path`` answers valid suggest requests before the framework (``SuggestFastPath``).
     ``allowed_hosts`` (e.g. ``["127.0.0.1", "localhost"]``) refuses other ``Host`` headers.
+    ``adapt`` turns on online adaptation per client (``rnnlab.suggest.adapt``; in this process,
+    answered one at a time) and ``POST /v1/adapt/reset``.
     """
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, device)
     model, tokenizer = ckpt.model, ckpt.tokenizer
     model.eval()
     scfg = suggest if suggest is not None else SuggestConfig()
     scfg.validate()
-    if suggest_process:
+    if adapt is not None:
+        backend = AdaptiveBackend(AdaptiveSuggester(model, tokenizer, scfg, adapt, _training_ids(ckpt, log),
+                                                    StateCache(cache_clients, cache_per_client)))
+    elif suggest_process:
         backend = ProcessBackend(ckpt, threads=suggest_threads, config=scfg, cache_clients=cache_clients,
                                  cache_per_client=cache_per_client, max_batch=max_batch)
     else:
@@ -309,14 +208,14 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
         try:
             body = await backend.suggest(req.text, req.k, req.client)  # a JSON object: b'{...}'
         except WorkerUnavailable as exc:  # the suggestion process died or is restarting: not the client's fault
-            return 503, _error_json(str(exc))
+            return 503, error_json(str(exc))
         except RnnlabError as exc:
-            return 400, _error_json(str(exc))
+            return 400, error_json(str(exc))
         elapsed = json.dumps((time.perf_counter() - start) * 1e3)
         return 200, body[:-1] + b',"elapsed_ms":' + elapsed.encode() + b"}"
 
     if suggest_fast_path:
-        app.add_middleware(SuggestFastPath, answer=answer_suggest)
+        app.add_middleware(SuggestFastPath, body_model=SuggestBody, answer=answer_suggest)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)  # every body is bounded first
     if allowed_hosts:
         app.add_middleware(HostCheck, allowed=allowed_hosts)
@@ -369,6 +268,14 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
         # SuggestResponse by construction, so FastAPI's second validation of it is skipped.
         status, body = await answer_suggest(req)
         return Response(body, status_code=status, media_type="application/json")
+
+    @app.post("/v1/adapt/reset")
+    async def adapt_reset(req: ResetBody) -> JSONResponse:
+        """Forget what the client's own copy of the model has learnt (``rnnlab serve --adapt``)."""
+        if not isinstance(backend, AdaptiveBackend):
+            return JSONResponse({"error": "adaptation is off; start the server with rnnlab serve --adapt"},
+                                status_code=409)
+        return JSONResponse({"client": req.client, "reset": await backend.reset(req.client)})
 
     @app.post("/v1/generate", response_model=GenerateResponse)
     def generate(req: GenerateBody) -> dict:

@@ -7,6 +7,8 @@ JSON is encoded on the event loop's side (the engine is the busier of the two).
 * ``ThreadBackend``: the ``SuggestEngine`` of this process (its batching worker is a thread).
   Simple, and what the tests and the library use; but the worker's Python and the event loop's
   share one GIL, so on a small machine the HTTP work and the search take turns on one core.
+* ``AdaptiveBackend`` (``rnnlab serve --adapt``): an ``AdaptiveSuggester`` in one thread, each
+  client answered from its own adapted copy of the model (no batching across clients).
 * ``ProcessBackend``: the same engine and the same batching loop in a child process
   (``rnnlab serve`` uses it). The event loop queues each request for a writer thread and goes back
   to HTTP; the child steps every request in flight at once (``run_worker``, as the thread does)
@@ -38,7 +40,7 @@ import weakref
 
 from ..checkpoint import Checkpoint
 from ..errors import RnnlabError
-from ..suggest import StateCache, SuggestEngine, SuggestRequest, run_worker
+from ..suggest import AdaptiveSuggester, StateCache, SuggestEngine, SuggestRequest, run_worker
 
 
 def suggestions_json(d: dict) -> bytes:
@@ -68,6 +70,32 @@ class ThreadBackend:
 
     def close(self) -> None:
         self.engine.close()
+
+
+class AdaptiveBackend:
+    """``rnnlab serve --adapt``: an ``AdaptiveSuggester`` (each client's own adapted copy of the
+    model) in one worker thread of this process; requests are answered one at a time, in order."""
+
+    def __init__(self, suggester: AdaptiveSuggester):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.suggester = suggester
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnlab-adapt")
+
+    async def suggest(self, text: str, k: int, client: str) -> bytes:
+        loop = asyncio.get_running_loop()
+        answer = await loop.run_in_executor(self.pool, self.suggester.suggest, text, k, client)
+        return suggestions_json(answer.to_dict())
+
+    async def reset(self, client: str) -> bool:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self.suggester.reset, client)
+
+    def status(self) -> dict:
+        return {"kind": "adapt", "state": "ready", "adapt": self.suggester.status()}
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.suggester.close()
 
 
 class WorkerUnavailable(RnnlabError):

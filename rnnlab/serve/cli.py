@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..cli_args import add_settings, build
-from ..config import SuggestConfig
+from ..config import AdaptConfig, SuggestConfig
 from ..errors import RnnlabError, UsageError
 
 
@@ -47,6 +48,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--suggest-worker", choices=("process", "thread"), default="process",
                    help="where suggestions are computed: a process of their own (the search and the HTTP "
                         "event loop run on two cores) or a thread of the server (they share one GIL)")
+    a = p.add_argument_group("online adaptation", "--adapt: each client's own copy of the model learns from the "
+                                                   "text that client types (dynamic evaluation; in memory only, "
+                                                   "never written to the checkpoint; POST /v1/adapt/reset forgets a client)")
+    a.add_argument("--adapt", action="store_true", help="adapt to each client (answers one request at a time)")
+    add_settings(a, AdaptConfig, prefix="adapt_")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=cmd_serve)
 
@@ -99,12 +105,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     scfg = build(args, SuggestConfig)
     scfg.validate()
+    adapt = build(args, AdaptConfig, prefix="adapt_") if args.adapt else None
+    if adapt is not None:
+        adapt.validate()
+        if args.int8:
+            raise UsageError("--adapt trains each client's copy of the model; an int8 copy cannot be trained "
+                             "(drop --int8 or --adapt)")
     torch.set_num_threads(args.threads)
     ckpt = load_for_inference(args.checkpoint, select_device("cpu" if args.int8 and args.device == "auto" else args.device), args.int8)
     sock = _bind(args.host, args.port)
     app = create_app(ckpt, max_body_bytes=args.max_body_bytes, max_batch=args.max_batch, suggest=scfg,
                      suggest_process=args.suggest_worker == "process", suggest_threads=args.threads,
-                     allowed_hosts=allowed_hosts(args.host, args.allowed_hosts or []))
+                     allowed_hosts=allowed_hosts(args.host, args.allowed_hosts or []), adapt=adapt,
+                     log=lambda msg: print(msg, file=sys.stderr))
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(app, log_level=args.log_level, access_log=False)
     server = uvicorn.Server(config)

@@ -1,0 +1,141 @@
+"""Online adaptation of the keyboard: each client's own copy of the model learns what that client
+types (``rnnlab serve --adapt``).
+
+A client that has typed enough gets an ``Adapter`` (``rnnlab.evaluation``: dynamic evaluation,
+Krause et al. 2018): a private copy of the weights that takes one RMS-scaled gradient step per
+``chunk`` characters of the client's *finished* text (up to its last word boundary: the word being
+typed may still change). Its suggestions then come from an engine over that copy.
+
+    request(text, client) ──► observe: new finished text? ──► adapter.read (at most
+        MAX_STEPS_PER_REQUEST steps; the rest on later requests) ──► clear that client's cache
+    ──► the client's engine (adapted) or the shared one (no adaptation yet, anonymous clients)
+
+Bounds: at most ``AdaptConfig.clients`` adapted clients (the least recently seen is dropped), each
+holding one copy of the weights (``status()["bytes_per_client"]``) and a small state cache; the
+work per request is bounded. A client whose text no longer extends what it has typed (it deleted
+or started over) keeps its adapted weights; the model re-reads the common part without learning.
+The adapted weights live in memory only: the checkpoint is never written. ``reset(client)``
+forgets a client.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from ..config import AdaptConfig, SuggestConfig, check_text
+from ..data.batching import Ids
+from ..data.tokenizer import Tokenizer
+from ..errors import UsageError
+from ..evaluation import SGD_FALLBACK_LR, Adapter, rms_scale
+from ..models import LanguageModel
+from .cache import StateCache
+from .engine import SuggestEngine
+from .text import is_word_char
+from .types import SuggestRequest, Suggestions
+
+MAX_STEPS_PER_REQUEST = 8  # adaptation work one request may trigger (a pasted text is learnt over later requests)
+
+
+def finished_text(mtext: str) -> str:
+    """The model text up to and including its last word boundary (the word being typed may change)."""
+    i = len(mtext)
+    while i > 0 and (is_word_char(mtext[i - 1]) or mtext[i - 1] in "'’"):
+        i -= 1
+    return mtext[:i]
+
+
+class _Client:
+    """One client's adapted copy, its engine, and how far it has read the client's text."""
+
+    def __init__(self, owner: AdaptiveSuggester):
+        self.owner = owner
+        self.adapter = Adapter(owner.model, owner.lr, owner.settings.chunk, owner.scale)
+        self.engine = SuggestEngine(self.adapter.model, owner.tokenizer, owner.config, StateCache(1, 16), max_batch=1)
+        self.seen: list[int] = []  # the finished text's ids at the last request
+        self.pos = 0  # the next input position in ``seen`` the adapter has not read
+
+    def observe(self, text: str) -> int:
+        """Read the new finished text of ``text`` (whole chunks, bounded); return the steps taken."""
+        tok = self.owner.tokenizer
+        ids = tok.vocab.encode(tok.split(finished_text(tok.model_text(text))))
+        n = 0
+        limit = min(len(ids), len(self.seen))
+        while n < limit and ids[n] == self.seen[n]:
+            n += 1
+        if n < self.pos + 1 and self.pos:  # the text it learnt from changed: re-read the common part
+            self.pos = max(n - 1, 0)
+            self.adapter.restart(ids_tensor(ids[:self.pos]) if self.pos else None)
+        self.seen = ids
+        chunk = self.owner.settings.chunk
+        whole = min((len(ids) - 1 - self.pos) // chunk, MAX_STEPS_PER_REQUEST)
+        if whole <= 0:
+            return 0
+        end = self.pos + whole * chunk + 1
+        self.adapter.read(ids_tensor(ids[self.pos:end]))  # inputs pos..end-2, targets pos+1..end-1
+        self.pos = end - 1
+        self.engine.cache.clear()  # the cached states were computed with the old weights
+        return whole
+
+
+def ids_tensor(ids: list[int]) -> Ids:
+    import torch
+
+    return torch.tensor(ids, dtype=torch.long)
+
+
+class AdaptiveSuggester:
+    """Suggestions that adapt to each client (see the module docstring). ``train_ids``: the model's
+    training text, for the RMS step scale; without it the steps are plain SGD at ``SGD_FALLBACK_LR``.
+    Thread-safe: requests are answered one at a time."""
+
+    def __init__(self, model: LanguageModel, tokenizer: Tokenizer, config: SuggestConfig | None = None,
+                 settings: AdaptConfig | None = None, train_ids: Ids | None = None,
+                 cache: StateCache | None = None):
+        if tokenizer.word_level:
+            raise UsageError("--adapt needs a character model (the keyboard learns the finished text character "
+                             "by character)")
+        self.model, self.tokenizer = model, tokenizer
+        self.config = config if config is not None else SuggestConfig()
+        self.settings = settings if settings is not None else AdaptConfig()
+        self.settings.validate()
+        self.scale = rms_scale(model, train_ids, self.settings.chunk) if train_ids is not None else None
+        self.lr = self.settings.lr if self.scale is not None else SGD_FALLBACK_LR
+        self.base = SuggestEngine(model, tokenizer, self.config, cache, max_batch=1)
+        self.clients: OrderedDict[str, _Client] = OrderedDict()
+        self.steps = 0
+        self._lock = threading.Lock()
+
+    def suggest(self, text: str, k: int = 5, client: str = "") -> Suggestions:
+        """``SuggestEngine.suggest``, from ``client``'s adapted copy once it has one. Anonymous
+        requests (no client id) use the shared model and teach nothing."""
+        check_text(text)
+        SuggestConfig(k=k).validate()
+        with self._lock:
+            engine = self.base
+            if client:
+                c = self.clients.pop(client, None) or _Client(self)
+                self.clients[client] = c  # most recently seen last
+                while len(self.clients) > self.settings.clients:
+                    self.clients.popitem(last=False)
+                taken = c.observe(text)
+                self.steps += taken
+                if c.adapter.steps:
+                    engine = c.engine
+            return engine.suggest_batch([SuggestRequest(text, k, client)])[0]
+
+    def reset(self, client: str) -> bool:
+        """Forget ``client``'s adaptation; True if it had one."""
+        with self._lock:
+            return self.clients.pop(client, None) is not None
+
+    def status(self) -> dict:
+        with self._lock:
+            per = sum(p.numel() * p.element_size() for p in self.model.parameters())
+            return {"clients": len(self.clients), "max_clients": self.settings.clients, "bytes_per_client": per,
+                    "max_bytes": per * self.settings.clients, "steps": self.steps,
+                    "method": "rms" if self.scale is not None else "sgd", "lr": self.lr}
+
+    def close(self) -> None:
+        with self._lock:
+            self.clients.clear()
+        self.base.close()
