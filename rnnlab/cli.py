@@ -46,7 +46,10 @@ def _add_train(sub) -> None:
     r.add_argument("--prefix", action="append", dest="prefixes", metavar="TEXT", default=argparse.SUPPRESS,
                    help="prefix for progress samples (repeatable; default: the dataset's)")
     r.add_argument("--quiet", action="store_true", help="no progress bar: plain log lines only")
-    p.set_defaults(func=cmd_train)
+    r.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train data-parallel on N local processes (torch's launcher, as `torchrun --standalone "
+                        "--nproc-per-node N -m rnnlab train ...`; the settings are checked once, here, first)")
+    p.set_defaults(func=cmd_train, argv=None)
 
 
 def _add_prepare(sub) -> None:
@@ -173,9 +176,41 @@ def cmd_train(args: argparse.Namespace) -> int:
         dcfg, mcfg, tcfg = merge_resume((s_data, s_model, s_train), (dcfg, mcfg, tcfg), explicit)
         rcfg = s_run.replace(**given(args, RunConfig), **({"prefixes": args.prefixes} if hasattr(args, "prefixes") else {}))
     explicit = set().union(*(given(args, c) for c in (DataConfig, ModelConfig, TrainConfig, RunConfig)))
+    if args.nproc != 1:
+        return _launch(args, (dcfg, mcfg, tcfg, rcfg))
     result = train_run(dcfg, mcfg, tcfg, rcfg, args.out, resume=args.resume, overwrite=args.overwrite,
                        progress=not args.quiet, explicit=explicit)
     return 130 if result.interrupted else 0
+
+
+def _launch(args: argparse.Namespace, configs) -> int:
+    """``train --nproc N``: check everything a usage error could come from, then start N ranks."""
+    from .distributed import launch_local, launched_by_torchrun
+
+    if not 2 <= args.nproc <= 64:
+        raise UsageError(f"--nproc must be between 1 and 64, got {args.nproc}")
+    if launched_by_torchrun():
+        raise UsageError("--nproc starts its own processes; drop it under torchrun")
+    for cfg in configs:
+        cfg.validate()
+    dcfg, tcfg = configs[0], configs[2]
+    if dcfg.prepared is None:
+        from .data.corpus import check_input_file
+        from .data.text_data import resolve_source
+
+        check_input_file(resolve_source(dcfg))
+    if tcfg.batch_size % args.nproc:
+        raise UsageError(f"--batch-size {tcfg.batch_size} is the global batch and must be divisible by the "
+                         f"{args.nproc} processes")
+    argv, skip = [], False
+    for a in args.argv[1:]:  # the command line without --nproc (after the "train" word)
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            argv.append(a)
+    return launch_local(["train", *argv], args.nproc)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -311,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "argv"):
+        args.argv = argv[argv.index("train"):] if "train" in argv else argv
     try:
         return args.func(args)
     except RnnlabError as e:

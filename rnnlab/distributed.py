@@ -150,3 +150,25 @@ def check_batch(batch_size: int, ctx: DistContext) -> int:
 
 __all__ = ["DistContext", "LOCAL", "all_gather_object", "all_gather_rows", "all_reduce_sum", "barrier",
            "check_batch", "cleanup", "device_for", "env_context", "launched_by_torchrun", "setup"]
+
+
+def launch_local(argv: list[str], nproc: int) -> int:
+    """``rnnlab train --nproc N ...``: run ``torchrun --standalone --nproc-per-node N -m rnnlab
+    train ...`` in this process (torch's own launcher), after the caller has validated the
+    settings, so a usage error is one line here instead of a launcher failure report. Returns the
+    exit code: 0, or the first failed rank's own code (each rank has printed its one-line error)."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    for name in ("torch.distributed.elastic", "torch.distributed.run"):  # the ranks speak for themselves
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    targs = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "rnnlab", *argv])
+    try:
+        run(targs)
+    except ChildFailedError as exc:
+        codes = [f.exitcode for f in exc.failures.values()]
+        return next((c for c in codes if c > 0), 1)
+    return 0

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .errors import UsageError
+from .models.cells import RECOMMENDED
 
 RECIPES = ("default", "book")
 DEFAULT_BUDGET = 300.0  # seconds, when no --budget (and no --epochs / --max-seconds) is given
@@ -129,7 +130,7 @@ def resolve(recipe: str, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunConfig, 
     if "epochs" not in explicit and budget:
         rcfg.epochs = 1_000_000  # the budget decides
     if not fine_tuning:  # a fine-tuned model keeps the base's architecture
-        put(mcfg, "model", "lstm")
+        put(mcfg, "model", RECOMMENDED)
         put(mcfg, "impl", "fast")
         put(mcfg, "embedding_dim", 64)
         hidden = mcfg.hidden_size if "hidden_size" in explicit else \

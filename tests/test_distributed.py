@@ -228,3 +228,22 @@ def test_torchrun_refuses_a_batch_that_does_not_divide(tmp_path):
                        env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert "--batch-size 3 is the global batch and must be divisible by the 2 processes" in r.stderr
+
+
+def test_nproc_launches_the_ranks_and_checks_settings_first(tmp_path):
+    """``rnnlab train --nproc 2`` = torchrun with 2 ranks; a usage error is one line, no launcher report."""
+    src = tmp_path / "text.txt"
+    src.write_text(TEXT)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    common = ["train", str(src), "--hidden-size", "8", "--batch-size", "4", "--num-steps", "8", "--epochs", "1",
+              "--predict-every", "0", "--quiet", "--recipe", "book"]
+    r = subprocess.run([sys.executable, "-m", "rnnlab", *common, "--nproc", "2", "--out", str(tmp_path / "run")],
+                       env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 processes (DDP, 2 rows each)" in r.stdout and (tmp_path / "run" / "model.safetensors").is_file()
+    for bad, says in ((["--lr", "-1"], "--lr"), (["--batch-size", "3"], "divisible by the 2 processes"),
+                      (["--nproc=0"], "--nproc")):
+        r = subprocess.run([sys.executable, "-m", "rnnlab", *common, "--nproc", "2", *bad, "--out",
+                            str(tmp_path / "bad")], env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
+        assert "ChildFailedError" not in r.stderr and r.stderr.count("\n") == 1, (bad, r.stderr)

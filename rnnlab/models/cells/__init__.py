@@ -6,4 +6,6 @@ below, and test it against a reference loop (``tests/test_cells.py``). Nothing e
 from . import rnn, gru, lstm, mingru, minlstm  # noqa: F401, I001  (each registers its cell; this order is --help's)
 from .base import Cell, CellState, Params, TupleState, cell_names, get_cell, register
 
-__all__ = ["Cell", "CellState", "Params", "TupleState", "cell_names", "get_cell", "register"]
+RECOMMENDED = lstm.LSTMCell.name  # the default recipe's cell (measured: rnnlab/recipes.py, benchmarks/budget.py)
+
+__all__ = ["RECOMMENDED", "Cell", "CellState", "Params", "TupleState", "cell_names", "get_cell", "register"]
