@@ -46,7 +46,7 @@ def _onnx():
         import onnx
         import onnxruntime
     except ImportError:
-        raise RnnlabError("ONNX export needs the onnx and onnxruntime packages: pip install "rnnlab[export]" (or onnx onnxruntime)") from None
+        raise RnnlabError("ONNX export needs the onnx and onnxruntime packages: pip install 'rnnlab[export]' (or onnx onnxruntime)") from None
     return onnx, onnxruntime
 
 

@@ -105,6 +105,7 @@ def train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunC
     if explicit is None:
         explicit = {name for cfg in (dcfg, mcfg, tcfg, rcfg) for name, value in cfg.to_dict().items()
                     if value != getattr(type(cfg)(), name)}
+    recipes.model_defaults(rcfg.recipe, mcfg, explicit)
     for cfg in (dcfg, mcfg, tcfg, rcfg):
         cfg.validate()
     if not str(out_dir).strip():

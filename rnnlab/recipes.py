@@ -99,6 +99,16 @@ def dropout_for(budget: float, epochs: int, train_tokens: int, hidden: int,
     return round(min(MAX_DROPOUT, 0.1 * math.log2(passes / 8) + 0.1), 2)
 
 
+def model_defaults(recipe: str, mcfg: ModelConfig, explicit: set[str]) -> list[str]:
+    """The model settings a recipe fills before the configs are checked: the fast kernels (every
+    cell has them; ``--model mingru`` has no ``concise``)."""
+    check(recipe)
+    if recipe == "default" and "impl" not in explicit:
+        mcfg.impl = "fast"
+        return ["impl"]
+    return []
+
+
 def data_defaults(recipe: str, dcfg: DataConfig, explicit: set[str]) -> list[str]:
     """The data settings a recipe fills before the corpus is read: the validation split."""
     check(recipe)

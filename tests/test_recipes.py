@@ -99,3 +99,17 @@ def test_the_cli_applies_the_recipe_and_says_which_values_are_in_force(tmp_path)
     assert (cfg["model"]["model"], cfg["train"]["optimizer"], cfg["train"]["lr"]) == ("rnn", "sgd", 1.0)
     helptext = subprocess.run([sys.executable, "-m", "rnnlab", "train", "--help"], capture_output=True, text=True).stdout
     assert "--recipe {default,book}" in helptext and "(default: default)" in helptext and "--budget TIME" in helptext
+
+
+def test_the_default_recipe_picks_the_fast_kernels_before_the_combination_is_checked():
+    from rnnlab import recipes
+    from rnnlab.config import ModelConfig as MC
+
+    m = MC(model="mingru", hidden_size=16, embedding_dim=16)  # mingru has no `concise`: the recipe's fast is needed
+    assert recipes.model_defaults("default", m, {"model", "hidden_size", "embedding_dim"}) == ["impl"]
+    m.validate()
+    assert m.impl == "fast"
+    given = MC(model="gru", impl="concise")
+    assert recipes.model_defaults("default", given, {"model", "impl"}) == [] and given.impl == "concise"
+    book = MC()
+    assert recipes.model_defaults("book", book, set()) == [] and book.impl == "concise"
