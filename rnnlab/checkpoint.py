@@ -237,6 +237,8 @@ def load_checkpoint(ckpt_dir: str | Path, device: torch.device | str = "cpu", im
                           f"the checkpoint is damaged")
     if impl is not None:
         mcfg.impl = impl
+        if impl != "fast":
+            mcfg.weight_drop = 0.0  # DropConnect is a training device: inference in any impl never drops
         mcfg.validate()
     shapes, _ = weights_header(d / WEIGHTS)
     with torch.device("meta"):  # the shapes the config implies, with nothing allocated

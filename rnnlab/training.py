@@ -32,6 +32,7 @@ from .models import LanguageModel, State, detach_state
 from .runtime import keep_freed_memory
 
 DIVERGED = 100.0  # nats/token: far above any vocabulary's uniform loss (ln 2^24 = 16.6): the run has diverged
+ANNEAL = 0.1  # of the budget: the final decay after a plateau (see Trainer._plateau)
 EpochCallback = Callable[["Trainer", dict], None]
 StepCallback = Callable[["Trainer", float, int], None]  # (trainer, loss of the step, tokens of the step)
 
@@ -112,6 +113,7 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] | None = None  # the weights of the best validation loss
         self.evals_since_best = 0  # evaluations without a better validation loss (early stopping)
         self.early_stopped = False
+        self.anneal: tuple[float, float] | None = None  # (elapsed, lr) when the final decay began
         self.next_eval = self.run.eval_every or float("inf")
         # an unfinished epoch (after an interruption)
         self.epoch_rng_state = None  # batching RNG state at the start of the unfinished epoch
@@ -140,6 +142,10 @@ class Trainer:
             return cfg.lr * (step + 1) / cfg.warmup_steps
         if cfg.lr_schedule == "constant":
             return cfg.lr
+        if self.anneal is not None:  # after a plateau: from the rate then to min_lr over ANNEAL of the budget
+            start, lr0 = self.anneal
+            progress = min(max((elapsed - start) / (ANNEAL * self.run.budget), 0.0), 1.0)
+            return cfg.min_lr + (lr0 - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
         if self.run.budget:  # the schedule spans the time budget
             progress = elapsed / self.run.budget
         else:
@@ -290,11 +296,28 @@ class Trainer:
         elif "val_loss" in metrics:
             self.evals_since_best += 1
             if self.run.patience and self.evals_since_best >= self.run.patience:
-                self.early_stopped = True
+                self._plateau()
+        if self.anneal is not None and self.elapsed >= self.anneal[0] + ANNEAL * self.run.budget:
+            self.early_stopped = True  # the final decay is over: nothing more to gain at min_lr
         self.next_eval = self.elapsed + self.run.eval_every if self.run.eval_every else float("inf")
         self.history.append(metrics)
         for cb in self.callbacks:
             cb(self, metrics)
+
+    def _plateau(self) -> None:
+        """``patience`` evaluations without improvement. Under a time budget with a cosine schedule,
+        the first plateau starts the final decay early instead of stopping: the best weights are
+        restored and the rate decays from where it is to ``min_lr`` over ``ANNEAL`` of the budget
+        (a long budget's rate is still high when a small text starts to overfit; stopping there
+        would keep weights trained at that rate, worse than a shorter budget's). The next plateau,
+        or the end of the decay, stops training."""
+        if (self.anneal is None and self.run.budget and self.cfg.lr_schedule == "cosine"
+                and self.best_state is not None and self.elapsed < self.run.budget * (1 - ANNEAL)):
+            self.anneal = (self.elapsed, self.lr_at(self.step, self.elapsed))
+            self.model.load_state_dict(self.best_state)
+            self.evals_since_best = 0
+            return
+        self.early_stopped = True
 
     def _evaluation_point(self, loss_sum: torch.Tensor, n_tokens: int, compute: float, elapsed0: float,
                           wall0: float) -> None:
@@ -360,6 +383,7 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch, "partial": self.partial,
             "carry_len": 0 if self.carry is None else len(self.carry), "optimizer": opt_json,
             "evals_since_best": self.evals_since_best, "early_stopped": self.early_stopped,
+            "anneal": list(self.anneal) if self.anneal is not None else None,
             "next_eval": self.next_eval if math.isfinite(self.next_eval) else None,
         }
         return tensors, meta
@@ -370,6 +394,8 @@ class Trainer:
         self.best_val, self.history = meta["best_val"], meta["history"]
         self.evals_since_best = int(meta.get("evals_since_best", 0))  # absent before rnnlab 0.2
         self.early_stopped = bool(meta.get("early_stopped", False))
+        anneal = meta.get("anneal")
+        self.anneal = (float(anneal[0]), float(anneal[1])) if anneal else None
         nxt = meta.get("next_eval")
         self.next_eval = float(nxt) if nxt is not None else (self.run.eval_every or float("inf"))
         best = {k[len("best."):]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}

@@ -58,3 +58,16 @@ def test_damaged_checkpoints_give_clear_errors(tmp_path, damage, fragment):
 def test_missing_directory(tmp_path):
     with pytest.raises(RnnlabError, match="no such checkpoint directory"):
         load_checkpoint(tmp_path / "nope")
+
+
+def test_a_model_trained_with_dropconnect_loads_into_any_impl(tmp_path):
+    """DropConnect (--weight-drop) exists only in the fast kernels and only in training: the
+    checkpoint still loads as concise or scratch (export, the book's code), with equal outputs."""
+    model, _, d = _saved(tmp_path, impl="fast", embedding_dim=4, weight_drop=0.3)
+    x = torch.tensor([[1, 2, 3, 4]])
+    want = model.eval()(x)[0]
+    for impl in ("concise", "scratch"):
+        ck = load_checkpoint(d, impl=impl)
+        assert ck.model_config.impl == impl and ck.model_config.weight_drop == 0.0
+        assert torch.allclose(ck.model(x)[0], want, atol=1e-5)
+    assert load_checkpoint(d).model_config.weight_drop == 0.3  # as trained
