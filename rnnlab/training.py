@@ -309,15 +309,16 @@ class Trainer:
         the first plateau starts the final decay early instead of stopping: the best weights are
         restored and the rate decays from where it is to ``min_lr`` over ``ANNEAL`` of the budget
         (a long budget's rate is still high when a small text starts to overfit; stopping there
-        would keep weights trained at that rate, worse than a shorter budget's). The next plateau,
-        or the end of the decay, stops training."""
+        would keep weights trained at that rate, worse than a shorter budget's). The decay then runs
+        to its end (it is what improves the weights), which stops training."""
         if (self.anneal is None and self.run.budget and self.cfg.lr_schedule == "cosine"
                 and self.best_state is not None and self.elapsed < self.run.budget * (1 - ANNEAL)):
             self.anneal = (self.elapsed, self.lr_at(self.step, self.elapsed))
             self.model.load_state_dict(self.best_state)
             self.evals_since_best = 0
             return
-        self.early_stopped = True
+        if self.anneal is None:
+            self.early_stopped = True
 
     def _evaluation_point(self, loss_sum: torch.Tensor, n_tokens: int, compute: float, elapsed0: float,
                           wall0: float) -> None:
