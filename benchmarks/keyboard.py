@@ -33,37 +33,7 @@ import torch
 from rnnlab.data.corpus import read_text
 from rnnlab.data.registry import dataset_path
 from rnnlab.keyboard import BigramKeyboard, MixKeyboard, RnnlabKeyboard, evaluate_keyboard, ratios, split_heldout
-
-
-def _fmt(x) -> str:
-    return "-" if x is None else f"{x:.3f}"
-
-
-def table(results: dict[str, dict], ks) -> str:
-    """A markdown table: one column per keyboard (the baseline last), then each other keyboard's
-    ratio to the baseline."""
-    names = list(results)
-    base = results[names[-1]]
-    others = names[:-1]
-    rat = {n: ratios(results[n], base) for n in others}
-    first = results[names[0]]
-    rows = []
-    for k in ks:
-        rows.append((f"KSR@{k}", lambda r, k=k: r["ksr"][k]))
-    for k in ks:
-        rows.append((f"keystrokes/char @{k}", lambda r, k=k: r["keystrokes_per_char"][k]))
-    rows.append(("next-word top-1", lambda r: r["next_word_top1"]))
-    rows.append(("next-word top-3", lambda r: r["next_word_top3"]))
-    for n in first["completion_recall"]:
-        rows.append((f"recall@{first['recall_k']} after {n} chars", lambda r, n=n: r["completion_recall"][n]))
-    out = ["| | " + " | ".join(names) + " | " + " | ".join(f"{n} / {names[-1]}" for n in others) + " |",
-           "|---|" + "---|" * (len(names) + len(others))]
-    for label, get in rows:
-        out.append(f"| {label} | " + " | ".join(_fmt(get(r)) for r in results.values()) + " | "
-                   + " | ".join(_fmt(get(rat[n])) for n in others) + " |")
-    out.append("| seconds | " + " | ".join(f"{r['seconds']:.1f}" for r in results.values()) + " |" + " |" * len(others))
-    out.append("| queries | " + " | ".join(str(r["queries"]) for r in results.values()) + " |" + " |" * len(others))
-    return "\n".join(out)
+from rnnlab.keyboard.run import table
 
 
 def main(argv=None) -> int:
@@ -126,11 +96,10 @@ def main(argv=None) -> int:
     r = results["rnnlab"]
     print(f"{r['words']:,} words, {r['characters']:,} characters ({r['separator_chars']:,} separators) typed; "
           f"checkpoint {a.checkpoint}")
-    print(table(results, ks))
+    rat = {n: ratios(results[n], results["bigram"]) for n in results if n != "bigram"}
+    print(table({"keyboards": results, "ratios": rat}))
     if a.json:
-        Path(a.json).write_text(json.dumps({**results, "ratios": {n: ratios(results[n], results["bigram"])
-                                                                   for n in results if n != "bigram"}},
-                                           indent=1, default=str))
+        Path(a.json).write_text(json.dumps({**results, "ratios": rat}, indent=1, default=str))
     return 0
 
 

@@ -24,7 +24,7 @@ from ..errors import UsageError
 from ..suggest import SuggestEngine
 from .mix import MixKeyboard
 from .ngram import BigramKeyboard
-from .simulate import DEFAULT_KS, RnnlabKeyboard, evaluate_keyboard, ratios
+from .simulate import DEFAULT_KS, RnnlabKeyboard, evaluate_keyboard, ratios, split_heldout
 
 OOV_FACTOR = 0.25  # words outside the training lexicon: shown non-words were right 3-4x less often
 
@@ -36,11 +36,6 @@ def _text(cfg: DataConfig) -> str:
     return "".join(tokens)
 
 
-def _split(text: str, fraction: float) -> tuple[str, str]:
-    n_val = int(len(text) * fraction)  # as data.split_validation cuts a character stream
-    return text[:len(text) - n_val], text[len(text) - n_val:]
-
-
 def keyboard_texts(own: DataConfig, given: DataConfig | None) -> tuple[str, str, str, str]:
     """(bigram training text, typed text, history before it, what is typed) by the module's rules."""
     if own.prepared is not None:
@@ -48,7 +43,7 @@ def keyboard_texts(own: DataConfig, given: DataConfig | None) -> tuple[str, str,
                          "to type, and the bigram is built from it")
     same = given is None or (given.dataset is not None and given.dataset == own.dataset) or (
         given.path is not None and own.path is not None and Path(given.path).resolve() == Path(own.path).resolve())
-    train, held = _split(_text(own), own.val_fraction)
+    train, held = split_heldout(_text(own), own.val_fraction)
     source = own.path or own.dataset
     if same:
         if not held:
@@ -117,4 +112,5 @@ def table(report: dict[str, Any]) -> str:
         out.append(f"| {label} | " + " | ".join(_fmt(get(r)) for r in results.values()) + " | "
                    + " | ".join(_fmt(get(rat[n])) for n in others) + " |")
     out.append("| seconds | " + " | ".join(f"{r['seconds']:.1f}" for r in results.values()) + " |" + " |" * len(others))
+    out.append("| queries | " + " | ".join(str(r["queries"]) for r in results.values()) + " |" + " |" * len(others))
     return "\n".join(out)

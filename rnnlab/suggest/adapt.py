@@ -30,7 +30,7 @@ from ..evaluation import SGD_FALLBACK_LR, Adapter, rms_scale
 from ..models import LanguageModel
 from .cache import StateCache
 from .engine import SuggestEngine
-from .text import is_word_char
+from .text import split_partial_word
 from .types import SuggestRequest, Suggestions
 
 MAX_STEPS_PER_REQUEST = 8  # adaptation work one request may trigger (a pasted text is learnt over later requests)
@@ -38,10 +38,7 @@ MAX_STEPS_PER_REQUEST = 8  # adaptation work one request may trigger (a pasted t
 
 def finished_text(mtext: str) -> str:
     """The model text up to and including its last word boundary (the word being typed may change)."""
-    i = len(mtext)
-    while i > 0 and (is_word_char(mtext[i - 1]) or mtext[i - 1] in "'’"):
-        i -= 1
-    return mtext[:i]
+    return split_partial_word(mtext)[0]
 
 
 class _Client:

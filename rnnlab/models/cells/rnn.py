@@ -123,9 +123,7 @@ class RNNSequence(torch.autograd.Function):
             g_u[t - 1].addmm_(g_u[t].mul_(deriv_u[t]), w_hh)  # d_out[t-1] + g_t W_hh
         g[0].mul_(deriv[0])
         d_h0 = torch.mm(g[0], w_hh) if ctx.needs_input_grad[1] else None  # a detached start state needs none
-        d_w = None
-        if ctx.needs_input_grad[2]:  # sum_t g_t^T h_{t-1}: one (H, T*B) @ (T*B, H) product
-            d_w = weight_grad(g, out, h0)
+        d_w = weight_grad(g, out, h0) if ctx.needs_input_grad[2] else None  # sum_t g_t^T h_{t-1}, one product
         return g, d_h0, d_w, None
 
 
