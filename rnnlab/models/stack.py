@@ -14,11 +14,14 @@ Dropout (training only) is applied to each layer's output except the last, as in
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .cells import Cell
+if TYPE_CHECKING:  # the cell builds its stack (cells/base.py): a type-only import keeps that one-way
+    from .cells import Cell
 
 
 class RecurrentStack(nn.Module):
