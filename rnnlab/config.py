@@ -50,8 +50,12 @@ class DataConfig(Settings):
     errors: str = setting("strict", "undecodable bytes: stop with an error, or replace them with U+FFFD",
                           choices=("strict", "replace"))
     min_freq: int = setting(0, "tokens seen fewer times become <unk>", min=0)
-    val_fraction: float = setting(0.0, "hold out the last fraction of the stream for validation (0 = none, "
-                                       "the book's setting)", min=0.0, max=0.9)
+    val_fraction: float = setting(0.0, "hold out the last fraction of the stream as the test split: scored at the "
+                                       "end and by `rnnlab eval`, never used for a decision (0 = none, the book's "
+                                       "setting)", min=0.0, max=0.9)
+    select_fraction: float = setting(0.0, "the fraction of the stream just before the test split that chooses the "
+                                          "best weights, early stopping and the final decay (0 = none)",
+                                     min=0.0, max=0.5)
     prepared: str | None = setting(None, "a directory written by `rnnlab prepare` (memory-mapped ids)",
                                    cli=False)
 
@@ -62,6 +66,9 @@ class DataConfig(Settings):
             raise UsageError("give --prepared DIR or a text FILE / --dataset NAME, not both")
         if self.path == "":
             raise UsageError("the text FILE is an empty path; give a file name")
+        if self.val_fraction + self.select_fraction > 0.9:
+            raise UsageError(f"--val-fraction {self.val_fraction:g} and --select-fraction {self.select_fraction:g} "
+                             f"leave less than a tenth of the text for training; lower them")
 
 
 @dataclass

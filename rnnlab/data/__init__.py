@@ -3,12 +3,12 @@ tokenizer saved with a checkpoint, batching, memory-mapped corpora, the train/va
 from .batching import min_tokens_needed, num_batches, random_batches, sequential_batches
 from .corpus import load_corpus, preprocess, read_text, tokenize
 from .registry import DATASETS, dataset_path
-from .text_data import PreparedData, prepare_data, resolve_source, split_validation
+from .text_data import PreparedData, prepare_data, resolve_source, split_points, split_stream
 from .tokenizer import Prompt, Tokenizer
 from .vocab import Vocab
 
 __all__ = [
     "DATASETS", "PreparedData", "Prompt", "Tokenizer", "Vocab", "dataset_path", "load_corpus", "min_tokens_needed",
     "num_batches", "prepare_data", "preprocess", "random_batches", "read_text", "resolve_source",
-    "sequential_batches", "split_validation", "tokenize",
+    "sequential_batches", "split_points", "split_stream", "tokenize",
 ]

@@ -2,7 +2,10 @@
 
     DataConfig ──► resolve_source (a file, a named dataset, or a prepared directory)
                ──► load_corpus ──► Vocab.build ──► ids (1-D long tensor, or a memmap for --prepared)
-               ──► split_validation (the last ``val_fraction`` of the stream is held out)
+               ──► split_stream: training | selection | test, three disjoint ranges in stream order:
+                   the test split is the last ``val_fraction`` of the stream (reported, never used for
+                   a decision), the selection slice the ``select_fraction`` just before it (best weights,
+                   early stopping, any tuning), training is everything before that
 """
 from __future__ import annotations
 
@@ -26,11 +29,13 @@ from .vocab import Vocab
 class PreparedData:
     vocab: Vocab
     train_ids: Ids  # (N_train,) long tensor, or a read-only memmap of unsigned ids for --prepared
-    val_ids: Ids | None  # (N_val,): the last val_fraction of the stream, or None
+    val_ids: Ids | None  # (N_test,): the test split, the last val_fraction of the stream, or None
     source: str
     default_prefixes: list[str]
     tokenizer: Tokenizer | None = None
     unknown: dict[str, int] = field(default_factory=dict)  # tokens a given vocabulary lacks -> count in the text
+    select_ids: Ids | None = None  # (N_select,): the selection slice just before the test split, or None
+    ranges: dict[str, list[int]] = field(default_factory=dict)  # {"train": [0, a], "select": [a, b], "test": [b, n]}
 
 
 def resolve_source(cfg: DataConfig) -> Path:
@@ -39,10 +44,25 @@ def resolve_source(cfg: DataConfig) -> Path:
     return Path(cfg.path) if cfg.path is not None else dataset_path(cfg.dataset)
 
 
-def split_validation(ids: Ids, fraction: float) -> tuple[Ids, Ids | None]:
-    """(train, validation): the last ``fraction`` of the stream is held out (None when empty)."""
-    n_val = int(len(ids) * fraction)
-    return (ids[:len(ids) - n_val], ids[len(ids) - n_val:]) if n_val else (ids, None)
+def split_points(n: int, val_fraction: float, select_fraction: float = 0.0) -> tuple[int, int]:
+    """Where a stream of ``n`` tokens splits: training ``[0, a)``, selection ``[a, b)``, test ``[b, n)``.
+
+    The test split is the last ``int(n * val_fraction)`` tokens, the selection slice the
+    ``int(n * select_fraction)`` before it. Every consumer (training, ``rnnlab eval``, the keyboard
+    measurement, the keyboard's tuning) splits with this one function."""
+    n_test, n_select = int(n * val_fraction), int(n * select_fraction)
+    return n - n_test - n_select, n - n_test
+
+
+def split_stream(ids: Ids, val_fraction: float, select_fraction: float = 0.0) -> tuple[Ids, Ids | None, Ids | None]:
+    """(train, selection, test) ids by ``split_points`` (None for an empty range)."""
+    a, b = split_points(len(ids), val_fraction, select_fraction)
+    return ids[:a], (ids[a:b] if b > a else None), (ids[b:] if len(ids) > b else None)
+
+
+def ranges_of(n: int, val_fraction: float, select_fraction: float = 0.0) -> dict[str, list[int]]:
+    a, b = split_points(n, val_fraction, select_fraction)
+    return {"train": [0, a], "select": [a, b], "test": [b, n]}
 
 
 def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, extend: bool = False) -> PreparedData:
@@ -81,14 +101,15 @@ def _text_data(cfg: DataConfig, vocab: Vocab | None, extend: bool = False) -> Pr
                              f"lower --min-freq")
     tokens = corpus.tokens[:cfg.max_tokens] if cfg.max_tokens else corpus.tokens
     ids = torch.tensor(vocab.encode(tokens), dtype=torch.long)
-    train_ids, val_ids = split_validation(ids, cfg.val_fraction)
+    train_ids, select_ids, val_ids = split_stream(ids, cfg.val_fraction, cfg.select_fraction)
     if cfg.dataset is not None:
         prefixes = list(DATASETS[cfg.dataset].prefixes)
     else:
         prefixes = [vocab.separator.join(tokens[: (10 if cfg.token == "char" else 2)])]
     if cfg.preset == "letters":
         prefixes = [p.lower() for p in prefixes]
-    return PreparedData(vocab, train_ids, val_ids, str(path), prefixes, unknown=unknown)
+    return PreparedData(vocab, train_ids, val_ids, str(path), prefixes, unknown=unknown, select_ids=select_ids,
+                        ranges=ranges_of(len(ids), cfg.val_fraction, cfg.select_fraction))
 
 
 def _prepared_data(cfg: DataConfig, vocab: Vocab | None) -> PreparedData:
@@ -100,6 +121,7 @@ def _prepared_data(cfg: DataConfig, vocab: Vocab | None) -> PreparedData:
     for name in ("preset", "token", "min_freq", "encoding"):
         setattr(cfg, name, p.meta[name])
     ids = p.ids[:cfg.max_tokens] if cfg.max_tokens else p.ids
-    train_ids, val_ids = split_validation(ids, cfg.val_fraction)
+    train_ids, select_ids, val_ids = split_stream(ids, cfg.val_fraction, cfg.select_fraction)
     prefix = p.vocab.decode(ids[: (10 if cfg.token == "char" else 2)].tolist())
-    return PreparedData(p.vocab, train_ids, val_ids, f"{p.meta['source']} (prepared in {p.path})", [prefix])
+    return PreparedData(p.vocab, train_ids, val_ids, f"{p.meta['source']} (prepared in {p.path})", [prefix],
+                        select_ids=select_ids, ranges=ranges_of(len(ids), cfg.val_fraction, cfg.select_fraction))
