@@ -60,7 +60,7 @@ def _add_prepare(sub) -> None:
                                    "`rnnlab train --prepared DIR`.")
     _add_source(p, "the text file to encode")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write the prepared corpus to")
-    add_settings(p, DataConfig, skip=("max_tokens", "val_fraction"))
+    add_settings(p, DataConfig, skip=("max_tokens", "val_fraction", "select_fraction"))
     p.set_defaults(func=cmd_prepare)
 
 
@@ -83,7 +83,7 @@ def _add_eval(sub) -> None:
                                    "with the state carried (default: the run's own validation split).")
     p.add_argument("checkpoint", metavar="DIR")
     _add_source(p, "a text to evaluate on (default: the run's validation split)")
-    add_settings(p, DataConfig, skip=("preset", "token", "max_tokens", "min_freq", "val_fraction"))
+    add_settings(p, DataConfig, skip=("preset", "token", "max_tokens", "min_freq", "val_fraction", "select_fraction"))
     p.add_argument("--batch-size", type=int, default=32, help="parallel rows of the stream (default: 32)")
     p.add_argument("--num-steps", type=int, default=35, help="chunk length (default: 35)")
     p.add_argument("--device", default="auto")
@@ -142,8 +142,12 @@ def _data_config(args: argparse.Namespace, default_dataset: str | None = None) -
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
     from .config import merge_init_from, merge_resume
+    from .distributed import launched_by_torchrun
     from .pipeline import stored_configs, train_run
+    from .plan import PLAN_ENV, all_fields, read_plan_file
 
     prepared = getattr(args, "prepared", None)
     if prepared and (args.file or args.dataset):
@@ -177,31 +181,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         rcfg = s_run.replace(**given(args, RunConfig), **({"prefixes": args.prefixes} if hasattr(args, "prefixes") else {}))
     explicit = set().union(*(given(args, c) for c in (DataConfig, ModelConfig, TrainConfig, RunConfig)))
     if args.nproc != 1:
-        return _launch(args, (dcfg, mcfg, tcfg, rcfg))
+        return _launch(args, (dcfg, mcfg, tcfg, rcfg), explicit)
+    plan_file = os.environ.get(PLAN_ENV)
+    if plan_file and launched_by_torchrun() and not args.resume:  # a rank of `--nproc`: the launcher settled the run
+        dcfg, mcfg, tcfg, rcfg = read_plan_file(plan_file)
+        explicit = all_fields()
     result = train_run(dcfg, mcfg, tcfg, rcfg, args.out, resume=args.resume, overwrite=args.overwrite,
                        progress=not args.quiet, explicit=explicit)
     return 130 if result.interrupted else 0
 
 
-def _launch(args: argparse.Namespace, configs) -> int:
-    """``train --nproc N``: check everything a usage error could come from, then start N ranks."""
-    from .distributed import launch_local, launched_by_torchrun
+def _launch(args: argparse.Namespace, configs, explicit: set[str]) -> int:
+    """``train --nproc N``: settle the run here, once (the recipe, its measured size, every check a
+    usage error could come from), then start N ranks that train exactly that plan."""
+    import os
+    import tempfile
+
+    import torch
+
+    from .distributed import device_for, env_context, launch_local, launched_by_torchrun
+    from .plan import PLAN_ENV, settle, write_plan_file
 
     if not 2 <= args.nproc <= 64:
         raise UsageError(f"--nproc must be between 1 and 64, got {args.nproc}")
     if launched_by_torchrun():
         raise UsageError("--nproc starts its own processes; drop it under torchrun")
-    for cfg in configs:
-        cfg.validate()
-    dcfg, tcfg = configs[0], configs[2]
-    if dcfg.prepared is None:
-        from .data.corpus import check_input_file
-        from .data.text_data import resolve_source
-
-        check_input_file(resolve_source(dcfg))
-    if tcfg.batch_size % args.nproc:
-        raise UsageError(f"--batch-size {tcfg.batch_size} is the global batch and must be divisible by the "
-                         f"{args.nproc} processes")
+    dcfg, mcfg, tcfg, rcfg = configs
     argv, skip = [], False
     for a in args.argv[1:]:  # the command line without --nproc (after the "train" word)
         if skip:
@@ -210,7 +215,26 @@ def _launch(args: argparse.Namespace, configs) -> int:
             skip = True
         elif not a.startswith("--nproc="):
             argv.append(a)
-    return launch_local(["train", *argv], args.nproc)
+    if args.resume:  # a resumed run's settings are settled already (stored in the run)
+        for cfg in configs:
+            cfg.validate()
+        return launch_local(["train", *argv], args.nproc)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.nproc))  # as each rank will have
+    try:
+        plan = settle(dcfg, mcfg, tcfg, rcfg, explicit, device_for(env_context(), rcfg.device), world_size=args.nproc)
+    finally:
+        torch.set_num_threads(threads)
+    for line in plan.lines:
+        print(line, flush=True)
+    with tempfile.TemporaryDirectory(prefix="rnnlab-plan-") as tmp:
+        path = Path(tmp) / "plan.json"
+        write_plan_file(plan, path)
+        os.environ[PLAN_ENV] = str(path)
+        try:
+            return launch_local(["train", *argv], args.nproc)
+        finally:
+            os.environ.pop(PLAN_ENV, None)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:

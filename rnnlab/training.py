@@ -64,7 +64,9 @@ class Trainer:
     finishes, then ``fit`` returns with ``interrupted`` set and the position kept for resume).
     Each finished epoch calls every epoch callback with a metrics dict: ``epoch``, ``step``,
     ``train_loss``, ``train_ppl``, ``tokens_per_sec``, ``elapsed_s``, ``lr`` and, with
-    validation ids, ``val_loss``, ``val_ppl``, ``val_bpc``.
+    evaluation ids, ``val_loss``, ``val_ppl``, ``val_bpc`` (``select_*`` with ``label="select"``:
+    the caller passes a selection slice, and the best weights, early stopping and the final decay
+    are decided on whatever text it passes).
 
     ``dist_ctx`` (from ``rnnlab.distributed.setup``) makes it one rank of a data-parallel run:
     ``cfg.batch_size`` is then the global batch, every rank gets the same global metrics and
@@ -77,7 +79,7 @@ class Trainer:
                  val_ids: Ids | None = None, run: RunConfig | None = None,
                  optimizer: torch.optim.Optimizer | None = None,
                  callbacks: list[EpochCallback] = (), step_callbacks: list[StepCallback] = (),
-                 dist_ctx: DistContext = LOCAL):
+                 dist_ctx: DistContext = LOCAL, label: str = "val"):
         need = min_tokens_needed(cfg.batch_size, cfg.num_steps)
         if len(train_ids) < need:
             raise RnnlabError(
@@ -86,6 +88,7 @@ class Trainer:
         if val_ids is not None and len(val_ids) < 2:
             raise RnnlabError("the validation split has fewer than 2 tokens; raise --val-fraction or use more text")
         self.model, self.cfg, self.dist = model, cfg, dist_ctx
+        self.label = label  # the metrics' prefix for the evaluation text: "val", or "select" for a selection slice
         self.run = run if run is not None else RunConfig()
         check_batch(cfg.batch_size, dist_ctx)
         if model.device.type == "cpu":
@@ -131,6 +134,12 @@ class Trainer:
             self.eval_ids = self.val_ids[:self.run.eval_tokens + 1]
 
     # -- control ---------------------------------------------------------------------------
+    def count_setup(self, seconds: float) -> None:
+        """Count ``seconds`` spent setting the run up (measuring candidates) as training time: the
+        budget's clock starts there, and the first evaluation point follows it."""
+        self.elapsed = seconds
+        self.next_eval = seconds + self.run.eval_every if self.run.eval_every else float("inf")
+
     def request_stop(self) -> None:
         """Finish the current step, then return from ``fit`` keeping the position for resume."""
         self._stop = True
@@ -278,7 +287,7 @@ class Trainer:
         if self.eval_ids is not None:
             v = evaluate(self.model, self.eval_ids, self.cfg.batch_size, self.cfg.num_steps)
             self.model.train()
-            metrics.update(val_loss=v["loss"], val_ppl=v["ppl"], val_bpc=v["bpc"])
+            metrics.update({f"{self.label}_loss": v["loss"], f"{self.label}_ppl": v["ppl"], f"{self.label}_bpc": v["bpc"]})
             self.elapsed = elapsed0 + (time.perf_counter() - wall0)
         if ctx.enabled:  # validation took each rank its own time: agree on rank 0's clock
             clock = torch.tensor([self.elapsed if ctx.is_main else 0.0], dtype=torch.float64, device=device)
@@ -287,13 +296,14 @@ class Trainer:
 
     def _record(self, metrics: dict) -> None:
         """Keep an evaluation's metrics: best weights, early stopping, history, callbacks."""
-        self.improved = "val_loss" in metrics and metrics["val_loss"] < self.best_val
+        key = f"{self.label}_loss"
+        self.improved = key in metrics and metrics[key] < self.best_val
         if self.improved:
-            self.best_val = metrics["val_loss"]
+            self.best_val = metrics[key]
             self.evals_since_best = 0
             if self.run.restore_best:
                 self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        elif "val_loss" in metrics:
+        elif key in metrics:
             self.evals_since_best += 1
             if self.run.patience and self.evals_since_best >= self.run.patience:
                 self._plateau()
