@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -46,6 +47,8 @@ def _add_train(sub) -> None:
     r.add_argument("--prefix", action="append", dest="prefixes", metavar="TEXT", default=argparse.SUPPRESS,
                    help="prefix for progress samples (repeatable; default: the dataset's)")
     r.add_argument("--quiet", action="store_true", help="no progress bar: plain log lines only")
+    r.add_argument("--dry-run", action="store_true", help="settle the run (the recipe's choices, with the training "
+                                                          "speed it measures here) and print the plan; train nothing")
     r.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train data-parallel on N local processes (torch's launcher, as `torchrun --standalone "
                         "--nproc-per-node N -m rnnlab train ...`; the settings are checked once, here, first)")
@@ -142,10 +145,8 @@ def _data_config(args: argparse.Namespace, default_dataset: str | None = None) -
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import os
-
     from .config import merge_init_from, merge_resume
-    from .distributed import launched_by_torchrun
+    from .distributed import die_with_launcher, launched_by_torchrun
     from .pipeline import stored_configs, train_run
     from .plan import PLAN_ENV, all_fields, read_plan_file
 
@@ -180,27 +181,53 @@ def cmd_train(args: argparse.Namespace) -> int:
         dcfg, mcfg, tcfg = merge_resume((s_data, s_model, s_train), (dcfg, mcfg, tcfg), explicit)
         rcfg = s_run.replace(**given(args, RunConfig), **({"prefixes": args.prefixes} if hasattr(args, "prefixes") else {}))
     explicit = set().union(*(given(args, c) for c in (DataConfig, ModelConfig, TrainConfig, RunConfig)))
+    if args.dry_run:
+        if args.resume:
+            raise UsageError("--dry-run shows a new run's plan; a resumed run's settings are in its config.json")
+        plan = _settle_here((dcfg, mcfg, tcfg, rcfg), explicit, args.nproc)
+        m = plan.model
+        print(f"plan: model {m.model} --impl {m.impl} --hidden-size {m.hidden_size} --embedding-dim {m.embedding_dim} "
+              f"--num-layers {m.num_layers} --dropout {m.dropout:g} ({m.parameter_count():,} parameters); "
+              f"{len(plan.corpus.train_ids):,} training tokens; nothing was trained")
+        return 0
     if args.nproc != 1:
         return _launch(args, (dcfg, mcfg, tcfg, rcfg), explicit)
+    if launched_by_torchrun():
+        die_with_launcher()
     plan_file = os.environ.get(PLAN_ENV)
     if plan_file and launched_by_torchrun() and not args.resume:  # a rank of `--nproc`: the launcher settled the run
         dcfg, mcfg, tcfg, rcfg = read_plan_file(plan_file)
         explicit = all_fields()
     result = train_run(dcfg, mcfg, tcfg, rcfg, args.out, resume=args.resume, overwrite=args.overwrite,
                        progress=not args.quiet, explicit=explicit)
-    return 130 if result.interrupted else 0
+    return 128 + (result.signal or 2) if result.interrupted else 0  # 130 for SIGINT, 143 for SIGTERM
+
+
+def _settle_here(configs, explicit: set[str], nproc: int = 1):
+    """Settle a run in this process (``--dry-run``, the ``--nproc`` launcher) and print its plan."""
+    import torch
+
+    from .distributed import device_for, env_context
+    from .plan import settle
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc) if nproc > 1 else threads)  # as each rank will have
+    try:
+        plan = settle(*configs, explicit, device_for(env_context(), configs[3].device), world_size=nproc)
+    finally:
+        torch.set_num_threads(threads)
+    for line in plan.lines:
+        print(line, flush=True)
+    return plan
 
 
 def _launch(args: argparse.Namespace, configs, explicit: set[str]) -> int:
     """``train --nproc N``: settle the run here, once (the recipe, its measured size, every check a
     usage error could come from), then start N ranks that train exactly that plan."""
-    import os
     import tempfile
 
-    import torch
-
-    from .distributed import device_for, env_context, launch_local, launched_by_torchrun
-    from .plan import PLAN_ENV, settle, write_plan_file
+    from .distributed import launch_local, launched_by_torchrun
+    from .plan import PLAN_ENV, write_plan_file
 
     if not 2 <= args.nproc <= 64:
         raise UsageError(f"--nproc must be between 1 and 64, got {args.nproc}")
@@ -219,14 +246,7 @@ def _launch(args: argparse.Namespace, configs, explicit: set[str]) -> int:
         for cfg in configs:
             cfg.validate()
         return launch_local(["train", *argv], args.nproc)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.nproc))  # as each rank will have
-    try:
-        plan = settle(dcfg, mcfg, tcfg, rcfg, explicit, device_for(env_context(), rcfg.device), world_size=args.nproc)
-    finally:
-        torch.set_num_threads(threads)
-    for line in plan.lines:
-        print(line, flush=True)
+    plan = _settle_here(configs, explicit, args.nproc)
     with tempfile.TemporaryDirectory(prefix="rnnlab-plan-") as tmp:
         path = Path(tmp) / "plan.json"
         write_plan_file(plan, path)
@@ -375,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except RnnlabError as e:
-        print(f"rnnlab: error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under --nproc/torchrun every rank meets the same error: rank 0 says it
+            print(f"rnnlab: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("rnnlab: interrupted", file=sys.stderr)

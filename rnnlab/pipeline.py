@@ -32,6 +32,7 @@ from .fields import flag
 from .models import LanguageModel, build_model, grow_vocabulary
 from .runs import RunLock, prepare_run_dir, save_run_checkpoint
 from .plan import settle
+from .speed import simulated_step_seconds
 from .runtime import seed_everything, select_device
 from .training import Trainer
 
@@ -55,6 +56,7 @@ class RunResult:
     out_dir: Path
     interrupted: bool = False
     info: dict = field(default_factory=dict)
+    signal: int = 0  # the signal that stopped an interrupted run (SIGINT, SIGTERM), if one did
 
     @property
     def vocab(self):
@@ -66,6 +68,7 @@ class _StopOnSignal:
 
     def __init__(self, trainer: Trainer, log: Log):
         self.trainer, self.log, self.old = trainer, log, {}
+        self.signum = 0  # the signal that asked the run to stop
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -74,8 +77,9 @@ class _StopOnSignal:
         return self
 
     def _handle(self, signum, frame):
-        if self.trainer._stop and signum == signal.SIGINT:
+        if self.signum and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        self.signum = signum
         self.log(f"{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
                  f"(press Ctrl-C again to abort without saving)")
         self.trainer.request_stop()
@@ -157,14 +161,19 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
     # they score the test split for the record only (settle refused any decision then)
     selecting = data.select_ids is not None
     trainer = Trainer(model, tcfg, data.train_ids, data.select_ids if selecting else data.val_ids, run=rcfg,
-                      dist_ctx=ctx, label="select" if selecting else "val")
+                      dist_ctx=ctx, label="select" if selecting else "val", step_seconds=simulated_step_seconds())
     if not resume:
-        trainer.count_setup(plan.setup_seconds if rcfg.budget else 0.0)  # measuring counts against a budget
+        if rcfg.budget and not trainer.step_seconds:
+            trainer.count_setup(plan.setup_seconds)  # measuring counts against a budget
     if resume:
         ck = load_checkpoint(out, device)
         model.load_state_dict(ck.model.state_dict())
         tensors, meta = load_trainer_state(ck.path)
         trainer.load_state_dict(tensors, meta)
+        if trainer.finished:  # nothing to train: leave the finished run as it is
+            log(f"{out}: the run is finished ({trainer.stop_reason or 'done'}, epoch {trainer.epoch}, step "
+                f"{trainer.step}); nothing to resume. Give a larger --epochs or --budget to train further")
+            return RunResult(model, data.tokenizer, trainer.history, out, info=dict(ck.info))
         log(f"resuming {out} at epoch {trainer.epoch} (step {trainer.step}"
             f"{', inside the epoch' if trainer.epoch_rng_state is not None else ''})")
     # --overwrite: the old run goes when the new one first saves (a run that fails before leaves it whole)
@@ -209,6 +218,7 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
 
     if main:
         trainer.callbacks.append(on_epoch)
+        trainer.snapshot_callbacks.append(lambda tr, m: save(tr, f"step-{tr.step:010d}", m))
         trainer.callbacks.insert(0, MetricsWriter(out / "metrics.jsonl", trainer.history))
     n_params = sum(p.numel() for p in model.parameters())
     val = f", selection {len(data.select_ids):,}" if data.select_ids is not None else ""
@@ -221,7 +231,7 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
         trainer.step_callbacks.append(bar.step)
         emit = bar.write
     try:
-        with _StopOnSignal(trainer, emit):
+        with _StopOnSignal(trainer, emit) as stopper:
             trainer.fit()
     finally:
         bar.close()
@@ -230,7 +240,7 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
             save(trainer, f"interrupted-step-{trainer.step:08d}")
         log(f"stopped at epoch {trainer.epoch} + {trainer.batch_in_epoch} minibatches; checkpoint saved in {out}; "
             f"continue with: rnnlab train --resume --out {out}")
-        return RunResult(model, tokenizer, trainer.history, out, interrupted=True)
+        return RunResult(model, tokenizer, trainer.history, out, interrupted=True, signal=stopper.signum)
     final = dict(trainer.history[-1])
     if data.val_ids is not None and (selecting or rcfg.eval_tokens):  # the whole test split, once, at the end
         full = evaluate(model, data.val_ids, tcfg.batch_size, tcfg.num_steps)
@@ -241,9 +251,7 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
     val = f", test loss {final['val_loss']:.4f} (perplexity {final['val_ppl']:.3f})" if "val_ppl" in final else ""
     if selecting and trainer.best_val < float("inf"):
         val += f", best selection loss {trainer.best_val:.4f}"
-    why = (" (time limit)" if trainer.time_up else
-           f" (early stop: {trainer.evals_since_best} evaluations without a better validation loss)"
-           if trainer.early_stopped else "")
+    why = f" ({trainer.stop_reason})" if trainer.stop_reason not in ("", "epochs done") else ""
     best = ", the best selection weights restored" if rcfg.restore_best and trainer.best_state is not None else ""
     log(f"done{why}: epoch {trainer.epoch}, train perplexity {final['train_ppl']:.3f}{val}{best}, "
         f"median {speed:,.0f} tokens/s; checkpoint in {out}")

@@ -11,6 +11,7 @@ the run's budget (the trainer's clock starts after it).
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -19,12 +20,29 @@ from typing import Callable
 import torch
 
 from .config import TrainConfig
+from .errors import UsageError
 from .models import ModelConfig, build_model
 from .training import lm_loss, make_optimizer
 
 Clock = Callable[[], float]
 MEASURE_SECONDS = 0.4  # per candidate, after two warm-up steps
-MIN_STEPS, MAX_STEPS = 5, 400
+MIN_STEPS, MAX_STEPS = 3, 400
+
+
+SIMULATED_CLOCK_ENV = "RNNLAB_SIMULATED_STEP_SECONDS"  # for tests: every training step takes this long
+
+
+def simulated_step_seconds() -> float:
+    """The simulated clock's step time from the environment (0: the wall clock). Tests use it so a
+    budget run is the same on a fast and a slow machine, and resumes exactly: every optimizer step
+    counts as this many seconds, and every candidate model measures at that speed."""
+    try:
+        value = float(os.environ.get(SIMULATED_CLOCK_ENV, "0") or 0)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value > 1e6:
+        raise UsageError(f"{SIMULATED_CLOCK_ENV} must be a number of seconds between 0 and 1e6")
+    return value
 
 
 def _sync(device: torch.device) -> None:
@@ -37,6 +55,9 @@ def step_rate(mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device, rows: 
     """(training tokens/s, parameters) of the model ``mcfg`` builds, trained as ``tcfg`` says
     (``rows`` rows per step: one rank's share under DDP) on ``device``: the median of at least
     ``MIN_STEPS`` timed steps after two warm-up steps. Torch's global RNG is left as it was."""
+    simulated = simulated_step_seconds()
+    if simulated:
+        return (rows or tcfg.batch_size) * tcfg.num_steps / simulated, mcfg.parameter_count()
     rng = torch.get_rng_state()
     try:
         cfg = dataclasses.replace(mcfg, dropout=0.0, input_dropout=None, locked_dropout=False, weight_drop=0.0)
@@ -89,4 +110,4 @@ class Rates:
                 "params": {str(w): p for w, p in sorted(self.params.items())}}
 
 
-__all__ = ["Rates", "step_rate"]
+__all__ = ["Rates", "SIMULATED_CLOCK_ENV", "simulated_step_seconds", "step_rate"]
