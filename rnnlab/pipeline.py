@@ -276,7 +276,11 @@ def evaluate_checkpoint(ckpt_dir: str | Path, dcfg: DataConfig | None = None, de
         data = prepare_data(dcfg, vocab=ck.vocab)
         ids, train_ids = data.val_ids, data.train_ids
         source = dcfg.path or dcfg.dataset or (f"the prepared corpus {dcfg.prepared}" if dcfg.prepared else "the corpus")
-        what = f"validation split ({dcfg.val_fraction:g}) of {source}"
+        what = f"test split (the last {dcfg.val_fraction:g}) of {source}"
+        rc = ck.run_config
+        if not dcfg.select_fraction and (rc.patience or rc.restore_best):
+            log(f"rnnlab: note: {ckpt_dir} was trained before rnnlab kept a selection slice: its weights were chosen on "
+                f"this same split, so this figure is optimistic; retrain to get a split no decision saw")
     else:
         for name in ("preset", "token"):
             setattr(dcfg, name, getattr(ck.data_config, name))

@@ -89,8 +89,10 @@ def settle(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunConf
     if base is not None:
         data = prepare_data(dcfg, vocab=base.vocab, extend=rcfg.extend_vocab)
         lines += _unknown_lines(data, base, rcfg)
-    else:
+    elif resume and rcfg.init_from:  # resuming a fine-tuned run: its vocabulary is the base's (grown), kept in the run
         data = prepare_data(dcfg, vocab=resume_vocab)
+    else:  # a new run, or a resumed one whose text must give the same vocabulary again
+        data = prepare_data(dcfg)
     if resume_vocab is not None and data.vocab != resume_vocab:
         raise RnnlabError(f"the corpus {data.source} gives a different vocabulary from the checkpoint's"
                           f"{' in ' + str(out) if out else ''} ({resume_vocab.difference(data.vocab)}); resume with "

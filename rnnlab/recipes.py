@@ -115,7 +115,9 @@ def model_defaults(recipe: str, mcfg: ModelConfig, explicit: set[str], device: s
     filled = []
     cell = get_cell(mcfg.model) if mcfg.model in cell_names() else None
     if recipe == "default" and "impl" not in explicit:
-        mcfg.impl = "concise" if device.startswith("cuda") and cell is not None and "concise" in cell.impls else "fast"
+        impls = cell.impls if cell is not None else ("fast",)
+        mcfg.impl = ("concise" if device.startswith("cuda") and "concise" in impls else
+                     next((i for i in ("fast", "concise", "scratch") if i in impls), impls[0]))
         filled.append("impl")
     elif "impl" not in explicit and cell is not None and mcfg.impl not in cell.impls:  # e.g. the book's concise
         mcfg.impl = "fast" if "fast" in cell.impls else cell.impls[0]  # for a cell without torch layers
