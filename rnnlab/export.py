@@ -158,7 +158,7 @@ def export_onnx(checkpoint_dir, out_dir, int8: bool = False, steps: int = 200) -
 def _check_target(out: Path) -> None:
     """``out`` may be created, or replaced when it holds an earlier export and nothing else."""
     if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise UsageError(f"--out {out} exists and is not a folder; choose another --out")
+        raise UsageError(f"--out {out} exists and is not a folder (a file or a symbolic link); choose another --out")
     if out.is_dir():
         others = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)
         if others:
