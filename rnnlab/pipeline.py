@@ -109,7 +109,7 @@ def train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunC
     if explicit is None:
         explicit = {name for cfg in (dcfg, mcfg, tcfg, rcfg) for name, value in cfg.to_dict().items()
                     if value != getattr(type(cfg)(), name)}
-    for cfg in (dcfg, mcfg, tcfg, rcfg):
+    for cfg in (dcfg, tcfg, rcfg):  # the model's too, once the recipe has picked its --impl/--embedding-dim (settle)
         cfg.validate()
     if not str(out_dir).strip():
         raise UsageError("--out is empty; give a directory for the run")

@@ -80,7 +80,7 @@ def settle(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunConf
     world = world_size or ctx.world_size
     use_recipe = rcfg.recipe != "book" and not resume
     lines: list[str] = []
-    if use_recipe:
+    if not resume:  # under the book recipe too: an implementation the cell has when concise is not among them
         recipes.model_defaults(rcfg.recipe, mcfg, explicit, device.type)
         recipes.data_defaults(rcfg.recipe, dcfg, explicit)
     for cfg in (dcfg, mcfg, tcfg, rcfg):

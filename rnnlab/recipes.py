@@ -57,7 +57,8 @@ def _fmt(v) -> str:
 
 def candidate(mcfg: ModelConfig, width: int) -> ModelConfig:
     """The model the recipe would train at ``width`` (the cell says whether its embedding is the width)."""
-    emb = width if get_cell(mcfg.model).width_is_embedding else (mcfg.embedding_dim or EMBEDDING)
+    cell = get_cell(mcfg.model) if mcfg.model in cell_names() else None  # None: the unrolled network
+    emb = width if cell is not None and cell.width_is_embedding else (mcfg.embedding_dim or EMBEDDING)
     return dataclasses.replace(mcfg, hidden_size=width, embedding_dim=emb)
 
 
@@ -173,7 +174,7 @@ def resolve(recipe: str, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunConfig, 
     mcfg.vocab_size = vocab
     if not fine_tuning:  # a fine-tuned model keeps the base's architecture
         put(mcfg, "model", RECOMMENDED)
-        cell = get_cell(mcfg.model)
+        cell = get_cell(mcfg.model) if mcfg.model in cell_names() else None  # None: the unrolled network
         rate_of = rate_of or (lambda cand: (0.0, cand.parameter_count()))
         if "hidden_size" not in explicit:
             width = size_for(mcfg, rate_of, budget, rcfg.epochs, train_tokens)
@@ -187,7 +188,7 @@ def resolve(recipe: str, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunConfig, 
             passes = tokens_seen(rate, budget, rcfg.epochs, train_tokens) / max(train_tokens, 1)
             p = dropout_for(passes)
             put(mcfg, "dropout", p)
-            if p and not cell.width_is_embedding:  # the measured set, scaled: locked masks, embeddings too
+            if p and cell is not None and not cell.width_is_embedding:  # the measured set, scaled: locked, embeddings
                 put(mcfg, "locked_dropout", True)
                 put(mcfg, "input_dropout", round(0.4 * p, 2))
                 if mcfg.impl == "fast" and cell.recurrent_weight is not None:  # DropConnect runs in the fast kernels

@@ -108,6 +108,13 @@ class Cell:
         raise UsageError(f"--impl fast is not available for --model {self.name}")
 
     # -- export and int8 -------------------------------------------------------------------------
+    @property
+    def onnx_graph(self) -> str:
+        """Which implementation torch's ONNX exporter traces for the float graph: torch's layer
+        where the cell has one (ONNX's own RNN/GRU/LSTM operators), else the reference step (plain
+        tensor operations; the fast kernels' C++ calls are invisible to the tracer)."""
+        return "concise" if "concise" in self.impls else "scratch"
+
     #: which implementation's ONNX graph onnxruntime can quantise to int8 (its own recurrent
     #: operators where it has an int8 kernel for them, else the scratch graph's plain MatMuls)
     int8_onnx_graph: str = "scratch"

@@ -10,6 +10,7 @@ which also holds the block around the cell: norms, token shift, projections, a s
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from .base import Cell, register
@@ -28,6 +29,16 @@ class MinGRUCell(Cell):
         from ..minstack import MinStack
 
         return MinStack(self, impl, input_size, cfg)
+
+    def quantized_layer(self, input_size, cfg, weights):
+        """The block stack with every Linear layer (gate, output and MLP projections) int8; the
+        norms, the token shift and the scan stay float32."""
+        from ..minstack import MinStack
+        from ..quantized import quantize_linears
+
+        stack = MinStack(self, "fast", input_size, cfg)
+        stack.load_state_dict(weights)
+        return quantize_linears(stack, {n for n, m in stack.named_modules() if isinstance(m, nn.Linear)})
 
     def coefficients(self, pre: torch.Tensor):
         """pre (T, B, 2D) -> a, b (T, B, D) in linear space (the reference)."""
