@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .cli_args import add_settings, build, given
+from .cli_chats import add_chat_out, write_chat_out
 from .config import DataConfig, DynamicEval, GenerateConfig, KeyboardEval, ModelConfig, RunConfig, TrainConfig
 from .errors import RnnlabError, UsageError
 from .version import __version__
@@ -33,6 +34,7 @@ def _add_train(sub) -> None:
     d = p.add_argument_group("data")
     _add_source(d, "a UTF-8 text file (default: --dataset timemachine)")
     add_settings(d, DataConfig)
+    add_chat_out(d)
     d.add_argument("--prepared", metavar="DIR",
                    help="train on a corpus encoded by `rnnlab prepare` (memory-mapped, for texts larger than memory)")
     add_settings(p.add_argument_group("model"), ModelConfig)
@@ -61,6 +63,7 @@ def _add_prepare(sub) -> None:
     _add_source(p, "the text file to encode")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write the prepared corpus to")
     add_settings(p, DataConfig, skip=("max_tokens", "val_fraction"))
+    add_chat_out(p)
     p.set_defaults(func=cmd_prepare)
 
 
@@ -84,6 +87,7 @@ def _add_eval(sub) -> None:
     p.add_argument("checkpoint", metavar="DIR")
     _add_source(p, "a text to evaluate on (default: the run's validation split)")
     add_settings(p, DataConfig, skip=("preset", "token", "max_tokens", "min_freq", "val_fraction"))
+    add_chat_out(p)
     p.add_argument("--batch-size", type=int, default=32, help="parallel rows of the stream (default: 32)")
     p.add_argument("--num-steps", type=int, default=35, help="chunk length (default: 35)")
     p.add_argument("--device", default="auto")
@@ -129,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_export(sub)
     _add_datasets(sub)
+    from .cli_chats import add_parser
+    add_parser(sub)
     from .serve.cli import add_parsers
     add_parsers(sub)
     return parser
@@ -176,6 +182,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         dcfg, mcfg, tcfg = merge_resume((s_data, s_model, s_train), (dcfg, mcfg, tcfg), explicit)
         rcfg = s_run.replace(**given(args, RunConfig), **({"prefixes": args.prefixes} if hasattr(args, "prefixes") else {}))
     explicit = set().union(*(given(args, c) for c in (DataConfig, ModelConfig, TrainConfig, RunConfig)))
+    write_chat_out(args, dcfg)
     if args.nproc != 1:
         return _launch(args, (dcfg, mcfg, tcfg, rcfg))
     result = train_run(dcfg, mcfg, tcfg, rcfg, args.out, resume=args.resume, overwrite=args.overwrite,
@@ -194,7 +201,11 @@ def _launch(args: argparse.Namespace, configs) -> int:
     for cfg in configs:
         cfg.validate()
     dcfg, tcfg = configs[0], configs[2]
-    if dcfg.prepared is None:
+    if dcfg.chat is not None:  # read it once here: a bad export is one line, before any rank starts
+        from .data.chats import read_chat
+
+        read_chat(dcfg.path, dcfg.chat, dcfg.speaker, dcfg.encoding, dcfg.errors)
+    elif dcfg.prepared is None:
         from .data.corpus import check_input_file
         from .data.text_data import resolve_source
 
@@ -221,8 +232,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         raise UsageError("give a text FILE (or --dataset NAME) to prepare")
     dcfg = _data_config(args)
     dcfg.validate()
+    write_chat_out(args, dcfg)
     meta = prepare_corpus(resolve_source(dcfg), args.out, preset=dcfg.preset, token=dcfg.token,
-                          min_freq=dcfg.min_freq, encoding=dcfg.encoding, errors=dcfg.errors, log=print)
+                          min_freq=dcfg.min_freq, encoding=dcfg.encoding, errors=dcfg.errors, log=print,
+                          chat=dcfg.chat, speakers=dcfg.speaker)
     print(f"{meta['tokens']:,} tokens, vocabulary {meta['vocab_size']:,}, {meta['dtype']} ids in {args.out}; "
           f"train with: rnnlab train --prepared {args.out}")
     return 0
@@ -270,6 +283,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.num_steps < 1:
         raise UsageError("--batch-size and --num-steps must be positive integers")
     dcfg = _data_config(args) if (args.file or args.dataset) else None
+    write_chat_out(args, dcfg)
     if args.keyboard:
         return _keyboard_eval(args, dcfg)
     dynamic = build(args, DynamicEval, prefix="dynamic_") if args.dynamic else None
