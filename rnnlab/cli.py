@@ -32,7 +32,7 @@ def _add_train(sub) -> None:
                        description="Train an RNN/GRU/LSTM language model; writes metrics.jsonl, a plot and "
                                    "checkpoints to --out.", formatter_class=Formatter)
     d = p.add_argument_group("data")
-    _add_source(d, "a UTF-8 text file (default: --dataset timemachine)")
+    _add_source(d, "a UTF-8 text file, or a chat export with --chat (default: --dataset timemachine)")
     add_settings(d, DataConfig)
     add_chat_out(d)
     d.add_argument("--prepared", metavar="DIR",

@@ -21,8 +21,9 @@ def add_chat_out(group) -> None:
                                                           "line) to FILE, to see exactly what the model reads")
 
 
-def write_chat_out(args: argparse.Namespace, dcfg: DataConfig | None) -> None:
-    """``--chat-out FILE``: the chat export's cleaned text, read with the command's settings."""
+def write_chat_out(args: argparse.Namespace, dcfg: DataConfig | None, chat=None) -> None:
+    """``--chat-out FILE``: the chat export's cleaned text, read with the command's settings (or
+    ``chat``, already read). A bad export stops before anything is written."""
     target = getattr(args, "chat_out", None)
     if not target or os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 writes it
         return
@@ -32,8 +33,9 @@ def write_chat_out(args: argparse.Namespace, dcfg: DataConfig | None) -> None:
     from .data.chats import read_chat
     from .io import atomic_write
 
-    dcfg.validate()
-    chat = read_chat(dcfg.path, dcfg.chat, dcfg.speaker, dcfg.encoding, dcfg.errors)
+    if chat is None:
+        dcfg.validate()
+        chat = read_chat(dcfg.path, dcfg.chat, dcfg.speaker, dcfg.encoding, dcfg.errors)
     atomic_write(target, chat.text.encode("utf-8"))
     print(f"wrote the {chat.report.kept:,} messages read from {dcfg.path} to {target}", file=sys.stderr)
 
@@ -61,7 +63,7 @@ def cmd_chats(args: argparse.Namespace) -> int:
     from .data.chats.base import TITLES
 
     chat = read_chat(dcfg.path, dcfg.chat, dcfg.speaker, dcfg.encoding, dcfg.errors)
-    write_chat_out(args, dcfg)
+    write_chat_out(args, dcfg, chat)
     r = chat.report
     if args.json:
         print(json.dumps(r.to_dict(), ensure_ascii=False))

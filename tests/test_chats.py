@@ -12,10 +12,12 @@ import zipfile
 
 import pytest
 
-from rnnlab.cli import build_parser
-from rnnlab.config import CHAT_FORMATS, DataConfig
+from rnnlab.checkpoint import load_for_inference
+from rnnlab.cli import build_parser, main
+from rnnlab.config import CHAT_FORMATS, DataConfig, SuggestConfig
 from rnnlab.data.chats import FORMATS, read_chat, repair_mojibake
 from rnnlab.errors import UsageError
+from rnnlab.suggest import SuggestEngine, SuggestRequest
 
 LRM, FSI, PDI, NNBSP = "\u200e", "\u2068", "\u2069", "\u202f"
 
@@ -142,6 +144,7 @@ def test_zipped_ios_export_reads_only_the_chat(tmp_path):
         zf.writestr("_chat.txt", IOS_EU.encode("utf-8"))
         zf.writestr("00000012-PHOTO-2020-12-31-21-41-15.jpg", bytes(range(256)) * 4)
         zf.writestr("notes.txt", "an attached text file, not the chat\n")  # an attachment, even if it is text
+        zf.writestr("00000013-friends.json", json.dumps(discord_export()))  # or another app's export sent as a file
         zf.writestr("__MACOSX/._chat.txt", b"\x00\x05\x16\x07")
     chat = read_chat(z)
     assert chat.text == IOS_EU_TEXT and chat.report.format == "whatsapp" and chat.report.detected
@@ -409,14 +412,16 @@ def bad_inputs(tmp_path_factory):
 @pytest.mark.parametrize("i", range(8), ids=["unknown", "mixed-layouts", "mixed-exports", "json-not-export",
                                               "zip-without-chat", "speaker-nobody", "no-message-left",
                                               "truncated-json"])
-def test_bad_input_is_one_line_exit_2_and_nothing_written(bad_inputs, tmp_path, i):
+def test_bad_input_is_one_line_exit_2_and_nothing_written(bad_inputs, tmp_path, capsys, i):
     _, path, extra, message = bad_inputs[i]
-    r = run("train", path, "--chat", "auto", *extra, "--out", tmp_path / "run", "--recipe", "book", "--epochs", "1")
+    r = run("train", path, "--chat", "auto", *extra, "--out", tmp_path / "run", "--chat-out", tmp_path / "clean.txt",
+            "--recipe", "book", "--epochs", "1")
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("rnnlab: error: ") and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
     assert not (tmp_path / "run").exists()
-    r = run("chats", path, *extra, "--chat-out", tmp_path / "clean.txt")
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
+    assert main(["chats", str(path), *extra, "--chat-out", str(tmp_path / "clean.txt")]) == 2  # the same, in-process
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
     assert list(tmp_path.iterdir()) == []
 
 
@@ -426,8 +431,6 @@ def test_bad_input_with_prepare_eval_and_nproc(bad_inputs, tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
     r = run("train", path, "--chat", "auto", "--nproc", "2", "--out", tmp_path / "run")  # checked before any rank
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
-    r = run("train", path, "--speaker", "Ana", "--out", tmp_path / "run")
-    assert r.returncode == 2 and "add --chat auto" in r.stderr
     assert list(tmp_path.iterdir()) == []
 
 
@@ -481,10 +484,16 @@ def test_train_on_one_speaker_records_the_cleaned_text(xena):
 
 def test_suggest_comes_from_the_speakers_vocabulary(xena):
     d = xena[0]
-    for typed, want in (("ban", "banana"), ("pap", "papaya"), ("kiwi m", None), ("mango ", None), ("rocket ", None)):
-        r = run("suggest", d / "run", typed, "--json")
-        assert r.returncode == 0, r.stderr
-        s = json.loads(r.stdout)
+    r = run("suggest", d / "run", "ban", "--json")
+    assert r.returncode == 0, r.stderr
+    answers = {"ban": json.loads(r.stdout)}
+    ck = load_for_inference(d / "run", "cpu")  # the same engine in this process, for more prompts
+    engine = SuggestEngine(ck.model, ck.tokenizer, SuggestConfig())
+    for typed in ("pap", "kiwi m", "mango ", "rocket ", ""):
+        answers[typed] = engine.suggest_batch([SuggestRequest(typed, 5)])[0].to_dict()
+    for typed, want in (("ban", "banana"), ("pap", "papaya"), ("kiwi m", None), ("mango ", None), ("rocket ", None),
+                        ("", None)):
+        s = answers[typed]
         words = [c["word"] for c in s["completions"]]
         assert words[0] == want if want else words[0] in X_WORDS, (typed, words)
         likely = [c["word"] for c in s["completions"] if c["prob"] > 0.05]
