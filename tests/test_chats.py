@@ -16,7 +16,7 @@ from rnnlab.checkpoint import load_for_inference
 from rnnlab.cli import build_parser, main
 from rnnlab.config import CHAT_FORMATS, DataConfig, SuggestConfig
 from rnnlab.data.chats import FORMATS, read_chat, repair_mojibake
-from rnnlab.errors import UsageError
+from rnnlab.errors import RnnlabError, UsageError
 from rnnlab.suggest import SuggestEngine, SuggestRequest
 
 LRM, FSI, PDI, NNBSP = "\u200e", "\u2068", "\u2069", "\u202f"
@@ -145,9 +145,19 @@ def test_zipped_ios_export_reads_only_the_chat(tmp_path):
         zf.writestr("00000012-PHOTO-2020-12-31-21-41-15.jpg", bytes(range(256)) * 4)
         zf.writestr("notes.txt", "an attached text file, not the chat\n")  # an attachment, even if it is text
         zf.writestr("00000013-friends.json", json.dumps(discord_export()))  # or another app's export sent as a file
+        zf.writestr("lettre.txt", "un caf\xe9".encode("latin-1"))  # an attachment that is not UTF-8
         zf.writestr("__MACOSX/._chat.txt", b"\x00\x05\x16\x07")
     chat = read_chat(z)
     assert chat.text == IOS_EU_TEXT and chat.report.format == "whatsapp" and chat.report.detected
+
+
+def test_a_chat_in_another_encoding(tmp_path):
+    z = tmp_path / "export.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("_chat.txt", "[31/12/2020, 21:41:13] Zoé: un café\n".encode("latin-1"))
+    with pytest.raises(RnnlabError, match=r"\(_chat.txt\): not valid utf-8 at byte offset 25; pass --encoding"):
+        read_chat(z)
+    assert read_chat(z, encoding="latin-1").text == "un café\n"
 
 
 def test_zipped_android_export(tmp_path):

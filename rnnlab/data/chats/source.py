@@ -18,7 +18,7 @@ from typing import Any
 
 from ...errors import RnnlabError, UsageError
 from ...runtime import available_memory
-from ..corpus import IN_MEMORY_FACTOR, check_input_file
+from ..corpus import IN_MEMORY_FACTOR, check_input_file, is_wide_encoding
 from . import discord, messenger, slack, telegram, whatsapp
 
 JSON_FORMATS = {"telegram": telegram, "messenger": messenger, "discord": discord, "slack": slack}
@@ -30,13 +30,15 @@ _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 @dataclass
 class Member:
     """One file of the export, decoded; ``kind`` is a format name, "text" (plain), "slack-users",
-    "json" (JSON that is no export) or "bad-json"."""
+    "json" (JSON that is no export), "bad-json", or "unreadable" (``error`` says why: in a zip or
+    folder an attachment that cannot be decoded is skipped, unless nothing else is a chat)."""
 
     name: str
     text: str
     kind: str = ""
     doc: Any = None  # the parsed JSON
     layout: whatsapp.Layout | None = None
+    error: RnnlabError | None = None
 
 
 @dataclass
@@ -70,7 +72,7 @@ def load(path: str | Path, encoding: str, errors: str) -> tuple[str, list[Member
             raise RnnlabError(f"{p}: not a valid zip file (damaged, or compressed in a way Python cannot read); "
                               f"export the chat again, or unpack it and give the folder") from None
     _check_memory(p, p.stat().st_size)
-    return "file", _decode_all(p, [(p.name, p.read_bytes)], encoding, errors)
+    return "file", _decode_all(p, [(p.name, p.read_bytes)], encoding, errors, single=True)
 
 
 def _folder_files(root: Path) -> list:
@@ -95,20 +97,27 @@ def _check_memory(p: Path, nbytes: int) -> None:
                           f"export fewer chats or a shorter period")
 
 
-def _decode_all(p: Path, items, encoding: str, errors: str) -> list[Member]:
+def _decode_all(p: Path, items, encoding: str, errors: str, single: bool = False) -> list[Member]:
+    """The members decoded; one that cannot be is a one-line error for a ``single`` file, and an
+    "unreadable" member (with its error) in a zip or folder."""
+    wide = is_wide_encoding(encoding)
     out = []
     for name, read in items:
         data = read()
-        where = p if name == p.name and not p.is_dir() else f"{p} ({name})"
-        if b"\x00" in data[:65536] and not encoding.lower().replace("_", "-").startswith(("utf-16", "utf-32")):
-            raise RnnlabError(f"{where}: looks like a binary file (NUL bytes); give the chat export's text or JSON")
+        where = p if single else f"{p} ({name})"
         try:
-            text = data.decode(encoding, errors=errors)
-        except UnicodeDecodeError as e:
-            raise RnnlabError(f"{where}: not valid {encoding} at byte offset {e.start}; pass --encoding or "
-                              f"--errors replace") from None
-        except LookupError:
-            raise UsageError(f"unknown --encoding {encoding!r}; use a Python codec name such as utf-8") from None
+            if b"\x00" in data[:65536] and not wide:
+                raise RnnlabError(f"{where}: looks like a binary file (NUL bytes); give the chat export's text or JSON")
+            try:
+                text = data.decode(encoding, errors=errors)
+            except UnicodeDecodeError as e:
+                raise RnnlabError(f"{where}: not valid {encoding} at byte offset {e.start}; pass --encoding or "
+                                  f"--errors replace") from None
+        except RnnlabError as e:
+            if single:
+                raise
+            out.append(Member(name, "", "unreadable", error=e))
+            continue
         out.append(Member(name, text.lstrip("\ufeff")))
     return out
 
@@ -146,12 +155,15 @@ def find(path: str | Path, fmt: str, encoding: str = "utf-8", errors: str = "str
     named = [m for m in members if _WHATSAPP_NAME.fullmatch(m.name.rsplit("/", 1)[-1])]
     if named and fmt in ("auto", "whatsapp"):
         for m in named:
+            if m.error is not None:
+                raise m.error
             classify(m, strict_whatsapp=True)
             if m.layout is None:
                 whatsapp.require(m.text, f"{p} ({m.name})")
         return Found("whatsapp", named)
     for m in members:
-        classify(m, strict_whatsapp=fmt == "whatsapp")
+        if m.kind != "unreadable":
+            classify(m, strict_whatsapp=fmt == "whatsapp")
     kinds: dict[str, list[Member]] = {}
     for m in members:
         kinds.setdefault(m.kind, []).append(m)
@@ -161,6 +173,9 @@ def find(path: str | Path, fmt: str, encoding: str = "utf-8", errors: str = "str
             found = ", ".join(sorted(chats)) or "no chat export"
             raise UsageError(f"{p}: no {fmt} export in this {where} (found: {found}); use --chat auto")
         chats = {fmt: chats[fmt]}
+    unreadable = [m for m in members if m.error is not None]
+    if not chats and unreadable:
+        raise unreadable[0].error
     if not chats:
         hint = " (Telegram's HTML export is not read: export as JSON)" if any(
             m.name.lower().endswith(".html") for m in members) else ""
