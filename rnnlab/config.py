@@ -151,6 +151,9 @@ class RunConfig(Settings):
                                   cli=False)
     predict_length: int = setting(50, "tokens per progress sample", min=0, max=MAX_LENGTH)
     save_every: int = setting(0, "checkpoint every N epochs (0 = about ten per run)", min=0)
+    save_seconds: float = setting(300.0, "also snapshot every N seconds of training, inside epochs too, and at every "
+                                         "evaluation point, so a killed run resumes from there (0 = epoch ends only)",
+                                  min=0.0, max=1e8)
     keep: int = setting(2, "snapshots kept in OUT/checkpoints (plus OUT/best)", min=1, max=1000)
     log_every: int = setting(10, "print a metrics line every N epochs", min=1)
     init_from: str | None = setting(None, "fine-tune: start from this trained checkpoint's weights and vocabulary",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from ...errors import UsageError
 from .base import Cell, register
 
 
@@ -23,12 +22,7 @@ class MinGRUCell(Cell):
     state_names = ("h", "shift")
     impls = ("scratch", "fast")
     recurrent_weight = None  # its gates read the input only
-
-    def check(self, cfg) -> None:
-        super().check(cfg)
-        if cfg.embedding_dim != cfg.hidden_size:
-            raise UsageError(f"--model {self.name} adds each block's output to its input: give --embedding-dim "
-                             f"equal to --hidden-size ({cfg.hidden_size})")
+    width_is_embedding = True  # residual blocks (minstack.py)
 
     def make_stack(self, impl, input_size, cfg):
         from ..minstack import MinStack
