@@ -251,6 +251,17 @@ def test_messenger_mojibake_repaired_and_time_order(tmp_path):
     assert read_chat(f, "messenger", ["ZOË"]).text == "un café ? ou un thé\n"
 
 
+def test_messenger_end_to_end_encrypted_export(tmp_path):
+    m = lambda t, **kw: {"isUnsent": False, "media": [], "reactions": [], "senderName": "Zoë", "text": "",  # noqa: E731
+                         "timestamp": 1700000000000 + t, "type": "text", **kw}
+    f = write_json(tmp_path / "zoe.json", {"participants": ["Zoë", "Ben"], "threadName": "Zoë", "messages": [
+        m(3, senderName="Ben", text="à plus"), m(2, media=[{"uri": "x.jpg"}]), m(1, isUnsent=True),
+        m(0, text="salut\nça va ?")]}, ensure_ascii=False)
+    chat = read_chat(f)
+    assert chat.report.format == "messenger" and chat.text == "salut ça va ?\nà plus\n"
+    assert chat.report.dropped == {"media": 1, "deleted": 1}
+
+
 def test_messenger_thread_in_parts_in_a_zip(tmp_path):
     older = [{"sender_name": "Ben", "timestamp_ms": 1609000000000, "content": "first ever", "type": "Generic"}]
     z = tmp_path / "facebook.zip"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Iterable, NamedTuple
 
 from ...errors import UsageError
@@ -72,7 +73,7 @@ class ChatText:
     messages: list[Message]
     report: ChatReport
 
-    @property
+    @cached_property
     def text(self) -> str:
         """The cleaned text: one message a line, each line ending with a line break."""
         return "".join(m.text + "\n" for m in self.messages)
