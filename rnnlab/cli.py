@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .cli_args import add_settings, build, given
+from .cli_chats import add_chat_out, write_chat_out
 from .config import DataConfig, DynamicEval, GenerateConfig, KeyboardEval, ModelConfig, RunConfig, TrainConfig
 from .errors import RnnlabError, UsageError
 from .version import __version__
@@ -32,8 +33,9 @@ def _add_train(sub) -> None:
                        description="Train an RNN/GRU/LSTM language model; writes metrics.jsonl, a plot and "
                                    "checkpoints to --out.", formatter_class=Formatter)
     d = p.add_argument_group("data")
-    _add_source(d, "a UTF-8 text file (default: --dataset timemachine)")
+    _add_source(d, "a UTF-8 text file, or a chat export with --chat (default: --dataset timemachine)")
     add_settings(d, DataConfig)
+    add_chat_out(d)
     d.add_argument("--prepared", metavar="DIR",
                    help="train on a corpus encoded by `rnnlab prepare` (memory-mapped, for texts larger than memory)")
     add_settings(p.add_argument_group("model"), ModelConfig)
@@ -64,6 +66,7 @@ def _add_prepare(sub) -> None:
     _add_source(p, "the text file to encode")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write the prepared corpus to")
     add_settings(p, DataConfig, skip=("max_tokens", "val_fraction", "select_fraction"))
+    add_chat_out(p)
     p.set_defaults(func=cmd_prepare)
 
 
@@ -87,6 +90,7 @@ def _add_eval(sub) -> None:
     p.add_argument("checkpoint", metavar="DIR")
     _add_source(p, "a text to evaluate on (default: the run's validation split)")
     add_settings(p, DataConfig, skip=("preset", "token", "max_tokens", "min_freq", "val_fraction", "select_fraction"))
+    add_chat_out(p)
     p.add_argument("--batch-size", type=int, default=32, help="parallel rows of the stream (default: 32)")
     p.add_argument("--num-steps", type=int, default=35, help="chunk length (default: 35)")
     p.add_argument("--device", default="auto")
@@ -132,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_export(sub)
     _add_datasets(sub)
+    from .cli_chats import add_parser
+    add_parser(sub)
     from .serve.cli import add_parsers
     add_parsers(sub)
     return parser
@@ -190,6 +196,7 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"--num-layers {m.num_layers} --dropout {m.dropout:g} ({m.parameter_count():,} parameters); "
               f"{len(plan.corpus.train_ids):,} training tokens; nothing was trained")
         return 0
+    write_chat_out(args, dcfg)
     if args.nproc != 1:
         return _launch(args, (dcfg, mcfg, tcfg, rcfg), explicit)
     if launched_by_torchrun():
@@ -265,8 +272,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         raise UsageError("give a text FILE (or --dataset NAME) to prepare")
     dcfg = _data_config(args)
     dcfg.validate()
+    write_chat_out(args, dcfg)
     meta = prepare_corpus(resolve_source(dcfg), args.out, preset=dcfg.preset, token=dcfg.token,
-                          min_freq=dcfg.min_freq, encoding=dcfg.encoding, errors=dcfg.errors, log=print)
+                          min_freq=dcfg.min_freq, encoding=dcfg.encoding, errors=dcfg.errors, log=print,
+                          chat=dcfg.chat, speakers=dcfg.speaker)
     print(f"{meta['tokens']:,} tokens, vocabulary {meta['vocab_size']:,}, {meta['dtype']} ids in {args.out}; "
           f"train with: rnnlab train --prepared {args.out}")
     return 0
@@ -314,6 +323,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.num_steps < 1:
         raise UsageError("--batch-size and --num-steps must be positive integers")
     dcfg = _data_config(args) if (args.file or args.dataset) else None
+    write_chat_out(args, dcfg)
     if args.keyboard:
         return _keyboard_eval(args, dcfg)
     dynamic = build(args, DynamicEval, prefix="dynamic_") if args.dynamic else None

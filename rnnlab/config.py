@@ -24,6 +24,7 @@ from .models.config import ModelConfig
 PRESETS = ("raw", "letters")
 TOKENS = ("char", "word")
 SAMPLINGS = ("sequential", "random")
+CHAT_FORMATS = ("auto", "whatsapp", "telegram", "messenger", "discord", "slack", "text")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine")
 DEVICE_HELP = "auto (CUDA when present, else the CPU), cpu, cuda, cuda:N, mps"
@@ -58,6 +59,12 @@ class DataConfig(Settings):
                                      min=0.0, max=0.5)
     prepared: str | None = setting(None, "a directory written by `rnnlab prepare` (memory-mapped ids)",
                                    cli=False)
+    chat: str | None = setting(None, "read FILE (a file, .zip or folder) as a chat export: one message a line, "
+                                     "without timestamps, names, system lines or media. FORMAT: auto (detect it), "
+                                     "whatsapp, telegram, messenger, discord, slack, or text (each line of a plain "
+                                     "file is a message)", choices=CHAT_FORMATS, metavar="FORMAT")
+    speaker: list[str] = setting(help="with --chat: keep only this sender's messages (repeatable; `rnnlab chats "
+                                      "FILE` lists the senders)", factory=list, metavar="NAME")
 
     def check(self) -> None:
         if self.path is not None and self.dataset is not None:
@@ -66,6 +73,10 @@ class DataConfig(Settings):
             raise UsageError("give --prepared DIR or a text FILE / --dataset NAME, not both")
         if self.path == "":
             raise UsageError("the text FILE is an empty path; give a file name")
+        if self.speaker and self.chat is None:
+            raise UsageError("--speaker chooses senders of a chat export; add --chat auto (or the format)")
+        if self.chat is not None and self.path is None:
+            raise UsageError("--chat reads a chat export FILE; give the file (not --dataset or --prepared)")
         if self.val_fraction + self.select_fraction > 0.9:
             raise UsageError(f"--val-fraction {self.val_fraction:g} and --select-fraction {self.select_fraction:g} "
                              f"leave less than a tenth of the text for training; lower them")

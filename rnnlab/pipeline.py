@@ -30,7 +30,7 @@ from .errors import RnnlabError, UsageError
 from .evaluation import SGD_FALLBACK_LR, dynamic_evaluate, evaluate
 from .fields import flag
 from .models import LanguageModel, build_model, grow_vocabulary
-from .runs import RunLock, prepare_run_dir, save_run_checkpoint
+from .runs import RunLock, check_chat, prepare_run_dir, record_chat, save_run_checkpoint
 from .plan import settle
 from .speed import simulated_step_seconds
 from .runtime import seed_everything, select_device
@@ -150,6 +150,10 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
     data, base = plan.corpus, plan.base
     for line in plan.lines:
         log(line)
+    if data.chat is not None:  # a chat export: say what was read; a resumed run must read the same messages
+        log(data.chat.report.describe())
+        if resume:
+            check_chat(out, data.chat.text, data.source)
     seed_everything(tcfg.seed)
     model = build_model(mcfg).to(device)  # the same initial weights on every rank
     if base is not None:  # fine-tuning: the base's weights (grown for tokens it never saw, with --extend-vocab)
@@ -189,6 +193,8 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
         save_run_checkpoint(out, name, rcfg.keep, model, tokenizer, mcfg, dcfg, tcfg, rcfg, info, trainer.state_dict(),
                             replace_run=replacing["run"], replace_best=replacing["best"])
         replacing.update(run=False, best=False)
+        if data.chat is not None:
+            record_chat(out, data.chat.text)
         write_plot(trainer.history, out / "perplexity.png", title=f"{model.describe()} H={mcfg.hidden_size}")
 
     save_every = rcfg.save_every or max(1, rcfg.epochs // 10)
@@ -274,6 +280,8 @@ def evaluate_checkpoint(ckpt_dir: str | Path, dcfg: DataConfig | None = None, de
             raise UsageError(f"{ckpt_dir} was trained without --val-fraction, so it has no held-out split; "
                              f"give a FILE or --dataset to evaluate on")
         data = prepare_data(dcfg, vocab=ck.vocab)
+        if data.chat is not None:
+            log(data.chat.report.describe())
         ids, train_ids = data.val_ids, data.train_ids
         source = dcfg.path or dcfg.dataset or (f"the prepared corpus {dcfg.prepared}" if dcfg.prepared else "the corpus")
         what = f"test split (the last {dcfg.val_fraction:g}) of {source}"
@@ -285,6 +293,8 @@ def evaluate_checkpoint(ckpt_dir: str | Path, dcfg: DataConfig | None = None, de
         for name in ("preset", "token"):
             setattr(dcfg, name, getattr(ck.data_config, name))
         d = prepare_data(dcfg, vocab=ck.vocab)
+        if d.chat is not None:
+            log(d.chat.report.describe())
         ids = d.train_ids
         what = d.source
     result = evaluate(ck.model, ids, batch_size, num_steps)
