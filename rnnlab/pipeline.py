@@ -30,7 +30,7 @@ from .errors import RnnlabError, UsageError
 from .evaluation import SGD_FALLBACK_LR, dynamic_evaluate, evaluate
 from .fields import flag
 from .models import LanguageModel, build_model, grow_vocabulary
-from .runs import RunLock, check_chat, prepare_run_dir, record_chat, save_run_checkpoint
+from .runs import RunLock, prepare_run_dir, record_chat, save_run_checkpoint
 from .plan import settle
 from .speed import simulated_step_seconds
 from .runtime import seed_everything, select_device
@@ -150,10 +150,8 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
     data, base = plan.corpus, plan.base
     for line in plan.lines:
         log(line)
-    if data.chat is not None:  # a chat export: say what was read; a resumed run must read the same messages
+    if data.chat is not None:  # a chat export: say what was read (settle checked a resumed run reads the same messages)
         log(data.chat.report.describe())
-        if resume:
-            check_chat(out, data.chat.text, data.source)
     seed_everything(tcfg.seed)
     model = build_model(mcfg).to(device)  # the same initial weights on every rank
     if base is not None:  # fine-tuning: the base's weights (grown for tokens it never saw, with --extend-vocab)

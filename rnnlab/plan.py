@@ -29,6 +29,7 @@ from .data import PreparedData, prepare_data
 from .distributed import LOCAL, DistContext
 from .errors import RnnlabError, UsageError
 from .fields import flag
+from .runs import check_chat
 from .runtime import check_memory
 from .speed import Rates, step_rate
 
@@ -93,6 +94,8 @@ def settle(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunConf
         data = prepare_data(dcfg, vocab=resume_vocab)
     else:  # a new run, or a resumed one whose text must give the same vocabulary again
         data = prepare_data(dcfg)
+    if resume and data.chat is not None and out is not None:  # a resumed run must read the same messages
+        check_chat(out, data.chat.text, data.source)
     if resume_vocab is not None and data.vocab != resume_vocab:
         raise RnnlabError(f"the corpus {data.source} gives a different vocabulary from the checkpoint's"
                           f"{' in ' + str(out) if out else ''} ({resume_vocab.difference(data.vocab)}); resume with "
