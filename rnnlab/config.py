@@ -199,6 +199,30 @@ class AdaptConfig(Settings):
 
 
 @dataclass
+class ServeConfig(Settings):
+    """The server's own bounds (``rnnlab serve``): what one connection or request may take."""
+
+    port: int = setting(8000, "TCP port (0 = any free port)", min=0, max=65535)
+    max_body_bytes: int = setting(64 * 1024, "larger request bodies get 413", min=1024, max=1 << 30)
+    max_batch: int = setting(64, "most suggest requests answered together (1 = one at a time, no batching)",
+                             min=1, max=4096)
+    read_timeout: float = setting(10.0, "seconds a client has to send a request's line and headers, and again its "
+                                        "body; slower connections get 408 and are closed", above=0.0, max=3600.0)
+    generate_workers: int = setting(2, "generations computed at once (each on a thread of its own)", min=1, max=256)
+    generate_queue: int = setting(32, "generations waiting for a worker; more get 503 with Retry-After",
+                                  min=0, max=100_000)
+
+
+@dataclass
+class Threads(Settings):
+    """How many threads torch uses: one setting for every command (``--threads``)."""
+
+    threads: int = setting(0, "torch threads (0: the command chooses: 1 for work in one-token steps, i.e. suggest, "
+                              "serve, eval --keyboard and generate of one sample, else torch's default)",
+                           min=0, max=1024)
+
+
+@dataclass
 class KeyboardEval(Settings):
     """The keyboard simulation (``rnnlab eval --keyboard``): what is typed and which keyboards."""
 
@@ -284,5 +308,6 @@ def merge_resume(stored: tuple[DataConfig, ModelConfig, TrainConfig],
     return tuple(out)
 
 
-__all__ = ["DataConfig", "DynamicEval", "GenerateConfig", "ModelConfig", "RunConfig", "SuggestConfig", "TrainConfig",
+__all__ = ["DataConfig", "DynamicEval", "GenerateConfig", "ModelConfig", "RunConfig", "ServeConfig", "SuggestConfig",
+           "Threads", "TrainConfig",
            "check_text", "merge_init_from", "merge_resume"]

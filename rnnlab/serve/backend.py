@@ -113,7 +113,7 @@ class _Worker:
     that arrives in two writes: the server's old bug).
     """
 
-    def __init__(self, checkpoint: Checkpoint, threads: int, engine_kwargs: dict, generation: int):
+    def __init__(self, checkpoint: bytes, threads: int, engine_kwargs: dict, generation: int):
         ctx = multiprocessing.get_context("spawn")  # never fork a process that runs torch threads
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_engine_main, args=(child, checkpoint, threads, engine_kwargs),
@@ -192,7 +192,7 @@ class ProcessBackend:
 
     def __init__(self, checkpoint: Checkpoint, threads: int = 1, start_timeout: float = 120.0,
                  max_start_failures: int = 3, **engine_kwargs):
-        self._args = (checkpoint, threads, engine_kwargs)
+        self._args = (checkpoint_bytes(checkpoint), threads, engine_kwargs)
         self.start_timeout, self.max_start_failures = start_timeout, max_start_failures
         self._lock = threading.Lock()
         self._pending: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future, int]] = {}
@@ -202,7 +202,7 @@ class ProcessBackend:
         self.restarts = 0
         self.state = "starting"
         self.last_error = ""
-        self._worker = _Worker(checkpoint, threads, engine_kwargs, generation=0)
+        self._worker = _Worker(*self._args, generation=0)
         try:
             self._worker.wait_ready(start_timeout)
         except RnnlabError:
@@ -338,16 +338,35 @@ _LIVE_BACKENDS: "weakref.WeakSet[ProcessBackend]" = weakref.WeakSet()
 getattr(threading, "_register_atexit", atexit.register)(lambda: [b.close() for b in list(_LIVE_BACKENDS)])
 
 
-def _engine_main(conn, checkpoint: Checkpoint, threads: int, engine_kwargs: dict) -> None:
+def checkpoint_bytes(checkpoint: Checkpoint) -> bytes:
+    """The checkpoint (model included) pickled *by value*, for the child process.
+
+    Handing the object itself to ``multiprocessing`` would share its tensors through file
+    descriptors (torch's reductions); an int8 model's packed weights are unpacked into temporary
+    tensors while pickling, whose descriptors are closed again before the child starts ("bad
+    value(s) in fds_to_keep"). Bytes made here, in our own process, from our own objects, are
+    the same for every model."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's TypedStorage deprecation notice while pickling storages
+        return pickle.dumps(checkpoint, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _engine_main(conn, checkpoint: bytes, threads: int, engine_kwargs: dict) -> None:
     """The child: the engine's batching loop (``rnnlab.suggest.run_worker``, as the worker thread
     runs it), fed by the pipe instead of a queue of threads."""
     import signal
+    import warnings
 
     import torch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle; it closes the pipe
     try:
         torch.set_num_threads(threads)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            checkpoint = pickle.loads(checkpoint)  # our own bytes (checkpoint_bytes), never a file's
         model = checkpoint.model
         model.eval()
         kw = dict(engine_kwargs)

@@ -5,7 +5,9 @@ framework sees the request.
 """
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 MAX_HEADER_BYTES = 16 * 1024
 
@@ -44,10 +46,11 @@ class HeaderLimit:
 
 class BodyLimit:
     """ASGI middleware: read the request body up to ``max_bytes`` and refuse a larger one with 413
-    (by its Content-Length before reading anything, or as soon as a chunked body passes the limit)."""
+    (by its Content-Length before reading anything, or as soon as a chunked body passes the limit);
+    a body that has not arrived whole within ``timeout`` seconds gets 408."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, timeout: float = 10.0):
+        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -62,8 +65,12 @@ class BodyLimit:
             if n > self.max_bytes:
                 return await send_error(send, 413, f"request body of {n} bytes is over the limit of {self.max_bytes}")
         body = bytearray()
+        deadline = time.monotonic() + self.timeout
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
+            except asyncio.TimeoutError:
+                return await send_error(send, 408, f"the request body did not arrive within {self.timeout:g} s")
             if message["type"] == "http.disconnect":
                 return
             body += message.get("body", b"")
