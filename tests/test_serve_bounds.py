@@ -223,3 +223,79 @@ def test_serve_int8_answers_for_every_model_with_an_int8_copy(tmp_path):
     finally:
         for proc, _ in servers:
             stop_server(proc)
+
+
+# -- long generations: a pool of their own, never in front of /healthz or the page ---------------
+
+@pytest.fixture
+def held_server():
+    """The app in uvicorn on a real socket, its model's one-token step held until ``release`` is set
+    (so that generations stay running for as long as the test needs, on any machine)."""
+    import uvicorn
+
+    from rnnlab.checkpoint import load_checkpoint
+    from rnnlab.serve import create_app
+
+    ck = load_checkpoint(tiny_checkpoint(), "cpu")
+    release, step = threading.Event(), ck.model.step
+
+    def held_step(*a, **k):
+        release.wait(120)
+        return step(*a, **k)
+
+    ck.model.step = held_step  # sampling (temperature > 0) steps the model token by token
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(ck, generate_workers=2, generate_queue=6),
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    _wait_for(lambda: server.started, "the server to start", 60)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", release
+    release.set()
+    server.should_exit = True
+    thread.join(30)
+    sock.close()
+
+
+def _post(url, body, timeout=120):
+    """(status, headers, JSON or NDJSON text) of a POST."""
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read().decode()
+
+
+def test_long_generations_queue_boundedly_and_never_hold_up_healthz_or_the_page(held_server):
+    """2 workers + 6 waiting: of 20 long generations (and streams) 8 are admitted and 12 get 503 with
+    Retry-After at once; /healthz, the page and its script answer while all 8 are held; then every
+    admitted one finishes with 200."""
+    url, release = held_server
+    body = {"prefix": "the ", "length": 5, "temperature": 1.0, "seed": 1}
+    results = []
+
+    def client(i):
+        results.append(_post(url + ("/v1/generate/stream" if i % 2 else "/v1/generate"), body))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    _wait_for(lambda: len(results) == 12, "the 12 refusals")
+    assert all(status == 503 for status, _, _ in results)
+    assert all(h.get("retry-after") == "1" and "the server is busy" in json.loads(text)["error"]
+               for _, h, text in results)
+    health = _request(url + "/healthz", timeout=10)[1]  # answered while every worker is held
+    assert health["generation"]["active"] == 8 and health["generation"]["refused"] == 12, health
+    page = urllib.request.urlopen(url + "/", timeout=10)
+    assert page.status == 200 and b'id="text"' in page.read()
+    assert urllib.request.urlopen(url + "/static/app.js", timeout=10).status == 200
+    assert _post(url + "/v1/generate/stream", body, timeout=10)[0] == 503
+    release.set()
+    for t in threads:
+        t.join(120)
+    done = results[12:]
+    assert len(done) == 8 and all(status == 200 for status, _, _ in done), done
+    assert any('"done": true' in text for _, _, text in done) and any('"tokens":5' in text for _, _, text in done)
+    _wait_for(lambda: _request(url + "/healthz")[1]["generation"]["active"] == 0, "the pool to empty")
