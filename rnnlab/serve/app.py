@@ -227,7 +227,7 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
         start = time.perf_counter()
         try:
             body = await backend.suggest(req.text, req.k, req.client)  # a JSON object: b'{...}'
-        except WorkerUnavailable as exc:  # the suggestion process died or is restarting: not the client's fault
+        except (WorkerUnavailable, Busy) as exc:  # restarting, or too busy: not the client's fault (Retry-After)
             return 503, error_json(str(exc))
         except RnnlabError as exc:
             return 400, error_json(str(exc))
@@ -235,7 +235,7 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
         return 200, body[:-1] + b',"elapsed_ms":' + elapsed.encode() + b"}"
 
     if suggest_fast_path:
-        app.add_middleware(SuggestFastPath, body_model=SuggestBody, answer=answer_suggest)
+        app.add_middleware(SuggestFastPath, body_model=SuggestBody, answer=answer_suggest, retry_after=RETRY_AFTER_S)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes, timeout=read_timeout)  # every body is bounded first
     if allowed_hosts:
         app.add_middleware(HostCheck, allowed=allowed_hosts)
@@ -252,7 +252,9 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
 
     @app.exception_handler(RnnlabError)
     async def _rnnlab_error(request: Request, exc: RnnlabError):
-        return JSONResponse({"error": str(exc)}, status_code=503 if isinstance(exc, WorkerUnavailable) else 400)
+        if isinstance(exc, WorkerUnavailable):
+            return JSONResponse({"error": str(exc)}, status_code=503, headers={"retry-after": str(RETRY_AFTER_S)})
+        return JSONResponse({"error": str(exc)}, status_code=400)
 
     @app.exception_handler(RecursionError)
     async def _too_deep(request: Request, exc: RecursionError):
@@ -292,7 +294,8 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
         # documents the endpoint and answers when the middleware stack is bypassed. The body is
         # SuggestResponse by construction, so FastAPI's second validation of it is skipped.
         status, body = await answer_suggest(req)
-        return Response(body, status_code=status, media_type="application/json")
+        return Response(body, status_code=status, media_type="application/json",
+                        headers={"retry-after": str(RETRY_AFTER_S)} if status == 503 else None)
 
     @app.post("/v1/adapt/reset")
     async def adapt_reset(req: ResetBody) -> JSONResponse:

@@ -74,27 +74,27 @@ class ThreadBackend:
 
 class AdaptiveBackend:
     """``rnnlab serve --adapt``: an ``AdaptiveSuggester`` (each client's own adapted copy of the
-    model) in one worker thread of this process; requests are answered one at a time, in order."""
+    model) in one worker thread of this process; requests are answered one at a time, in order,
+    and at most ``queue`` wait (more get 503 with Retry-After: ``pool.Busy``)."""
 
-    def __init__(self, suggester: AdaptiveSuggester):
-        from concurrent.futures import ThreadPoolExecutor
+    def __init__(self, suggester: AdaptiveSuggester, queue: int = 64):
+        from .pool import WorkPool
 
         self.suggester = suggester
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnlab-adapt")
+        self.pool = WorkPool(1, queue, "rnnlab-adapt", "adapting requests")
 
     async def suggest(self, text: str, k: int, client: str) -> bytes:
-        loop = asyncio.get_running_loop()
-        answer = await loop.run_in_executor(self.pool, self.suggester.suggest, text, k, client)
+        answer = await self.pool.run(self.suggester.suggest, text, k, client)
         return suggestions_json(answer.to_dict())
 
     async def reset(self, client: str) -> bool:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, self.suggester.reset, client)
+        return await self.pool.run(self.suggester.reset, client)
 
     def status(self) -> dict:
-        return {"kind": "adapt", "state": "ready", "adapt": self.suggester.status()}
+        return {"kind": "adapt", "state": "ready", "adapt": self.suggester.status(), "queue": self.pool.status()}
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool.close()
         self.suggester.close()
 
 

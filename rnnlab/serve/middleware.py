@@ -101,8 +101,9 @@ class SuggestFastPath:
     own. The route stays the documented one (OpenAPI). Sits inside ``BodyLimit``.
     """
 
-    def __init__(self, app, body_model, answer):
+    def __init__(self, app, body_model, answer, retry_after: int = 1):
         self.app, self.body_model, self.answer = app, body_model, answer  # answer(body) -> (status, JSON bytes)
+        self.retry_after = str(retry_after).encode()  # sent with a 503 (busy or restarting: try again)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] != "/v1/suggest" or scope["method"] != "POST":
@@ -129,9 +130,9 @@ class SuggestFastPath:
 
             return await self.app(scope, replay, send)
         status, payload = await self.answer(req)
+        headers = [(b"content-length", str(len(payload)).encode()), (b"content-type", b"application/json")]
         await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-length", str(len(payload)).encode()),
-                                (b"content-type", b"application/json")]})
+                    "headers": headers + [(b"retry-after", self.retry_after)] if status == 503 else headers})
         await send({"type": "http.response.body", "body": payload})
 
 
