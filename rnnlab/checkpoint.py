@@ -20,6 +20,7 @@ mismatched ``save_id`` and falls back to the newest complete snapshot.
 from __future__ import annotations
 
 import json
+import math
 import stat
 import sys
 import uuid
@@ -28,14 +29,14 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load as st_load
+from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save as st_save
 
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data.tokenizer import Tokenizer
 from .data.vocab import Vocab
 from .errors import RnnlabError, UsageError
-from .io import atomic_write, atomic_write_json, os_error_hint, read_json
+from .io import atomic_write, atomic_write_json, check_input_file, os_error_hint, read_json
 from .models import LanguageModel, build_model
 from .runtime import check_memory
 from .version import __version__
@@ -95,6 +96,7 @@ def save_checkpoint(out_dir: str | Path, model: LanguageModel, tokenizer: Tokeni
 
 def weights_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict]:
     """The tensor shapes and metadata of a safetensors file, read from its header only."""
+    check_input_file(path, "weights file")
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, (f.metadata() or {})
@@ -105,10 +107,7 @@ def weights_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict]:
 
 def save_id_of(ckpt_dir: Path) -> tuple[str | None, str | None]:
     """(save_id in config.json, save_id in model.safetensors) — equal for an untorn checkpoint."""
-    try:
-        cfg = json.loads((ckpt_dir / CONFIG).read_text(encoding="utf-8")).get("save_id")
-    except (OSError, ValueError, AttributeError, RecursionError):
-        cfg = None
+    cfg = _json_field(ckpt_dir / CONFIG, "save_id")
     try:
         _, meta = weights_header(ckpt_dir / WEIGHTS)
         weights = meta.get("save_id")
@@ -117,19 +116,25 @@ def save_id_of(ckpt_dir: Path) -> tuple[str | None, str | None]:
     return cfg, weights
 
 
-def _state_save_id(ckpt_dir: Path) -> str | None:
+def _json_field(path: Path, key: str):
+    """``key`` of the JSON object in ``path``, or None if the file is missing, not a regular file,
+    too large, damaged or not an object (``read_json``'s checks: never a hang on a FIFO)."""
     try:
-        return json.loads((ckpt_dir / STATE_JSON).read_text(encoding="utf-8")).get("save_id")
-    except (OSError, ValueError, AttributeError, RecursionError):
+        obj = read_json(path)
+    except RnnlabError:
         return None
+    return obj.get(key) if isinstance(obj, dict) else None
+
+
+def _state_save_id(ckpt_dir: Path) -> str | None:
+    return _json_field(ckpt_dir / STATE_JSON, "save_id")
 
 
 def _position(snapshot: Path) -> tuple[int, float, str]:
     """(optimizer step, modification time, name) of a snapshot: its training position first."""
     try:
-        info = json.loads((snapshot / CONFIG).read_text(encoding="utf-8")).get("info", {})
-        step = int(info.get("step", -1))
-    except (OSError, ValueError, AttributeError, TypeError, RecursionError):
+        step = int((_json_field(snapshot / CONFIG, "info") or {}).get("step", -1))
+    except (ValueError, AttributeError, TypeError):
         step = -1
     try:
         mtime = (snapshot / CONFIG).stat().st_mtime
@@ -175,8 +180,9 @@ def load_trainer_state(ckpt_dir: str | Path) -> tuple[dict[str, torch.Tensor], d
     if missing:
         raise RnnlabError(f"{d / STATE_JSON}: the trainer state lacks {', '.join(missing)}; it is damaged — resume "
                           f"from a snapshot in {d / SNAPSHOTS} or start a new run")
+    check_input_file(d / STATE_TENSORS, "trainer state")
     try:
-        tensors = st_load((d / STATE_TENSORS).read_bytes())
+        tensors = st_load_file(str(d / STATE_TENSORS))  # tensor by tensor from a memory map: no copy of the file
     except (SafetensorError, ValueError, RuntimeError, OSError) as e:
         raise RnnlabError(f"{d / STATE_TENSORS}: cannot read the trainer state ({e}); the file is corrupt") from None
     if meta.get("save_id") != save_id_of(d)[0]:
@@ -246,21 +252,51 @@ def load_checkpoint(ckpt_dir: str | Path, device: torch.device | str = "cpu", im
     if shapes != expected:
         raise RnnlabError(f"{d / WEIGHTS}: the weights do not fit the model in config.json ({_shape_diff(expected, shapes)}); "
                           f"the checkpoint is damaged")
-    check_memory(mcfg.parameter_count() * 4, "the model")
-    try:
-        tensors = st_load((d / WEIGHTS).read_bytes())
-    except (SafetensorError, ValueError, RuntimeError, OSError) as e:
-        raise RnnlabError(f"{d / WEIGHTS}: cannot read the weights ({e}); the file is corrupt or truncated") from None
-    model = build_model(mcfg)
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise RnnlabError(f"{d / WEIGHTS}: the weights do not fit the model in config.json ({first})") from None
+    model = build_model_within_memory(mcfg, d / WEIGHTS)
+    read_weights(model, d / WEIGHTS)
     model.to(device)
     model.eval()
     tokenizer = Tokenizer(vocab, dcfg.preset, dcfg.token, dcfg.encoding, dcfg.errors)
     return Checkpoint(model, tokenizer, mcfg, dcfg, tcfg, rcfg, info, d)
+
+
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2}
+
+
+def build_model_within_memory(mcfg: ModelConfig, weights: Path) -> LanguageModel:
+    """The model of ``mcfg``, once the machine is known to hold what loading ``weights`` into it
+    takes at its peak: the model, plus the largest single tensor read from the file (``read_weights``
+    reads one tensor at a time from a memory map; the file is never copied whole)."""
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            largest = max((math.prod(f.get_slice(k).get_shape()) * _DTYPE_BYTES.get(f.get_slice(k).get_dtype(), 1)
+                           for k in f.keys()), default=0)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise RnnlabError(f"{weights}: cannot read the weights ({e}); the file is corrupt or truncated") from None
+    check_memory(mcfg.parameter_count() * 4 + largest, "loading the model (its weights, and one tensor being read)")
+    return build_model(mcfg)
+
+
+def read_weights(model: LanguageModel, weights: Path) -> None:
+    """Copy the tensors of ``weights`` (already checked against the model's shapes) into ``model``
+    one at a time, refusing any that holds NaN or infinity (a model that samples nonsense, answers
+    invalid JSON and fails in the server)."""
+    params = model.state_dict()  # the model's own tensors (parameters and buffers), filled in place
+    try:
+        with safe_open(str(weights), framework="pt") as f, torch.no_grad():
+            for name in f.keys():
+                t = f.get_tensor(name)
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    bad = int((~torch.isfinite(t)).sum())
+                    raise RnnlabError(f"{weights}: tensor {name} holds {bad:,} non-finite values (NaN or infinity); "
+                                      f"the checkpoint is damaged or its training diverged: use a snapshot in "
+                                      f"{weights.parent / SNAPSHOTS} or retrain")
+                params[name].copy_(t)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise RnnlabError(f"{weights}: cannot read the weights ({e}); the file is corrupt or truncated") from None
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise RnnlabError(f"{weights}: the weights do not fit the model in config.json ({first})") from None
 
 
 def _shape_diff(expected: dict, got: dict) -> str:

@@ -148,6 +148,8 @@ class RunConfig(Settings):
                                         "new tokens (default: read them as <unk>)")
 
     def check(self) -> None:
+        if self.init_from is not None and not self.init_from.strip():
+            raise UsageError("--init-from is an empty path; give the --out DIR of a trained run (or drop the flag)")
         if self.extend_vocab and not self.init_from:
             raise UsageError("--extend-vocab applies to fine-tuning only; give --init-from DIR")
 
