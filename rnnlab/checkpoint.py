@@ -20,7 +20,6 @@ mismatched ``save_id`` and falls back to the newest complete snapshot.
 from __future__ import annotations
 
 import json
-import math
 import stat
 import sys
 import uuid
@@ -260,41 +259,70 @@ def load_checkpoint(ckpt_dir: str | Path, device: torch.device | str = "cpu", im
     return Checkpoint(model, tokenizer, mcfg, dcfg, tcfg, rcfg, info, d)
 
 
-_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2}
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
+
+def _weights_layout(weights: Path) -> tuple[int, dict]:
+    """(offset of the data, {name: (dtype, shape, begin, end)}) of a safetensors file (its header was
+    validated by ``weights_header``: offsets inside the file, shapes and sizes consistent)."""
+    try:
+        with open(weights, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        layout = {k: (_DTYPES[v["dtype"]], tuple(v["shape"]), *v["data_offsets"]) for k, v in header.items()
+                  if k != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RnnlabError(f"{weights}: cannot read the weights ({e}); the file is corrupt or truncated") from None
+    return 8 + n, layout
 
 
 def build_model_within_memory(mcfg: ModelConfig, weights: Path) -> LanguageModel:
-    """The model of ``mcfg``, once the machine is known to hold what loading ``weights`` into it
-    takes at its peak: the model, plus the largest single tensor read from the file (``read_weights``
-    reads one tensor at a time from a memory map; the file is never copied whole)."""
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            largest = max((math.prod(f.get_slice(k).get_shape()) * _DTYPE_BYTES.get(f.get_slice(k).get_dtype(), 1)
-                           for k in f.keys()), default=0)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise RnnlabError(f"{weights}: cannot read the weights ({e}); the file is corrupt or truncated") from None
-    check_memory(mcfg.parameter_count() * 4 + largest, "loading the model (its weights, and one tensor being read)")
+    """The model of ``mcfg``, once the machine is known to hold it, and to hold what loading
+    ``weights`` into it takes besides (``read_weights``: one tensor whose type differs from the
+    model's, at most)."""
+    _, layout = _weights_layout(weights)
+    largest = max((end - begin for _, _, begin, end in layout.values()), default=0)
+    check_memory(mcfg.parameter_count() * 4 + largest, "loading the model")
     return build_model(mcfg)
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """No NaN or infinity in ``t`` (checked a slice at a time: no temporary the size of ``t``)."""
+    return all(bool(torch.isfinite(piece).all()) for piece in t.reshape(-1).split(1 << 18))
+
+
 def read_weights(model: LanguageModel, weights: Path) -> None:
-    """Copy the tensors of ``weights`` (already checked against the model's shapes) into ``model``
-    one at a time, refusing any that holds NaN or infinity (a model that samples nonsense, answers
-    invalid JSON and fails in the server)."""
+    """Read the tensors of ``weights`` (already checked against the model's shapes) straight into
+    the model's own CPU tensors, one at a time with plain reads: no copy of the file in memory (its
+    bytes are not even memory-mapped), so loading peaks at the model's size. A tensor holding NaN
+    or infinity is refused (a model that samples nonsense, answers invalid JSON, fails in the
+    server)."""
+    base, layout = _weights_layout(weights)
     params = model.state_dict()  # the model's own tensors (parameters and buffers), filled in place
     try:
-        with safe_open(str(weights), framework="pt") as f, torch.no_grad():
-            for name in f.keys():
-                t = f.get_tensor(name)
-                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        with open(weights, "rb") as f, torch.no_grad():
+            for name, t in params.items():
+                dtype, shape, begin, end = layout[name]
+                f.seek(base + begin)
+                if dtype == t.dtype and t.is_contiguous() and t.device.type == "cpu" and dtype != torch.bfloat16:
+                    got = f.readinto(memoryview(t.numpy()).cast("B")) if end > begin else 0  # into the model itself
+                else:  # another type: through one buffer of this tensor's size
+                    buf = bytearray(end - begin)
+                    got = f.readinto(buf)
+                    if end > begin:
+                        t.copy_(torch.frombuffer(buf, dtype=dtype).reshape(shape))
+                if got != end - begin:
+                    raise RnnlabError(f"{weights}: the file ends inside tensor {name}; it is truncated")
+                if t.is_floating_point() and not _all_finite(t):
                     bad = int((~torch.isfinite(t)).sum())
                     raise RnnlabError(f"{weights}: tensor {name} holds {bad:,} non-finite values (NaN or infinity); "
                                       f"the checkpoint is damaged or its training diverged: use a snapshot in "
                                       f"{weights.parent / SNAPSHOTS} or retrain")
-                params[name].copy_(t)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise RnnlabError(f"{weights}: cannot read the weights ({e}); the file is corrupt or truncated") from None
-    except RuntimeError as e:
+    except OSError as e:
+        raise RnnlabError(f"{weights}: cannot read the weights ({e.strerror or e}); {os_error_hint(e)}") from None
+    except (RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0]
         raise RnnlabError(f"{weights}: the weights do not fit the model in config.json ({first})") from None
 

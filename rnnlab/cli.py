@@ -3,13 +3,13 @@ configs, handed to the library; one-line errors, exit 2 for usage errors."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from .cli_args import add_settings, build, given
 from .config import DataConfig, DynamicEval, GenerateConfig, KeyboardEval, ModelConfig, RunConfig, TrainConfig
 from .errors import RnnlabError, UsageError
+from .io import json_text
 from .version import __version__
 
 Formatter = argparse.RawDescriptionHelpFormatter
@@ -280,7 +280,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     r = evaluate_checkpoint(args.checkpoint, dcfg, args.device, args.batch_size, args.num_steps, dynamic,
                             log=lambda msg: print(msg, file=sys.stderr), int8=args.int8)
     if args.json:
-        print(json.dumps(r, ensure_ascii=False))
+        print(json_text(r, ensure_ascii=False))
         return 0
     unk = f" ({r['unk_tokens']:,} unknown to the model)" if r["unk_tokens"] else ""
     print(f"{r['source']}: {r['tokens']:,} tokens{unk}\n"
@@ -303,7 +303,7 @@ def _keyboard_eval(args: argparse.Namespace, dcfg: DataConfig | None) -> int:
     report = evaluate_keyboards(args.checkpoint, dcfg, settings, device, log=lambda msg: print(msg, file=sys.stderr),
                                 int8=args.int8)
     if args.json:
-        print(json.dumps(report, ensure_ascii=False))
+        print(json_text(report, ensure_ascii=False))
         return 0
     r = next(iter(report["keyboards"].values()))
     print(f"{report['source']}: {r['words']:,} words, {r['characters']:,} characters typed\n{table(report)}")
@@ -333,7 +333,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         rows.append({"name": ds.name, "cached": path.is_file(), "bytes": path.stat().st_size if path.is_file() else ds.size,
                      "url": ds.url, "sha1": ds.sha1, "description": ds.description})
     if args.json:
-        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        print(json_text(rows, ensure_ascii=False, indent=2))
         return 0
     print(f"data directory: {root} (set RNNLAB_DATA_DIR to change)")
     for r in rows:

@@ -232,8 +232,9 @@ class KeyboardEval(Settings):
                          max=100_000_000)
     mix: str = setting("0.5,0.3,0.2", "weights of rnnlab's word re-ranker: character model, word bigram, the "
                                       "user's recent words ('off': the suggestion engine alone)", metavar="A,B,C")
-    preamble: int = setting(2000, "characters of text before each concurrently typed piece given as its context",
-                            min=0, max=100_000)
+    preamble: int = setting(2000, "characters of text before each concurrently typed piece given as its context "
+                                  "(at most half of what a keyboard request may hold)",
+                            min=0, max=MAX_TEXT_CHARS // 2)
 
     def weights(self) -> tuple[float, float, float] | None:
         """The re-ranker's weights, or None for the engine alone."""

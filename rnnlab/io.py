@@ -35,8 +35,28 @@ def atomic_write(path: str | Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
+def json_text(obj: Any, **kwargs) -> str:
+    """``json.dumps`` that always writes valid JSON: a NaN or infinity (which JSON cannot hold;
+    Python would write the invalid ``NaN``) becomes ``null``, wherever it sits."""
+    import math
+
+    def finite(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: finite(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [finite(v) for v in x]
+        return x
+
+    try:
+        return json.dumps(obj, allow_nan=False, **kwargs)
+    except ValueError:
+        return json.dumps(finite(obj), allow_nan=False, **kwargs)
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    atomic_write(path, (json_text(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 #: bytes of memory per byte of JSON while it is parsed (Python objects are far larger than their text)

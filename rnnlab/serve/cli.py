@@ -5,12 +5,12 @@ FastAPI and uvicorn are imported inside the commands, so ``rnnlab --help`` stays
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from ..cli_args import add_settings, build
 from ..config import AdaptConfig, ServeConfig, SuggestConfig, Threads
 from ..errors import RnnlabError, UsageError
+from ..io import json_text
 
 
 def add_parsers(sub) -> None:
@@ -72,9 +72,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     if note:
         print(f"rnnlab: {note}", file=sys.stderr)
     if args.json:
-        from .backend import suggestions_json
-
-        print(suggestions_json(s.to_dict()).decode())  # a non-finite number is null: always valid JSON
+        print(json_text(s.to_dict(), ensure_ascii=False))  # a non-finite number is null: always valid JSON
         return 0
     shown = {" ": "␣", "\n": "↵", "\t": "⇥"}
     print("next characters: " + "  ".join(f"{shown.get(c.text, c.text)} {c.prob:.1%}" for c in s.next_chars))
