@@ -20,6 +20,7 @@ mismatched ``save_id`` and falls back to the newest complete snapshot.
 from __future__ import annotations
 
 import json
+import os
 import stat
 import sys
 import uuid
@@ -80,12 +81,16 @@ def save_checkpoint(out_dir: str | Path, model: LanguageModel, tokenizer: Tokeni
     atomic_write(out / WEIGHTS, st_save(_cpu(model.state_dict()), metadata={"format": FORMAT, "save_id": save_id}))
     atomic_write(out / VOCAB, (tokenizer.vocab.to_json() + "\n").encode("utf-8"))
     data_config = data_config or DataConfig(preset=tokenizer.preset, token=tokenizer.token)
+    data = data_config.to_dict()
+    for key in ("path", "prepared"):  # absolute: `rnnlab eval DIR` reads the text again from any directory
+        if data.get(key):
+            data[key] = os.path.abspath(data[key])
     atomic_write_json(out / CONFIG, {
         "format": FORMAT,
         "rnnlab_version": __version__,
         "save_id": save_id,
         "model": model_config.to_dict(),
-        "data": data_config.to_dict(),
+        "data": data,
         "train": (train_config or TrainConfig()).to_dict(),
         "run": (run_config or RunConfig()).to_dict(),
         "info": info or {},
@@ -229,9 +234,10 @@ def load_checkpoint(ckpt_dir: str | Path, device: torch.device | str = "cpu", im
         raise RnnlabError(f"{d}: is a file, not a checkpoint directory; give the --out DIR of a training run")
     d = resolve_checkpoint_dir(d)
     for name in (WEIGHTS, CONFIG, VOCAB):
-        if not (d / name).is_file():
+        if not (d / name).exists() and not (d / name).is_symlink():
             raise RnnlabError(f"{d}: {name} is missing, so this is not a complete checkpoint; "
                               f"give the --out DIR of a finished training run")
+        check_input_file(d / name, "checkpoint file")  # not a FIFO, a device, a folder...
     dcfg, mcfg, tcfg, rcfg, info = read_configs(d)
     vocab = Vocab.from_dict(read_json(d / VOCAB, "vocabulary"))
     if mcfg.vocab_size != len(vocab):

@@ -16,8 +16,8 @@ Formatter = argparse.RawDescriptionHelpFormatter
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse's usage errors: one line, exit 2
-        self.exit(2, f"rnnlab {self.prog.split(' ', 1)[-1]}: error: {message} (see --help)\n")
+    def error(self, message: str):  # argparse's usage errors: one line, exit 2 ("rnnlab train: error: ...")
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _add_source(p, file_help: str) -> None:
@@ -274,7 +274,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _keyboard_eval(args, dcfg)
     dynamic = build(args, DynamicEval, prefix="dynamic_") if args.dynamic else None
     if dynamic is not None:
-        dynamic.validate()
+        dynamic.validate(prefix="dynamic_")
     if args.int8 and dynamic is not None:
         raise UsageError("--dynamic trains the model as it reads; an int8 copy cannot be trained (drop --int8)")
     r = evaluate_checkpoint(args.checkpoint, dcfg, args.device, args.batch_size, args.num_steps, dynamic,
@@ -299,6 +299,7 @@ def _keyboard_eval(args: argparse.Namespace, dcfg: DataConfig | None) -> int:
     if args.dynamic:
         raise UsageError("--keyboard and --dynamic are separate evaluations; give one of them")
     settings = build(args, KeyboardEval, prefix="keyboard_")
+    settings.validate(prefix="keyboard_")
     device = select_device("cpu" if args.int8 and args.device == "auto" else args.device)
     report = evaluate_keyboards(args.checkpoint, dcfg, settings, device, log=lambda msg: print(msg, file=sys.stderr),
                                 int8=args.int8)

@@ -15,6 +15,7 @@ bounds, so a value is validated once, in one place, for the CLI, the library and
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 from .errors import UsageError
@@ -303,10 +304,14 @@ def merge_resume(stored: tuple[DataConfig, ModelConfig, TrainConfig],
         for name, value in new.to_dict().items():
             if name not in explicit or name == "vocab_size":
                 continue
-            if getattr(old, name) != value:
-                what = {"path": "the text FILE"}.get(name, flag(name))
-                raise UsageError(f"{what} {value!r} differs from the checkpoint's {getattr(old, name)!r}; drop "
-                                 f"it to resume, or start a new run with another --out")
+            was = getattr(old, name)
+            if name in ("path", "prepared") and was is not None and value is not None:  # stored absolute
+                was, value = os.path.abspath(was), os.path.abspath(value)
+            if was != value:
+                what = {"path": "the text FILE", "prepared": "--prepared"}.get(name, flag(name))
+                had = f"run, which has no {what}" if was is None else repr(was)
+                raise UsageError(f"{what} {value!r} differs from the checkpoint's {had}; drop it to resume, "
+                                 f"or start a new run with another --out")
         out.append(merged)
     return tuple(out)
 

@@ -33,6 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..config import MAX_TEXT_CHARS, AdaptConfig, GenerateConfig, SuggestConfig
@@ -255,6 +256,14 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
         if isinstance(exc, WorkerUnavailable):
             return JSONResponse({"error": str(exc)}, status_code=503, headers={"retry-after": str(RETRY_AFTER_S)})
         return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):  # 404, 405, an unparsable body...
+        message = {404: f"no such endpoint: {request.method} {request.url.path}; see GET /openapi.json",
+                   405: f"{request.method} is not allowed on {request.url.path}"
+                        + (f" (allowed: {(exc.headers or {}).get('allow')})" if (exc.headers or {}).get("allow") else "")
+                   }.get(exc.status_code, str(exc.detail))
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RecursionError)
     async def _too_deep(request: Request, exc: RecursionError):

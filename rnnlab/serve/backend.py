@@ -231,8 +231,14 @@ class ProcessBackend:
         return suggestions_json(await future)
 
     def status(self) -> dict:
+        """What ``/healthz`` shows. ``state`` is ``ready`` only while the process can answer: a
+        process that is stopped (SIGSTOP, a debugger) or already dead reads ``stopped``, whatever
+        the pipe says."""
         with self._lock:
-            return {"kind": "process", "state": self.state, "pid": self._worker.proc.pid, "restarts": self.restarts,
+            pid, state = self._worker.proc.pid, self.state
+            if state == "ready" and _process_state(pid) in ("T", "t", "Z", "X"):
+                state = "stopped"
+            return {"kind": "process", "state": state, "pid": pid, "restarts": self.restarts,
                     "in_flight": len(self._pending), **({"error": self.last_error} if self.last_error else {})}
 
     # -- the reader thread's side --------------------------------------------------------------
@@ -316,6 +322,17 @@ class ProcessBackend:
             _resolve(loop, future, None, WorkerUnavailable("the server is shutting down"))
         self._worker.stop()
         _LIVE_BACKENDS.discard(self)
+
+
+def _process_state(pid: int | None) -> str | None:
+    """The kernel's one-letter state of process ``pid`` (R, S, D, T stopped, t traced, Z zombie, X
+    dead), or None where /proc is not available."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2:][:1].decode()  # after "(comm)", which may hold spaces
+    except (OSError, ValueError):
+        return None
 
 
 def _resolve(loop: asyncio.AbstractEventLoop, future: asyncio.Future, result, exc) -> None:

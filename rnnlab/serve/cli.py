@@ -105,7 +105,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     scfg.validate()
     adapt = build(args, AdaptConfig, prefix="adapt_") if args.adapt else None
     if adapt is not None:
-        adapt.validate()
+        adapt.validate(prefix="adapt_")
         if args.int8:
             raise UsageError("--adapt trains each client's copy of the model; an int8 copy cannot be trained "
                              "(drop --int8 or --adapt)")

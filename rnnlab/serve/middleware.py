@@ -13,17 +13,23 @@ MAX_HEADER_BYTES = 16 * 1024
 
 
 class HostCheck:
-    """ASGI middleware: answer 400 to a ``Host`` header that is not one of ``allowed`` (names
-    without ports), so a web page cannot reach this server through DNS rebinding."""
+    """ASGI middleware: answer 400 to a request without exactly one ``Host`` header, or whose
+    ``Host`` is not one of ``allowed``, so a web page cannot reach this server through DNS
+    rebinding. An allowed entry without a port (``example.org``) accepts that name on any port;
+    one with a port (``example.org:8080``, ``[::1]:8000``) only that port."""
 
     def __init__(self, app, allowed: list[str]):
         self.app, self.allowed = app, {h.lower() for h in allowed}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
-            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").lower()
+            hosts = [v for k, v in scope.get("headers") or [] if k == b"host"]
+            if len(hosts) != 1:
+                return await send_error(send, 400, f"a request needs exactly one Host header, this one has "
+                                                    f"{len(hosts)}")
+            host = hosts[0].decode("latin-1").lower()
             name = host[:host.index("]") + 1] if host.startswith("[") and "]" in host else host.split(":")[0]
-            if name not in self.allowed:
+            if name not in self.allowed and host not in self.allowed:
                 return await send_error(send, 400, f"Host {host!r} is not this server's; use its own address "
                                                     f"(rnnlab serve --allowed-host adds names)")
         return await self.app(scope, receive, send)
