@@ -65,12 +65,10 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     threads = build(args, Threads)
     threads.validate()
     check_text(args.text)
-    note = use_threads(threads.threads, small_steps=True)
+    args.threads_note = use_threads(threads.threads, small_steps=True)  # said by rnnlab.cli.main on success
     ckpt = load_for_inference(args.checkpoint, select_device("cpu" if args.int8 and args.device == "auto" else args.device), args.int8)
     engine = SuggestEngine(ckpt.model, ckpt.tokenizer, scfg)
     s = engine.suggest_batch([SuggestRequest(args.text, scfg.k)])[0]  # in this thread: no worker to stop
-    if note:
-        print(f"rnnlab: {note}", file=sys.stderr)
     if args.json:
         print(json_text(s.to_dict(), ensure_ascii=False))  # a non-finite number is null: always valid JSON
         return 0
@@ -103,9 +101,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     scfg = build(args, SuggestConfig)
     scfg.validate()
-    adapt = build(args, AdaptConfig, prefix="adapt_") if args.adapt else None
+    adapt = build(args, AdaptConfig, prefix="adapt_")
+    adapt.validate(prefix="adapt_")  # given without --adapt, a wrong value is still wrong
+    adapt = adapt if args.adapt else None
     if adapt is not None:
-        adapt.validate(prefix="adapt_")
         if args.int8:
             raise UsageError("--adapt trains each client's copy of the model; an int8 copy cannot be trained "
                              "(drop --int8 or --adapt)")
