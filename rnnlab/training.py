@@ -71,13 +71,19 @@ class Trainer:
     history, and ``state_dict`` (collected at epoch ends and interruptions) holds the carried
     state of all rows and every rank's torch RNG state, so a run resumes exactly under DDP too.
     Callbacks run on every rank; whoever builds the trainer registers them on rank 0 only.
+
+    ``clock`` (seconds, default ``time.perf_counter``; also settable on the class) is the one clock
+    of every time rule (budget, ``max_seconds``, evaluation points, the final decay, tokens/s):
+    tests give it a fake one, so that what a run does never depends on the machine's speed.
     """
+
+    clock: Callable[[], float] = staticmethod(time.perf_counter)
 
     def __init__(self, model: LanguageModel, cfg: TrainConfig, train_ids: Ids,
                  val_ids: Ids | None = None, run: RunConfig | None = None,
                  optimizer: torch.optim.Optimizer | None = None,
                  callbacks: list[EpochCallback] = (), step_callbacks: list[StepCallback] = (),
-                 dist_ctx: DistContext = LOCAL):
+                 dist_ctx: DistContext = LOCAL, clock: Callable[[], float] | None = None):
         need = min_tokens_needed(cfg.batch_size, cfg.num_steps)
         if len(train_ids) < need:
             raise RnnlabError(
@@ -86,6 +92,8 @@ class Trainer:
         if val_ids is not None and len(val_ids) < 2:
             raise RnnlabError("the validation split has fewer than 2 tokens; raise --val-fraction or use more text")
         self.model, self.cfg, self.dist = model, cfg, dist_ctx
+        if clock is not None:
+            self.clock = clock
         self.run = run if run is not None else RunConfig()
         check_batch(cfg.batch_size, dist_ctx)
         if model.device.type == "cpu":
@@ -190,10 +198,10 @@ class Trainer:
         if state is not None and ctx.enabled:  # the saved state holds all B rows: keep this rank's
             per = cfg.batch_size // ctx.world_size
             state = tuple(s[:, ctx.rank * per:(ctx.rank + 1) * per] for s in state)  # (L, B/W, H)
-        wall0, elapsed0 = time.perf_counter(), self.elapsed
+        wall0, elapsed0 = self.clock(), self.elapsed
         self._mark = [loss_sum.item(), n_tokens, compute]  # sums at the last record (evaluation points)
         for x, y in batches:
-            t0 = time.perf_counter()
+            t0 = self.clock()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # (B/W, T)
             if state is None or cfg.sampling == "random":
                 state = model.begin_state(x.shape[0], device)  # random windows: nothing to carry
@@ -214,8 +222,9 @@ class Trainer:
             n_tokens += y.numel()
             self.step += 1
             self.batch_in_epoch += 1
-            compute += time.perf_counter() - t0
-            self.elapsed = elapsed0 + (time.perf_counter() - wall0)
+            now = self.clock()
+            compute += now - t0
+            self.elapsed = elapsed0 + (now - wall0)
             stop = self._stop
             if ctx.enabled:  # one small all-reduce: global step loss, any rank stopping, rank 0's clock
                 packed = torch.stack([step_loss.double(), torch.tensor(float(stop), dtype=torch.float64, device=device),
@@ -279,7 +288,7 @@ class Trainer:
             v = evaluate(self.model, self.eval_ids, self.cfg.batch_size, self.cfg.num_steps)
             self.model.train()
             metrics.update(val_loss=v["loss"], val_ppl=v["ppl"], val_bpc=v["bpc"])
-            self.elapsed = elapsed0 + (time.perf_counter() - wall0)
+            self.elapsed = elapsed0 + (self.clock() - wall0)
         if ctx.enabled:  # validation took each rank its own time: agree on rank 0's clock
             clock = torch.tensor([self.elapsed if ctx.is_main else 0.0], dtype=torch.float64, device=device)
             self.elapsed = float(all_reduce_sum(clock, ctx).item())
