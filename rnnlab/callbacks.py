@@ -1,11 +1,10 @@
 """Things that happen during training, outside the trainer: metrics file, progress bar, plot."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-from .io import atomic_write
+from .io import atomic_write, json_text
 
 
 class MetricsWriter:
@@ -17,11 +16,11 @@ class MetricsWriter:
 
     def __init__(self, path: str | Path, history: list[dict] = ()):
         self.path = Path(path)
-        atomic_write(self.path, "".join(json.dumps(m) + "\n" for m in history).encode())
+        atomic_write(self.path, "".join(json_text(m) + "\n" for m in history).encode())
 
     def __call__(self, trainer, metrics: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(metrics) + "\n")
+            f.write(json_text(metrics) + "\n")
 
 
 class ProgressBar:

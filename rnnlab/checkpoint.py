@@ -20,6 +20,7 @@ mismatched ``save_id`` and falls back to the newest complete snapshot.
 from __future__ import annotations
 
 import json
+import os
 import stat
 import sys
 import uuid
@@ -28,14 +29,14 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load as st_load
+from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save as st_save
 
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data.tokenizer import Tokenizer
 from .data.vocab import Vocab
 from .errors import RnnlabError, UsageError
-from .io import atomic_write, atomic_write_json, os_error_hint, read_json
+from .io import atomic_write, atomic_write_json, check_input_file, os_error_hint, read_json
 from .models import LanguageModel, build_model
 from .runtime import check_memory
 from .version import __version__
@@ -80,12 +81,16 @@ def save_checkpoint(out_dir: str | Path, model: LanguageModel, tokenizer: Tokeni
     atomic_write(out / WEIGHTS, st_save(_cpu(model.state_dict()), metadata={"format": FORMAT, "save_id": save_id}))
     atomic_write(out / VOCAB, (tokenizer.vocab.to_json() + "\n").encode("utf-8"))
     data_config = data_config or DataConfig(preset=tokenizer.preset, token=tokenizer.token)
+    data = data_config.to_dict()
+    for key in ("path", "prepared"):  # absolute: `rnnlab eval DIR` reads the text again from any directory
+        if data.get(key):
+            data[key] = os.path.abspath(data[key])
     atomic_write_json(out / CONFIG, {
         "format": FORMAT,
         "rnnlab_version": __version__,
         "save_id": save_id,
         "model": model_config.to_dict(),
-        "data": data_config.to_dict(),
+        "data": data,
         "train": (train_config or TrainConfig()).to_dict(),
         "run": (run_config or RunConfig()).to_dict(),
         "info": info or {},
@@ -95,6 +100,7 @@ def save_checkpoint(out_dir: str | Path, model: LanguageModel, tokenizer: Tokeni
 
 def weights_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict]:
     """The tensor shapes and metadata of a safetensors file, read from its header only."""
+    check_input_file(path, "weights file")
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, (f.metadata() or {})
@@ -105,10 +111,7 @@ def weights_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict]:
 
 def save_id_of(ckpt_dir: Path) -> tuple[str | None, str | None]:
     """(save_id in config.json, save_id in model.safetensors) — equal for an untorn checkpoint."""
-    try:
-        cfg = json.loads((ckpt_dir / CONFIG).read_text(encoding="utf-8")).get("save_id")
-    except (OSError, ValueError, AttributeError, RecursionError):
-        cfg = None
+    cfg = _json_field(ckpt_dir / CONFIG, "save_id")
     try:
         _, meta = weights_header(ckpt_dir / WEIGHTS)
         weights = meta.get("save_id")
@@ -117,19 +120,25 @@ def save_id_of(ckpt_dir: Path) -> tuple[str | None, str | None]:
     return cfg, weights
 
 
-def _state_save_id(ckpt_dir: Path) -> str | None:
+def _json_field(path: Path, key: str):
+    """``key`` of the JSON object in ``path``, or None if the file is missing, not a regular file,
+    too large, damaged or not an object (``read_json``'s checks: never a hang on a FIFO)."""
     try:
-        return json.loads((ckpt_dir / STATE_JSON).read_text(encoding="utf-8")).get("save_id")
-    except (OSError, ValueError, AttributeError, RecursionError):
+        obj = read_json(path)
+    except RnnlabError:
         return None
+    return obj.get(key) if isinstance(obj, dict) else None
+
+
+def _state_save_id(ckpt_dir: Path) -> str | None:
+    return _json_field(ckpt_dir / STATE_JSON, "save_id")
 
 
 def _position(snapshot: Path) -> tuple[int, float, str]:
     """(optimizer step, modification time, name) of a snapshot: its training position first."""
     try:
-        info = json.loads((snapshot / CONFIG).read_text(encoding="utf-8")).get("info", {})
-        step = int(info.get("step", -1))
-    except (OSError, ValueError, AttributeError, TypeError, RecursionError):
+        step = int((_json_field(snapshot / CONFIG, "info") or {}).get("step", -1))
+    except (ValueError, AttributeError, TypeError):
         step = -1
     try:
         mtime = (snapshot / CONFIG).stat().st_mtime
@@ -175,8 +184,9 @@ def load_trainer_state(ckpt_dir: str | Path) -> tuple[dict[str, torch.Tensor], d
     if missing:
         raise RnnlabError(f"{d / STATE_JSON}: the trainer state lacks {', '.join(missing)}; it is damaged — resume "
                           f"from a snapshot in {d / SNAPSHOTS} or start a new run")
+    check_input_file(d / STATE_TENSORS, "trainer state")
     try:
-        tensors = st_load((d / STATE_TENSORS).read_bytes())
+        tensors = st_load_file(str(d / STATE_TENSORS))  # tensor by tensor from a memory map: no copy of the file
     except (SafetensorError, ValueError, RuntimeError, OSError) as e:
         raise RnnlabError(f"{d / STATE_TENSORS}: cannot read the trainer state ({e}); the file is corrupt") from None
     if meta.get("save_id") != save_id_of(d)[0]:
@@ -224,9 +234,10 @@ def load_checkpoint(ckpt_dir: str | Path, device: torch.device | str = "cpu", im
         raise RnnlabError(f"{d}: is a file, not a checkpoint directory; give the --out DIR of a training run")
     d = resolve_checkpoint_dir(d)
     for name in (WEIGHTS, CONFIG, VOCAB):
-        if not (d / name).is_file():
+        if not (d / name).exists() and not (d / name).is_symlink():
             raise RnnlabError(f"{d}: {name} is missing, so this is not a complete checkpoint; "
                               f"give the --out DIR of a finished training run")
+        check_input_file(d / name, "checkpoint file")  # not a FIFO, a device, a folder...
     dcfg, mcfg, tcfg, rcfg, info = read_configs(d)
     vocab = Vocab.from_dict(read_json(d / VOCAB, "vocabulary"))
     if mcfg.vocab_size != len(vocab):
@@ -246,21 +257,80 @@ def load_checkpoint(ckpt_dir: str | Path, device: torch.device | str = "cpu", im
     if shapes != expected:
         raise RnnlabError(f"{d / WEIGHTS}: the weights do not fit the model in config.json ({_shape_diff(expected, shapes)}); "
                           f"the checkpoint is damaged")
-    check_memory(mcfg.parameter_count() * 4, "the model")
-    try:
-        tensors = st_load((d / WEIGHTS).read_bytes())
-    except (SafetensorError, ValueError, RuntimeError, OSError) as e:
-        raise RnnlabError(f"{d / WEIGHTS}: cannot read the weights ({e}); the file is corrupt or truncated") from None
-    model = build_model(mcfg)
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise RnnlabError(f"{d / WEIGHTS}: the weights do not fit the model in config.json ({first})") from None
+    model = build_model_within_memory(mcfg, d / WEIGHTS)
+    read_weights(model, d / WEIGHTS)
     model.to(device)
     model.eval()
     tokenizer = Tokenizer(vocab, dcfg.preset, dcfg.token, dcfg.encoding, dcfg.errors)
     return Checkpoint(model, tokenizer, mcfg, dcfg, tcfg, rcfg, info, d)
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
+
+def _weights_layout(weights: Path) -> tuple[int, dict]:
+    """(offset of the data, {name: (dtype, shape, begin, end)}) of a safetensors file (its header was
+    validated by ``weights_header``: offsets inside the file, shapes and sizes consistent)."""
+    try:
+        with open(weights, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        layout = {k: (_DTYPES[v["dtype"]], tuple(v["shape"]), *v["data_offsets"]) for k, v in header.items()
+                  if k != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RnnlabError(f"{weights}: cannot read the weights ({e}); the file is corrupt or truncated") from None
+    return 8 + n, layout
+
+
+def build_model_within_memory(mcfg: ModelConfig, weights: Path) -> LanguageModel:
+    """The model of ``mcfg``, once the machine is known to hold it, and to hold what loading
+    ``weights`` into it takes besides (``read_weights``: one tensor whose type differs from the
+    model's, at most)."""
+    _, layout = _weights_layout(weights)
+    largest = max((end - begin for _, _, begin, end in layout.values()), default=0)
+    check_memory(mcfg.parameter_count() * 4 + largest, "loading the model")
+    return build_model(mcfg)
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """No NaN or infinity in ``t`` (checked a slice at a time: no temporary the size of ``t``)."""
+    return all(bool(torch.isfinite(piece).all()) for piece in t.reshape(-1).split(1 << 18))
+
+
+def read_weights(model: LanguageModel, weights: Path) -> None:
+    """Read the tensors of ``weights`` (already checked against the model's shapes) straight into
+    the model's own CPU tensors, one at a time with plain reads: no copy of the file in memory (its
+    bytes are not even memory-mapped), so loading peaks at the model's size. A tensor holding NaN
+    or infinity is refused (a model that samples nonsense, answers invalid JSON, fails in the
+    server)."""
+    base, layout = _weights_layout(weights)
+    params = model.state_dict()  # the model's own tensors (parameters and buffers), filled in place
+    try:
+        with open(weights, "rb") as f, torch.no_grad():
+            for name, t in params.items():
+                dtype, shape, begin, end = layout[name]
+                f.seek(base + begin)
+                if dtype == t.dtype and t.is_contiguous() and t.device.type == "cpu" and dtype != torch.bfloat16:
+                    got = f.readinto(memoryview(t.numpy()).cast("B")) if end > begin else 0  # into the model itself
+                else:  # another type: through one buffer of this tensor's size
+                    buf = bytearray(end - begin)
+                    got = f.readinto(buf)
+                    if end > begin:
+                        t.copy_(torch.frombuffer(buf, dtype=dtype).reshape(shape))
+                if got != end - begin:
+                    raise RnnlabError(f"{weights}: the file ends inside tensor {name}; it is truncated")
+                if t.is_floating_point() and not _all_finite(t):
+                    bad = int((~torch.isfinite(t)).sum())
+                    raise RnnlabError(f"{weights}: tensor {name} holds {bad:,} non-finite values (NaN or infinity); "
+                                      f"the checkpoint is damaged or its training diverged: use a snapshot in "
+                                      f"{weights.parent / SNAPSHOTS} or retrain")
+    except OSError as e:
+        raise RnnlabError(f"{weights}: cannot read the weights ({e.strerror or e}); {os_error_hint(e)}") from None
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise RnnlabError(f"{weights}: the weights do not fit the model in config.json ({first})") from None
 
 
 def _shape_diff(expected: dict, got: dict) -> str:

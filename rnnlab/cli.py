@@ -10,16 +10,33 @@ from pathlib import Path
 
 from .cli_args import add_settings, build, given
 from .cli_chats import add_chat_out, write_chat_out
-from .config import DataConfig, DynamicEval, GenerateConfig, KeyboardEval, ModelConfig, RunConfig, TrainConfig
+from .config import DataConfig, DynamicEval, GenerateConfig, KeyboardEval, ModelConfig, RunConfig, Threads, TrainConfig
 from .errors import RnnlabError, UsageError
+from .io import json_text
 from .version import __version__
 
 Formatter = argparse.RawDescriptionHelpFormatter
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse's usage errors: one line, exit 2
-        self.exit(2, f"rnnlab {self.prog.split(' ', 1)[-1]}: error: {message} (see --help)\n")
+    """argparse with one-line usage errors (exit 2). A command's parser reads its positionals
+    wherever they stand among the options (``rnnlab eval DIR --keyboard FILE``, ``rnnlab train
+    --quiet FILE``): plain argparse gives an optional positional its empty match at the first
+    option and then refuses the FILE after it as "unrecognized"."""
+
+    _intermixing = False
+
+    def error(self, message: str):  # "rnnlab train: error: ..."
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._subparsers is not None or self._intermixing:  # the top level (it has the commands), or inside
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
 
 
 def _add_source(p, file_help: str) -> None:
@@ -54,6 +71,7 @@ def _add_train(sub) -> None:
     r.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train data-parallel on N local processes (torch's launcher, as `torchrun --standalone "
                         "--nproc-per-node N -m rnnlab train ...`; the settings are checked once, here, first)")
+    add_settings(r, Threads)
     p.set_defaults(func=cmd_train, argv=None)
 
 
@@ -67,6 +85,7 @@ def _add_prepare(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write the prepared corpus to")
     add_settings(p, DataConfig, skip=("max_tokens", "val_fraction", "select_fraction"))
     add_chat_out(p)
+    add_settings(p, Threads)
     p.set_defaults(func=cmd_prepare)
 
 
@@ -80,6 +99,7 @@ def _add_generate(sub) -> None:
     add_settings(p, GenerateConfig)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--int8", action="store_true", help="run an int8 copy of the model on the CPU (about 4x less memory)")
+    add_settings(p, Threads)
     p.set_defaults(func=cmd_generate)
 
 
@@ -105,6 +125,7 @@ def _add_eval(sub) -> None:
                                          "rnnlab's keyboards against a word bigram built from the training text")
     k.add_argument("--keyboard", action="store_true", help="report keystroke savings instead of perplexity")
     add_settings(k, KeyboardEval, prefix="keyboard_")
+    add_settings(p, Threads)
     p.set_defaults(func=cmd_eval)
 
 
@@ -117,6 +138,7 @@ def _add_export(sub) -> None:
     p.add_argument("--format", choices=("onnx",), default="onnx")
     p.add_argument("--out", metavar="OUT", help="where to write the export (default: DIR/onnx)")
     p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (dynamic int8 quantisation)")
+    add_settings(p, Threads)
     p.set_defaults(func=cmd_export)
 
 
@@ -150,11 +172,23 @@ def _data_config(args: argparse.Namespace, default_dataset: str | None = None) -
     return build(args, DataConfig, path=args.file, dataset=dataset)
 
 
+def use_threads(args: argparse.Namespace, small_steps: bool) -> None:
+    """``--threads``, or the command's own choice (``runtime.use_threads``); what was chosen is said
+    once the command has succeeded (``main``), so that an error stays one line."""
+    from .runtime import use_threads as choose
+
+    threads = build(args, Threads)
+    threads.validate()
+    args.threads_note = choose(threads.threads, small_steps)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import merge_init_from, merge_resume
     from .distributed import die_with_launcher, launched_by_torchrun
     from .pipeline import stored_configs, train_run
     from .plan import PLAN_ENV, all_fields, read_plan_file
+
+    use_threads(args, small_steps=False)
 
     prepared = getattr(args, "prepared", None)
     if prepared and (args.file or args.dataset):
@@ -270,6 +304,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     if not args.file and not args.dataset:
         raise UsageError("give a text FILE (or --dataset NAME) to prepare")
+    use_threads(args, small_steps=False)
     dcfg = _data_config(args)
     dcfg.validate()
     write_chat_out(args, dcfg)
@@ -292,6 +327,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     gcfg = build(args, GenerateConfig)
     gcfg.validate()
+    use_threads(args, small_steps=gcfg.num_samples == 1)  # one stream: one token at a time
     if args.prefix is not None and args.prefix_file:
         raise UsageError("give --prefix or --prefix-file, not both")
     device = select_device("cpu" if args.int8 and args.device == "auto" else args.device)
@@ -322,19 +358,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or args.num_steps < 1:
         raise UsageError("--batch-size and --num-steps must be positive integers")
+    use_threads(args, small_steps=args.keyboard or args.dynamic)  # keystrokes; or one row in chunks of 20
     dcfg = _data_config(args) if (args.file or args.dataset) else None
     write_chat_out(args, dcfg)
+    keyboard = build(args, KeyboardEval, prefix="keyboard_")
+    keyboard.validate(prefix="keyboard_")
+    dynamic = build(args, DynamicEval, prefix="dynamic_")
+    dynamic.validate(prefix="dynamic_")  # given without --dynamic, a wrong value is still wrong
     if args.keyboard:
-        return _keyboard_eval(args, dcfg)
-    dynamic = build(args, DynamicEval, prefix="dynamic_") if args.dynamic else None
-    if dynamic is not None:
-        dynamic.validate()
+        return _keyboard_eval(args, dcfg, keyboard)
+    dynamic = dynamic if args.dynamic else None
     if args.int8 and dynamic is not None:
         raise UsageError("--dynamic trains the model as it reads; an int8 copy cannot be trained (drop --int8)")
     r = evaluate_checkpoint(args.checkpoint, dcfg, args.device, args.batch_size, args.num_steps, dynamic,
                             log=lambda msg: print(msg, file=sys.stderr), int8=args.int8)
     if args.json:
-        print(json.dumps(r, ensure_ascii=False))
+        print(json_text(r, ensure_ascii=False))
         return 0
     unk = f" ({r['unk_tokens']:,} unknown to the model)" if r["unk_tokens"] else ""
     print(f"{r['source']}: {r['tokens']:,} tokens{unk}\n"
@@ -346,18 +385,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _keyboard_eval(args: argparse.Namespace, dcfg: DataConfig | None) -> int:
+def _keyboard_eval(args: argparse.Namespace, dcfg: DataConfig | None, settings: KeyboardEval) -> int:
     from .keyboard.run import evaluate_keyboards, table
     from .runtime import select_device
 
     if args.dynamic:
         raise UsageError("--keyboard and --dynamic are separate evaluations; give one of them")
-    settings = build(args, KeyboardEval, prefix="keyboard_")
     device = select_device("cpu" if args.int8 and args.device == "auto" else args.device)
     report = evaluate_keyboards(args.checkpoint, dcfg, settings, device, log=lambda msg: print(msg, file=sys.stderr),
                                 int8=args.int8)
     if args.json:
-        print(json.dumps(report, ensure_ascii=False))
+        print(json_text(report, ensure_ascii=False))
         return 0
     r = next(iter(report["keyboards"].values()))
     print(f"{report['source']}: {r['words']:,} words, {r['characters']:,} characters typed\n{table(report)}")
@@ -367,6 +405,7 @@ def _keyboard_eval(args: argparse.Namespace, dcfg: DataConfig | None) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx
 
+    use_threads(args, small_steps=False)
     out = Path(args.out) if args.out else Path(args.checkpoint) / "onnx"
     meta = export_onnx(args.checkpoint, out, int8=args.int8)
     checks = meta["checks"]
@@ -387,7 +426,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         rows.append({"name": ds.name, "cached": path.is_file(), "bytes": path.stat().st_size if path.is_file() else ds.size,
                      "url": ds.url, "sha1": ds.sha1, "description": ds.description})
     if args.json:
-        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        print(json_text(rows, ensure_ascii=False, indent=2))
         return 0
     print(f"data directory: {root} (set RNNLAB_DATA_DIR to change)")
     for r in rows:
@@ -403,7 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(args, "argv"):
         args.argv = argv[argv.index("train"):] if "train" in argv else argv
     try:
-        return args.func(args)
+        code = args.func(args)
+        if code == 0 and getattr(args, "threads_note", None):
+            print(f"rnnlab: {args.threads_note}", file=sys.stderr)
+        return code
     except RnnlabError as e:
         if os.environ.get("RANK", "0") == "0":  # under --nproc/torchrun every rank meets the same error: rank 0 says it
             print(f"rnnlab: error: {e}", file=sys.stderr)

@@ -15,6 +15,7 @@ bounds, so a value is validated once, in one place, for the CLI, the library and
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 from .errors import UsageError
@@ -162,6 +163,8 @@ class RunConfig(Settings):
                                         "new tokens (default: read them as <unk>)")
 
     def check(self) -> None:
+        if self.init_from is not None and not self.init_from.strip():
+            raise UsageError("--init-from is an empty path; give the --out DIR of a trained run (or drop the flag)")
         if self.extend_vocab and not self.init_from:
             raise UsageError("--extend-vocab applies to fine-tuning only; give --init-from DIR")
 
@@ -213,6 +216,30 @@ class AdaptConfig(Settings):
 
 
 @dataclass
+class ServeConfig(Settings):
+    """The server's own bounds (``rnnlab serve``): what one connection or request may take."""
+
+    port: int = setting(8000, "TCP port (0 = any free port)", min=0, max=65535)
+    max_body_bytes: int = setting(64 * 1024, "larger request bodies get 413", min=1024, max=1 << 30)
+    max_batch: int = setting(64, "most suggest requests answered together (1 = one at a time, no batching)",
+                             min=1, max=4096)
+    read_timeout: float = setting(10.0, "seconds a client has to send a request's line and headers, and again its "
+                                        "body; slower connections get 408 and are closed", above=0.0, max=3600.0)
+    generate_workers: int = setting(2, "generations computed at once (each on a thread of its own)", min=1, max=256)
+    generate_queue: int = setting(32, "generations waiting for a worker; more get 503 with Retry-After",
+                                  min=0, max=100_000)
+
+
+@dataclass
+class Threads(Settings):
+    """How many threads torch uses: one setting for every command (``--threads``)."""
+
+    threads: int = setting(0, "torch threads (0: the command chooses: 1 for work in one-token steps, i.e. suggest, "
+                              "serve, eval --keyboard and generate of one sample, else torch's default)",
+                           min=0, max=1024)
+
+
+@dataclass
 class KeyboardEval(Settings):
     """The keyboard simulation (``rnnlab eval --keyboard``): what is typed and which keyboards."""
 
@@ -220,8 +247,9 @@ class KeyboardEval(Settings):
                          max=100_000_000)
     mix: str = setting("0.5,0.3,0.2", "weights of rnnlab's word re-ranker: character model, word bigram, the "
                                       "user's recent words ('off': the suggestion engine alone)", metavar="A,B,C")
-    preamble: int = setting(2000, "characters of text before each concurrently typed piece given as its context",
-                            min=0, max=100_000)
+    preamble: int = setting(2000, "characters of text before each concurrently typed piece given as its context "
+                                  "(at most half of what a keyboard request may hold)",
+                            min=0, max=MAX_TEXT_CHARS // 2)
 
     def weights(self) -> tuple[float, float, float] | None:
         """The re-ranker's weights, or None for the engine alone."""
@@ -290,13 +318,18 @@ def merge_resume(stored: tuple[DataConfig, ModelConfig, TrainConfig],
         for name, value in new.to_dict().items():
             if name not in explicit or name == "vocab_size":
                 continue
-            if getattr(old, name) != value:
-                what = {"path": "the text FILE"}.get(name, flag(name))
-                raise UsageError(f"{what} {value!r} differs from the checkpoint's {getattr(old, name)!r}; drop "
-                                 f"it to resume, or start a new run with another --out")
+            was = getattr(old, name)
+            if name in ("path", "prepared") and was is not None and value is not None:  # stored absolute
+                was, value = os.path.abspath(was), os.path.abspath(value)
+            if was != value:
+                what = {"path": "the text FILE", "prepared": "--prepared"}.get(name, flag(name))
+                had = f"run, which has no {what}" if was is None else repr(was)
+                raise UsageError(f"{what} {value!r} differs from the checkpoint's {had}; drop it to resume, "
+                                 f"or start a new run with another --out")
         out.append(merged)
     return tuple(out)
 
 
-__all__ = ["DataConfig", "DynamicEval", "GenerateConfig", "ModelConfig", "RunConfig", "SuggestConfig", "TrainConfig",
+__all__ = ["DataConfig", "DynamicEval", "GenerateConfig", "ModelConfig", "RunConfig", "ServeConfig", "SuggestConfig",
+           "Threads", "TrainConfig",
            "check_text", "merge_init_from", "merge_resume"]

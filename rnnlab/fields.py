@@ -99,11 +99,13 @@ def _range(lo, hi, above) -> str:
 class Settings:
     """Mixin for the config dataclasses: field checks, JSON round trip, cross-field ``check``."""
 
-    def validate(self) -> None:
-        """Check every field (type, choices, bounds), then the cross-field rules (``check``)."""
+    def validate(self, prefix: str = "") -> None:
+        """Check every field (type, choices, bounds), then the cross-field rules (``check``).
+        ``prefix``: how the command line spells these fields' flags (``adapt_``: ``--adapt-clients``),
+        so that a message names the flag the user typed."""
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            setattr(self, f.name, check_value(f.name, hints[f.name], getattr(self, f.name), f))
+            setattr(self, f.name, check_value(prefix + f.name, hints[f.name], getattr(self, f.name), f))
         self.check()
 
     def check(self) -> None:

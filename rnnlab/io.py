@@ -1,5 +1,7 @@
-"""Files written so that a crash leaves the old bytes or the new ones, never a mix; JSON read with
-a one-line error. The ground floor of file handling: checkpoints, prepared corpora and metrics use it."""
+"""Files written so that a crash leaves the old bytes or the new ones, never a mix; files read only
+once they are known to be readable regular files that fit in memory (a FIFO would hang the reader,
+``/dev/zero`` would fill the memory), JSON with a one-line error. The ground floor of file
+handling: corpora, checkpoints, prepared corpora and metrics use it."""
 from __future__ import annotations
 
 import contextlib
@@ -80,13 +82,72 @@ def staged_dir(target: str | Path):
                 p.rmdir()
 
 
+def json_text(obj: Any, **kwargs) -> str:
+    """``json.dumps`` that always writes valid JSON: a NaN or infinity (which JSON cannot hold;
+    Python would write the invalid ``NaN``) becomes ``null``, wherever it sits."""
+    import math
+
+    def finite(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: finite(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [finite(v) for v in x]
+        return x
+
+    try:
+        return json.dumps(obj, allow_nan=False, **kwargs)
+    except ValueError:
+        return json.dumps(finite(obj), allow_nan=False, **kwargs)
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    atomic_write(path, (json_text(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+#: bytes of memory per byte of JSON while it is parsed (Python objects are far larger than their text)
+JSON_MEMORY_FACTOR = 20
+
+
+def check_input_file(p: str | Path, what: str = "file", missing: str = "check the path") -> int:
+    """The size of a readable regular file, or a one-line ``RnnlabError`` saying what it is instead
+    (missing: ``missing`` says what to do; a folder, a device or FIFO that would never end, a
+    symbolic-link loop, unreadable)."""
+    import stat
+
+    p = Path(p)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise RnnlabError(f"{p}: no such file; {missing}") from None
+    except OSError as e:
+        raise RnnlabError(f"{p}: cannot open it ({e.strerror or e}); {os_error_hint(e)}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise RnnlabError(f"{p}: is a directory, not a {what}; give a file (a text file inside it, say)")
+    if not stat.S_ISREG(st.st_mode):
+        raise RnnlabError(f"{p}: is not a regular file (a device, FIFO or socket), so it cannot be a {what}; "
+                          f"give a regular file")
+    if not os.access(p, os.R_OK):
+        raise RnnlabError(f"{p}: cannot read it (permission denied); check its permissions")
+    return st.st_size
+
+
+def check_fits_in_memory(p: Path, size: int, factor: float, what: str, fix: str) -> None:
+    """Refuse to read ``size`` bytes of ``p`` that take ``factor`` times as much memory once read."""
+    from .runtime import available_memory
+
+    free = available_memory()
+    if free is not None and size * factor > free:
+        raise RnnlabError(f"{p}: {size / 2**20:,.0f} MB is too large to read as a {what} here; {fix}")
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:
-    """Parse a JSON file; a missing, unreadable or invalid one is a one-line ``RnnlabError``."""
+    """Parse a JSON file; a missing, unreadable or invalid one, something other than a regular file,
+    or one too large for memory, is a one-line ``RnnlabError``."""
     path = Path(path)
+    size = check_input_file(path, what)
+    check_fits_in_memory(path, size, JSON_MEMORY_FACTOR, what, "it is not one rnnlab wrote; restore or recreate it")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):

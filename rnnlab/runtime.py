@@ -31,6 +31,21 @@ def select_device(name: str = "auto") -> torch.device:
     return dev
 
 
+def use_threads(requested: int = 0, small_steps: bool = False) -> str | None:
+    """Set torch's intra-op threads for a command (``--threads``): ``requested`` when given (> 0);
+    else one for work done in one-token steps (suggest, serve, eval --keyboard, one generated
+    sample), whose small matrices gain nothing from more threads and lose a lot on a busy machine
+    (``eval --keyboard`` took 379 s with torch's default threads and 10 s with one, same figures);
+    else torch's default. Returns what was chosen, for the command to say, when it chose."""
+    if requested:
+        torch.set_num_threads(requested)
+        return None
+    if small_steps:
+        torch.set_num_threads(1)
+        return "1 torch thread (the work is one-token steps; --threads N to change)"
+    return None
+
+
 def available_memory() -> int | None:
     """Bytes of memory available to new allocations (Linux: MemAvailable), or None when unknown."""
     try:

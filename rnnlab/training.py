@@ -73,13 +73,20 @@ class Trainer:
     history, and ``state_dict`` (collected at epoch ends and interruptions) holds the carried
     state of all rows and every rank's torch RNG state, so a run resumes exactly under DDP too.
     Callbacks run on every rank; whoever builds the trainer registers them on rank 0 only.
+
+    ``clock`` (seconds, default ``time.perf_counter``; also settable on the class) is the one clock
+    of every time rule (budget, ``max_seconds``, evaluation points, the final decay, tokens/s):
+    tests give it a fake one, so that what a run does never depends on the machine's speed.
     """
+
+    clock: Callable[[], float] = staticmethod(time.perf_counter)
 
     def __init__(self, model: LanguageModel, cfg: TrainConfig, train_ids: Ids,
                  val_ids: Ids | None = None, run: RunConfig | None = None,
                  optimizer: torch.optim.Optimizer | None = None,
                  callbacks: list[EpochCallback] = (), step_callbacks: list[StepCallback] = (),
-                 dist_ctx: DistContext = LOCAL, label: str = "val", step_seconds: float = 0.0):
+                 dist_ctx: DistContext = LOCAL, label: str = "val", step_seconds: float = 0.0,
+                 clock: Callable[[], float] | None = None):
         need = min_tokens_needed(cfg.batch_size, cfg.num_steps)
         if len(train_ids) < need:
             raise RnnlabError(
@@ -93,6 +100,8 @@ class Trainer:
         self.step_seconds = step_seconds
         self.setup_seconds = 0.0
         self.snapshot_callbacks: list[EpochCallback] = []  # called with a resumable position inside an epoch
+        if clock is not None:
+            self.clock = clock
         self.run = run if run is not None else RunConfig()
         check_batch(cfg.batch_size, dist_ctx)
         if model.device.type == "cpu":
@@ -184,12 +193,12 @@ class Trainer:
         limit = self.time_limit
         return self.epoch >= self.run.epochs or self.early_stopped or bool(limit and self.elapsed >= limit)
 
-    def _clock(self, elapsed0: float, wall0: float) -> float:
-        """Training seconds so far: the wall clock since ``wall0`` on top of ``elapsed0``, or with
+    def _clock(self, elapsed0: float, wall0: float, now: float | None = None) -> float:
+        """Training seconds so far: ``self.clock`` since ``wall0`` on top of ``elapsed0``, or with
         ``step_seconds`` the simulated time of the steps taken (exactly the same after a resume)."""
         if self.step_seconds:
             return self.setup_seconds + self.step * self.step_seconds
-        return elapsed0 + (time.perf_counter() - wall0)
+        return elapsed0 + ((self.clock() if now is None else now) - wall0)
 
     def fit(self) -> list[dict]:
         self.interrupted = self.time_up = self._stop = False
@@ -222,10 +231,10 @@ class Trainer:
         if state is not None and ctx.enabled:  # the saved state holds all B rows: keep this rank's
             per = cfg.batch_size // ctx.world_size
             state = tuple(s[:, ctx.rank * per:(ctx.rank + 1) * per] for s in state)  # (L, B/W, H)
-        wall0, elapsed0 = time.perf_counter(), self.elapsed
+        wall0, elapsed0 = self.clock(), self.elapsed
         self._mark = [loss_sum.item(), n_tokens, compute]  # sums at the last record (evaluation points)
         for x, y in batches:
-            t0 = time.perf_counter()
+            t0 = self.clock()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # (B/W, T)
             if state is None or cfg.sampling == "random":
                 state = model.begin_state(x.shape[0], device)  # random windows: nothing to carry
@@ -246,8 +255,9 @@ class Trainer:
             n_tokens += y.numel()
             self.step += 1
             self.batch_in_epoch += 1
-            compute += time.perf_counter() - t0
-            self.elapsed = self._clock(elapsed0, wall0)
+            now = self.clock()
+            compute += now - t0
+            self.elapsed = self._clock(elapsed0, wall0, now)
             stop = self._stop
             if ctx.enabled:  # one small all-reduce: global step loss, any rank stopping, rank 0's clock
                 packed = torch.stack([step_loss.double(), torch.tensor(float(stop), dtype=torch.float64, device=device),

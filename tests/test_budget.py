@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fakeclock import StepClock
 from rnnlab.config import ModelConfig, RunConfig, TrainConfig, parse_duration
 from rnnlab.errors import UsageError
 from rnnlab.models import build_model
@@ -50,14 +51,20 @@ def test_the_cosine_schedule_spans_the_budget_not_the_epochs():
 
 
 def test_a_budget_stops_training_and_evaluation_time_counts_in_it():
+    """On a clock that advances 1 ms per read (about 2 ms a step): 624 steps an epoch, evaluation
+    points every 0.5 s inside the first epoch, the budget of 1.5 s spent in the second; the same on
+    any host."""
     cfg = TrainConfig(batch_size=4, num_steps=8, optimizer="adam", lr=0.01)
-    tr = Trainer(_model(64), cfg, _ids(20000), _ids(3000), run=RunConfig(epochs=10_000, budget=2.0, eval_every=0.5))
+    tr = Trainer(_model(16), cfg, _ids(20000), _ids(3000), run=RunConfig(epochs=10_000, budget=1.5, eval_every=0.5),
+                 clock=StepClock(0.001))
     hist = tr.fit()
-    assert tr.time_up and 2.0 <= tr.elapsed < 2.0 + 5.0
+    assert tr.time_up and 1.5 <= tr.elapsed < 1.5 + 0.01  # stopped at the first step past the budget
+    assert tr.batches_per_epoch < tr.step < 2 * tr.batches_per_epoch  # in the second epoch
     points = [h for h in hist if not isinstance(h["epoch"], int)]
-    assert len(points) >= 2 and all("val_loss" in h for h in points)  # evaluations inside epochs
+    assert len(points) == 2 and all("val_loss" in h for h in points)  # evaluations inside epochs
+    assert [h["elapsed_s"] for h in points] == pytest.approx([0.5, 1.0], abs=0.01)
     assert all(b["step"] > a["step"] for a, b in zip(hist, hist[1:]))
-    assert hist[-1]["elapsed_s"] >= 2.0
+    assert hist[-1]["elapsed_s"] >= 1.5
 
 
 def test_evaluations_score_a_bounded_slice():
@@ -133,7 +140,8 @@ def test_a_plateau_under_a_budget_starts_the_final_decay_before_stopping(monkeyp
 
     budget = 3.0
     tr = Trainer(model, cfg, _ids(), _ids(1000), run=RunConfig(epochs=100_000, budget=budget, patience=2,
-                                                               restore_best=True), callbacks=[remember])
+                                                               restore_best=True), callbacks=[remember],
+                 clock=StepClock(0.001))  # 93 steps an epoch: about 0.19 s of this clock, on any host
     hist = tr.fit()
     assert tr.early_stopped and [h["val_loss"] for h in hist][:4] == [3.0, 2.0, 2.5, 2.6]
     start, lr0 = tr.anneal

@@ -69,16 +69,14 @@ def test_a_live_builder_is_waited_for_with_a_notice_and_a_bound(tmp_path):
     holder = _start(HOLD, env)
     try:
         assert holder.stdout.readline().strip() == "held"
-        t0 = time.monotonic()
+        # the holder never lets go: returning at all (before the timeout) is the bound
         out = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=120)
-        took = time.monotonic() - t0
     finally:
         holder.kill()
         holder.wait(10)
     assert out.returncode == 0 and out.stdout.strip() == "False"
     assert "another process is compiling" in out.stderr and "waiting up to 1 s" in out.stderr
     assert out.stderr.count("using the Python loops") == 1  # one notice, then the fallback
-    assert took < 60
     # once the holder is gone the cached build loads at once
     out = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "True", out.stderr

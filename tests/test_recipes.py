@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from fakeclock import clocked_cli
 
 from rnnlab import recipes
 from rnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
@@ -156,8 +157,8 @@ def test_book_changes_nothing_and_unknown_recipes_are_refused():
 
 def test_the_cli_applies_the_recipe_and_says_which_values_are_in_force(tmp_path):
     (tmp_path / "t.txt").write_text(TEXT)
-    r = subprocess.run([sys.executable, "-m", "rnnlab", "train", str(tmp_path / "t.txt"), "--budget", "4s",
-                        "--hidden-size", "24", "--out", str(tmp_path / "run"), "--quiet"],
+    r = subprocess.run(clocked_cli(0.01) + ["train", str(tmp_path / "t.txt"), "--budget", "4s",  # ~200 steps, any host
+                                             "--hidden-size", "24", "--out", str(tmp_path / "run"), "--quiet"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     first = r.stdout.splitlines()[0]

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import RnnlabError, UsageError
-from ..io import os_error_hint
-from ..runtime import available_memory
+from ..io import check_fits_in_memory, os_error_hint
+from ..io import check_input_file as _check_input_file
 
 #: bytes of memory per byte of text when a corpus is read whole (the text, its token list, the ids)
 IN_MEMORY_FACTOR = 40
@@ -30,23 +30,8 @@ def is_wide_encoding(encoding: str) -> bool:
 
 
 def check_input_file(p: Path) -> int:
-    """The size of a readable regular file, or a one-line ``RnnlabError`` saying what it is instead
-    (missing, a folder, a device or FIFO that would never end, a symbolic-link loop, unreadable)."""
-    import stat
-
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        raise RnnlabError(f"{p}: no such file; check the path or use --dataset NAME") from None
-    except OSError as e:
-        raise RnnlabError(f"{p}: cannot open it ({e.strerror or e}); {os_error_hint(e)}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise RnnlabError(f"{p}: is a directory; give a text file inside it")
-    if not stat.S_ISREG(st.st_mode):
-        raise RnnlabError(f"{p}: is not a regular file (a device, FIFO or socket); give a text file")
-    if not os.access(p, os.R_OK):
-        raise RnnlabError(f"{p}: cannot read it (permission denied); check its permissions")
-    return st.st_size
+    """``rnnlab.io.check_input_file`` for a text (the fix names ``--dataset`` too)."""
+    return _check_input_file(p, "text file", "check the path or use --dataset NAME")
 
 
 def read_text(path: str | Path, encoding: str = "utf-8", errors: str = "strict", allow_empty: bool = False) -> str:
@@ -58,10 +43,8 @@ def read_text(path: str | Path, encoding: str = "utf-8", errors: str = "strict",
     """
     p = Path(path)
     size = check_input_file(p)
-    free = available_memory()
-    if free is not None and size * IN_MEMORY_FACTOR > free:
-        raise RnnlabError(f"{p}: {size / 2**20:,.0f} MB is too large to read into memory here; encode it once with "
-                          f"`rnnlab prepare {p} --out DIR`, then `rnnlab train --prepared DIR`")
+    check_fits_in_memory(p, size, IN_MEMORY_FACTOR, "text in memory",
+                         f"encode it once with `rnnlab prepare {p} --out DIR`, then `rnnlab train --prepared DIR`")
     try:
         data = _read_zip_member(p) if p.suffix == ".zip" else p.read_bytes()
     except OSError as e:

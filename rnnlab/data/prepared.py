@@ -29,8 +29,9 @@ from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 
+from ..config import DataConfig
 from ..errors import RnnlabError, UsageError
-from ..io import atomic_write, atomic_write_json, os_error_hint
+from ..io import atomic_write, atomic_write_json, os_error_hint, read_json
 from .corpus import check_input_file, is_wide_encoding
 from .vocab import Vocab
 
@@ -230,6 +231,8 @@ def _prepare(src: Path, out: Path, preset: str, token: str, min_freq: int, encod
         raise RnnlabError(f"{src}: no tokens left after --preset {preset}; try --preset raw")
     # Vocab.build counts its argument with Counter(), which copies a Counter: same counts, same order
     vocab = Vocab.build(counter, min_freq=min_freq, separator="" if token == "char" else " ")
+    if len(vocab) == 1 and vocab.unk is not None:
+        raise UsageError(f"--min-freq {min_freq} leaves only <unk> in the vocabulary of {src}; lower --min-freq")
     dtype = id_dtype(len(vocab))
     log(f"pass 1: {total:,} tokens, vocabulary {len(vocab):,} -> {dtype.name} ids")
 
@@ -306,13 +309,22 @@ def load_prepared(prepared_dir: str | Path) -> Prepared:
     d = Path(prepared_dir)
     if not (d / META).is_file():
         raise RnnlabError(f"{d}: not a prepared corpus (no {META}); make one with `rnnlab prepare FILE --out {d}`")
+    meta = read_json(d / META, "prepared corpus description")
     try:
-        meta = json.loads((d / META).read_text(encoding="utf-8"))
-        vocab = Vocab.from_json((d / VOCAB).read_text(encoding="utf-8"))
+        vocab = Vocab.from_dict(read_json(d / VOCAB, "vocabulary"))
         dtype = np.dtype(meta["dtype"])
         n = int(meta["tokens"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        settings = {k: meta[k] for k in ("preset", "token", "min_freq", "encoding")}
+    except (ValueError, KeyError, TypeError) as e:
         raise RnnlabError(f"{d}: the prepared corpus is incomplete or corrupt ({e}); run rnnlab prepare again") from None
+    try:  # the settings training will read the corpus with: the same checks as the flags
+        DataConfig(**settings).validate()
+        is_wide_encoding(settings["encoding"])
+    except RnnlabError as e:
+        raise RnnlabError(f"{d / META}: {e}; the prepared corpus is damaged: run rnnlab prepare again") from None
+    if len(vocab) == 1 and vocab.unk is not None:
+        raise RnnlabError(f"{d / VOCAB}: the vocabulary holds only <unk>, so every token reads the same; "
+                          f"run rnnlab prepare again with a lower --min-freq")
     size = (d / IDS).stat().st_size if (d / IDS).is_file() else -1
     if meta.get("format") != FORMAT or size != n * dtype.itemsize or len(vocab) != meta.get("vocab_size"):
         raise RnnlabError(f"{d}: {IDS} does not match {META} (truncated or from another run); "

@@ -21,7 +21,7 @@ from ..config import DataConfig, KeyboardEval, SuggestConfig
 from ..data.corpus import load_corpus
 from ..data.text_data import resolve_source
 from ..errors import UsageError
-from ..suggest import SuggestEngine
+from ..suggest import SuggestEngine, word_spans
 from .mix import MixKeyboard
 from .ngram import BigramKeyboard
 from .simulate import DEFAULT_KS, RnnlabKeyboard, evaluate_keyboard, ratios, split_heldout
@@ -73,6 +73,9 @@ def evaluate_keyboards(ckpt_dir: str | Path, given: DataConfig | None = None, se
         raise UsageError(f"{ckpt_dir} is a word-level model; the keyboard simulation types characters "
                          f"(train with --token char)")
     train, typed, history, source = keyboard_texts(ck.data_config, given, log)
+    if not word_spans(typed):
+        raise UsageError(f"{source} has no words to type (a word is a run of letters or digits); give a text with "
+                         f"words")
     bigram = BigramKeyboard.from_text(train)
     log(f"keyboard: typing {source} ({len(typed):,} characters{', first ' + format(settings.words, ',') + ' words' if settings.words else ''}); "
         f"bigram from {len(train):,} training characters ({len(bigram.model.vocab):,} words)")

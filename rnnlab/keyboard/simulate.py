@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from ..config import SuggestConfig
+from ..config import MAX_TEXT_CHARS, SuggestConfig
 from ..suggest import SuggestEngine, SuggestRequest, word_spans
 from .ngram import BigramKeyboard
 
@@ -262,7 +262,10 @@ def evaluate_keyboard(keyboard: Keyboard, text: str, ks: Sequence[int] = DEFAULT
         batch = []
         for p in active:
             s, e = p.words[p.w]
-            batch.append((full[p.context_start:s], full[s:s + p.i]))
+            if s + p.i - p.context_start > MAX_TEXT_CHARS:  # a long piece: its context starts again nearer
+                p.context_start = _context_start(full, s, preamble_chars)
+            context, partial = full[p.context_start:s], full[s:s + p.i][-MAX_TEXT_CHARS:]  # (a word that long: cut)
+            batch.append((context[max(0, len(context) + len(partial) - MAX_TEXT_CHARS):], partial))
         answers = keyboard.completions_batch(batch, kmax, [p.stream for p in active])
         queries += len(batch)
         still = []
@@ -332,7 +335,7 @@ def ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     def r(x, y):
         if x is None or y is None:
             return None
-        return x / y if y else float("inf") if x else float("nan")
+        return x / y if y else None  # no ratio to a zero (JSON has no infinity)
 
     return {"ksr": {k: r(a["ksr"][k], b["ksr"][k]) for k in a["ksr"]},
             "keystrokes_per_char": {k: r(a["keystrokes_per_char"][k], b["keystrokes_per_char"][k])

@@ -43,6 +43,11 @@ class LanguageModel(nn.Module):
         ``state``, computed by one kernel: ids (N, length); None where the model has none."""
         return None
 
+    def derived_tensors(self) -> list[torch.Tensor]:
+        """Tensors the model holds besides its parameters and buffers (e.g. weights laid out once for
+        one-token steps): with those, what a copy of the model really takes in memory."""
+        return []
+
     def quantized(self) -> "LanguageModel":
         """An int8 copy for CPU inference (``rnnlab.models.quantized``), where the model has one."""
         from ..errors import UsageError

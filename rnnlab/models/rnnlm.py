@@ -126,6 +126,19 @@ class RNNLM(LanguageModel):
         self._inference = (key, prepared)
         return prepared
 
+    def derived_tensors(self) -> list[torch.Tensor]:
+        """The weights prepared for ``step`` (and the greedy kernel), while they are kept."""
+        out, todo = [], [self._inference[1] if self._inference is not None else None]
+        while todo:  # a loop, not a recursive closure: a closure that calls itself is a reference cycle
+            x = todo.pop()
+            if isinstance(x, torch.Tensor):
+                out.append(x)
+            elif isinstance(x, (tuple, list)):
+                todo.extend(x)
+            elif isinstance(x, dict):
+                todo.extend(x.values())
+        return out
+
     @torch.inference_mode()
     def step(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One token for N rows with the cell's inference step: weights transposed once, layer 0's

@@ -14,8 +14,10 @@ Every request is validated before it reaches the model, against the bounds decla
 ``Host`` that is not this server's with 400 (DNS rebinding), malformed JSON with 400, out-of-range
 values with 422, each with a one-line ``error`` message. Suggest requests go to the engine's
 batching worker (a thread of this process, or with ``suggest_process=True`` a process of its own,
-``rnnlab.serve.backend``); the generate endpoints run the one decoder (``rnnlab.decoding``) in
-the thread pool, so ``<unk>`` is never emitted and a failing stream ends with an ``error`` line.
+``rnnlab.serve.backend``); the generate endpoints run the one decoder (``rnnlab.decoding``) on
+the generation pool's own threads (``rnnlab.serve.pool``: a bounded queue, 503 with
+``Retry-After`` when it is full), so ``<unk>`` is never emitted, a failing stream ends with an
+``error`` line, and ``/healthz`` and the page (answered on the event loop) never wait behind them.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..config import MAX_TEXT_CHARS, AdaptConfig, GenerateConfig, SuggestConfig
@@ -40,6 +43,8 @@ from ..suggest import AdaptiveSuggester, StateCache, SuggestEngine
 from ..version import __version__
 from .backend import AdaptiveBackend, ProcessBackend, ThreadBackend, WorkerUnavailable
 from .middleware import BodyLimit, HeaderLimit, HostCheck, SuggestFastPath, error_json
+from .pool import RETRY_AFTER_S, Busy, WorkPool
+from .protocol import READ_TIMEOUT
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_CLIENT_ID = 64
@@ -139,6 +144,17 @@ def _training_ids(ckpt: Checkpoint, log):
         return None
 
 
+class _Stream(StreamingResponse):
+    """A streaming response whose body iterator is closed however the response ends (a client that
+    leaves stops its generation thread at the next token)."""
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
 def _validation_message(errors: list[dict]) -> tuple[int, str, list[dict]]:
     detail = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
               for e in errors]
@@ -153,7 +169,8 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
                cache_per_client: int = 16, suggest: SuggestConfig | None = None,
                max_batch: int = 64, suggest_process: bool = False, suggest_threads: int = 1,
                suggest_fast_path: bool = True, allowed_hosts: list[str] | None = None,
-               adapt: AdaptConfig | None = None, log=lambda msg: None) -> FastAPI:
+               adapt: AdaptConfig | None = None, generate_workers: int = 2, generate_queue: int = 32,
+               read_timeout: float = READ_TIMEOUT, log=lambda msg: None) -> FastAPI:
     """The app for one checkpoint (a directory, or an already loaded ``Checkpoint``).
 
     ``suggest_process=True`` answers ``/v1/suggest`` from an engine in a child process (with
@@ -162,7 +179,9 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
     ``suggest_fast_path`` answers valid suggest requests before the framework (``SuggestFastPath``).
     ``allowed_hosts`` (e.g. ``["127.0.0.1", "localhost"]``) refuses other ``Host`` headers.
     ``adapt`` turns on online adaptation per client (``rnnlab.suggest.adapt``; in this process,
-    answered one at a time) and ``POST /v1/adapt/reset``.
+    answered one at a time) and ``POST /v1/adapt/reset``. ``generate_workers`` generations run at
+    once and ``generate_queue`` more wait; beyond, 503 with ``Retry-After``. ``read_timeout``: the
+    seconds a client has to send a request's body (its head is the protocol's, ``serve.protocol``).
     """
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, device)
     model, tokenizer = ckpt.model, ckpt.tokenizer
@@ -178,6 +197,7 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
     else:
         backend = ThreadBackend(SuggestEngine(model, tokenizer, scfg, StateCache(cache_clients, cache_per_client),
                                               max_batch))
+    generation = WorkPool(generate_workers, generate_queue, "rnnlab-generate", "generations")
     source = ckpt.info.get("source")
     info = {
         "status": "ok", "rnnlab_version": __version__,
@@ -194,6 +214,7 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
+        generation.close()
         backend.close()
 
     app = FastAPI(title="rnnlab", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
@@ -207,7 +228,7 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
         start = time.perf_counter()
         try:
             body = await backend.suggest(req.text, req.k, req.client)  # a JSON object: b'{...}'
-        except WorkerUnavailable as exc:  # the suggestion process died or is restarting: not the client's fault
+        except (WorkerUnavailable, Busy) as exc:  # restarting, or too busy: not the client's fault (Retry-After)
             return 503, error_json(str(exc))
         except RnnlabError as exc:
             return 400, error_json(str(exc))
@@ -215,8 +236,8 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
         return 200, body[:-1] + b',"elapsed_ms":' + elapsed.encode() + b"}"
 
     if suggest_fast_path:
-        app.add_middleware(SuggestFastPath, body_model=SuggestBody, answer=answer_suggest)
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)  # every body is bounded first
+        app.add_middleware(SuggestFastPath, body_model=SuggestBody, answer=answer_suggest, retry_after=RETRY_AFTER_S)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, timeout=read_timeout)  # every body is bounded first
     if allowed_hosts:
         app.add_middleware(HostCheck, allowed=allowed_hosts)
     app.add_middleware(HeaderLimit)  # the outermost: oversized headers never get further
@@ -226,9 +247,23 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
         status, message, detail = _validation_message(list(exc.errors()))
         return JSONResponse({"error": message, "detail": detail}, status_code=status)
 
+    @app.exception_handler(Busy)
+    async def _busy(request: Request, exc: Busy):
+        return JSONResponse({"error": str(exc)}, status_code=503, headers={"retry-after": str(RETRY_AFTER_S)})
+
     @app.exception_handler(RnnlabError)
     async def _rnnlab_error(request: Request, exc: RnnlabError):
-        return JSONResponse({"error": str(exc)}, status_code=503 if isinstance(exc, WorkerUnavailable) else 400)
+        if isinstance(exc, WorkerUnavailable):
+            return JSONResponse({"error": str(exc)}, status_code=503, headers={"retry-after": str(RETRY_AFTER_S)})
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):  # 404, 405, an unparsable body...
+        message = {404: f"no such endpoint: {request.method} {request.url.path}; see GET /openapi.json",
+                   405: f"{request.method} is not allowed on {request.url.path}"
+                        + (f" (allowed: {(exc.headers or {}).get('allow')})" if (exc.headers or {}).get("allow") else "")
+                   }.get(exc.status_code, str(exc.detail))
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RecursionError)
     async def _too_deep(request: Request, exc: RecursionError):
@@ -249,17 +284,18 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
         return None if seed is None else torch.Generator(device=model.device).manual_seed(seed)
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-    def index() -> FileResponse:
+    async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     @app.api_route("/healthz", methods=["GET", "HEAD"])
-    def healthz() -> JSONResponse:
+    async def healthz() -> JSONResponse:
         """200 and ``status: ok`` while suggestions can be answered; 503 and ``degraded`` while the
-        suggestion process restarts (or could not be restarted)."""
+        suggestion process restarts (or could not be restarted). Answered on the event loop: it
+        never waits behind a generation."""
         worker = backend.status()
         ok = worker["state"] == "ready"
-        return JSONResponse({**info, "status": "ok" if ok else "degraded", "suggest_worker": worker},
-                            status_code=200 if ok else 503)
+        return JSONResponse({**info, "status": "ok" if ok else "degraded", "suggest_worker": worker,
+                             "generation": generation.status()}, status_code=200 if ok else 503)
 
     @app.post("/v1/suggest", response_model=SuggestResponse)
     async def suggest(req: SuggestBody) -> Response:
@@ -267,7 +303,8 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
         # documents the endpoint and answers when the middleware stack is bypassed. The body is
         # SuggestResponse by construction, so FastAPI's second validation of it is skipped.
         status, body = await answer_suggest(req)
-        return Response(body, status_code=status, media_type="application/json")
+        return Response(body, status_code=status, media_type="application/json",
+                        headers={"retry-after": str(RETRY_AFTER_S)} if status == 503 else None)
 
     @app.post("/v1/adapt/reset")
     async def adapt_reset(req: ResetBody) -> JSONResponse:
@@ -277,38 +314,45 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
                                 status_code=409)
         return JSONResponse({"client": req.client, "reset": await backend.reset(req.client)})
 
-    @app.post("/v1/generate", response_model=GenerateResponse)
-    def generate(req: GenerateBody) -> dict:
+    @app.post("/v1/generate", response_model=GenerateResponse,
+              responses={503: {"description": "every generation worker is busy and the queue is full "
+                                              "(Retry-After says when to try again)"}})
+    async def generate(req: GenerateBody) -> dict:
         cfg = generate_config(req)
-        prompt = tokenizer.encode_prompt(req.prefix)
-        ids = generate_ids(model, prompt.ids, cfg, rng(req.seed), tokenizer.suppressed_ids())[0].tolist()
-        full = tokenizer.continue_text(prompt, ids)
-        return {"prefix": req.prefix, "text": full[len(req.prefix):], "tokens": len(ids)}
+
+        def work() -> dict:
+            prompt = tokenizer.encode_prompt(req.prefix)
+            ids = generate_ids(model, prompt.ids, cfg, rng(req.seed), tokenizer.suppressed_ids())[0].tolist()
+            full = tokenizer.continue_text(prompt, ids)
+            return {"prefix": req.prefix, "text": full[len(req.prefix):], "tokens": len(ids)}
+
+        return await generation.run(work)
 
     @app.post("/v1/generate/stream", response_class=StreamingResponse,
               responses={200: {"content": {"application/x-ndjson": {}},
                                "description": 'one JSON object per line: {"text": token} ..., then '
                                               '{"done": true, "tokens": n}; a failure ends the stream with '
                                               '{"error": message}'}})
-    def generate_stream(req: GenerateBody) -> StreamingResponse:
+    async def generate_stream(req: GenerateBody) -> StreamingResponse:
         cfg = generate_config(req)
-        prompt = tokenizer.encode_prompt(req.prefix)
-        steps = decode(model, prompt.ids, cfg, rng(req.seed), tokenizer.suppressed_ids())
 
-        def lines() -> Iterator[bytes]:
+        def lines() -> Iterator[bytes]:  # on a generation thread, first token to last
             n = 0
             try:
-                for tok in steps:
-                    piece = tokenizer.piece(prompt, int(tok[0]), first=n == 0)
-                    n += 1
-                    yield (json.dumps({"text": piece}, ensure_ascii=False) + "\n").encode()
+                prompt = tokenizer.encode_prompt(req.prefix)
+                with torch.inference_mode():
+                    steps = decode(model, prompt.ids, cfg, rng(req.seed), tokenizer.suppressed_ids())
+                    for tok in steps:
+                        piece = tokenizer.piece(prompt, int(tok[0]), first=n == 0)
+                        n += 1
+                        yield (json.dumps({"text": piece}, ensure_ascii=False) + "\n").encode()
             except Exception as exc:  # noqa: BLE001 - the client is told, in the stream it reads
                 yield (json.dumps({"error": f"generation failed after {n} tokens ({type(exc).__name__}: {exc})"},
                                   ensure_ascii=False) + "\n").encode()
                 return
             yield (json.dumps({"done": True, "tokens": n}) + "\n").encode()
 
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
+        return _Stream(generation.stream(lines), media_type="application/x-ndjson")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

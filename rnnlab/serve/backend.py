@@ -74,27 +74,27 @@ class ThreadBackend:
 
 class AdaptiveBackend:
     """``rnnlab serve --adapt``: an ``AdaptiveSuggester`` (each client's own adapted copy of the
-    model) in one worker thread of this process; requests are answered one at a time, in order."""
+    model) in one worker thread of this process; requests are answered one at a time, in order,
+    and at most ``queue`` wait (more get 503 with Retry-After: ``pool.Busy``)."""
 
-    def __init__(self, suggester: AdaptiveSuggester):
-        from concurrent.futures import ThreadPoolExecutor
+    def __init__(self, suggester: AdaptiveSuggester, queue: int = 64):
+        from .pool import WorkPool
 
         self.suggester = suggester
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnlab-adapt")
+        self.pool = WorkPool(1, queue, "rnnlab-adapt", "adapting requests")
 
     async def suggest(self, text: str, k: int, client: str) -> bytes:
-        loop = asyncio.get_running_loop()
-        answer = await loop.run_in_executor(self.pool, self.suggester.suggest, text, k, client)
+        answer = await self.pool.run(self.suggester.suggest, text, k, client)
         return suggestions_json(answer.to_dict())
 
     async def reset(self, client: str) -> bool:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, self.suggester.reset, client)
+        return await self.pool.run(self.suggester.reset, client)
 
     def status(self) -> dict:
-        return {"kind": "adapt", "state": "ready", "adapt": self.suggester.status()}
+        return {"kind": "adapt", "state": "ready", "adapt": self.suggester.status(), "queue": self.pool.status()}
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool.close()
         self.suggester.close()
 
 
@@ -113,7 +113,7 @@ class _Worker:
     that arrives in two writes: the server's old bug).
     """
 
-    def __init__(self, checkpoint: Checkpoint, threads: int, engine_kwargs: dict, generation: int):
+    def __init__(self, checkpoint: bytes, threads: int, engine_kwargs: dict, generation: int):
         ctx = multiprocessing.get_context("spawn")  # never fork a process that runs torch threads
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_engine_main, args=(child, checkpoint, threads, engine_kwargs),
@@ -192,7 +192,7 @@ class ProcessBackend:
 
     def __init__(self, checkpoint: Checkpoint, threads: int = 1, start_timeout: float = 120.0,
                  max_start_failures: int = 3, **engine_kwargs):
-        self._args = (checkpoint, threads, engine_kwargs)
+        self._args = (checkpoint_bytes(checkpoint), threads, engine_kwargs)
         self.start_timeout, self.max_start_failures = start_timeout, max_start_failures
         self._lock = threading.Lock()
         self._pending: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future, int]] = {}
@@ -202,7 +202,7 @@ class ProcessBackend:
         self.restarts = 0
         self.state = "starting"
         self.last_error = ""
-        self._worker = _Worker(checkpoint, threads, engine_kwargs, generation=0)
+        self._worker = _Worker(*self._args, generation=0)
         try:
             self._worker.wait_ready(start_timeout)
         except RnnlabError:
@@ -231,8 +231,14 @@ class ProcessBackend:
         return suggestions_json(await future)
 
     def status(self) -> dict:
+        """What ``/healthz`` shows. ``state`` is ``ready`` only while the process can answer: a
+        process that is stopped (SIGSTOP, a debugger) or already dead reads ``stopped``, whatever
+        the pipe says."""
         with self._lock:
-            return {"kind": "process", "state": self.state, "pid": self._worker.proc.pid, "restarts": self.restarts,
+            pid, state = self._worker.proc.pid, self.state
+            if state == "ready" and _process_state(pid) in ("T", "t", "Z", "X"):
+                state = "stopped"
+            return {"kind": "process", "state": state, "pid": pid, "restarts": self.restarts,
                     "in_flight": len(self._pending), **({"error": self.last_error} if self.last_error else {})}
 
     # -- the reader thread's side --------------------------------------------------------------
@@ -318,6 +324,17 @@ class ProcessBackend:
         _LIVE_BACKENDS.discard(self)
 
 
+def _process_state(pid: int | None) -> str | None:
+    """The kernel's one-letter state of process ``pid`` (R, S, D, T stopped, t traced, Z zombie, X
+    dead), or None where /proc is not available."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2:][:1].decode()  # after "(comm)", which may hold spaces
+    except (OSError, ValueError):
+        return None
+
+
 def _resolve(loop: asyncio.AbstractEventLoop, future: asyncio.Future, result, exc) -> None:
     """Settle ``future`` on its own event loop, from any thread (a closed loop is skipped)."""
     def settle() -> None:
@@ -338,16 +355,35 @@ _LIVE_BACKENDS: "weakref.WeakSet[ProcessBackend]" = weakref.WeakSet()
 getattr(threading, "_register_atexit", atexit.register)(lambda: [b.close() for b in list(_LIVE_BACKENDS)])
 
 
-def _engine_main(conn, checkpoint: Checkpoint, threads: int, engine_kwargs: dict) -> None:
+def checkpoint_bytes(checkpoint: Checkpoint) -> bytes:
+    """The checkpoint (model included) pickled *by value*, for the child process.
+
+    Handing the object itself to ``multiprocessing`` would share its tensors through file
+    descriptors (torch's reductions); an int8 model's packed weights are unpacked into temporary
+    tensors while pickling, whose descriptors are closed again before the child starts ("bad
+    value(s) in fds_to_keep"). Bytes made here, in our own process, from our own objects, are
+    the same for every model."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's TypedStorage deprecation notice while pickling storages
+        return pickle.dumps(checkpoint, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _engine_main(conn, checkpoint: bytes, threads: int, engine_kwargs: dict) -> None:
     """The child: the engine's batching loop (``rnnlab.suggest.run_worker``, as the worker thread
     runs it), fed by the pipe instead of a queue of threads."""
     import signal
+    import warnings
 
     import torch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle; it closes the pipe
     try:
         torch.set_num_threads(threads)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            checkpoint = pickle.loads(checkpoint)  # our own bytes (checkpoint_bytes), never a file's
         model = checkpoint.model
         model.eval()
         kw = dict(engine_kwargs)

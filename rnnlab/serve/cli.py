@@ -5,12 +5,12 @@ FastAPI and uvicorn are imported inside the commands, so ``rnnlab --help`` stays
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from ..cli_args import add_settings, build
-from ..config import AdaptConfig, SuggestConfig
+from ..config import AdaptConfig, ServeConfig, SuggestConfig, Threads
 from ..errors import RnnlabError, UsageError
+from ..io import json_text
 
 
 def add_parsers(sub) -> None:
@@ -25,6 +25,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the suggestions as one JSON object")
     p.add_argument("--device", default="auto")
     p.add_argument("--int8", action="store_true", help="run an int8 copy of the model on the CPU (about 4x less memory)")
+    add_settings(p, Threads)
     p.set_defaults(func=cmd_suggest)
 
     p = sub.add_parser("serve", help="serve suggestions and generation over HTTP, with a web page",
@@ -34,17 +35,13 @@ def add_parsers(sub) -> None:
     p.add_argument("checkpoint", metavar="DIR", help="a run directory written by `rnnlab train --out DIR`")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (the default serves this machine only)")
     p.add_argument("--int8", action="store_true", help="serve an int8 copy of the model on the CPU (about 4x less memory)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (0 = any free port)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads per request; one suits the small matrices of a single step")
-    p.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="larger request bodies get 413")
+    add_settings(p, Threads)
+    add_settings(p, ServeConfig)
     add_settings(p, SuggestConfig, skip=("k",))
     p.add_argument("--allowed-host", action="append", dest="allowed_hosts", metavar="HOST",
                    help="a Host header to accept besides the bound address and localhost (repeatable; "
                         "'*' accepts any: only behind a proxy that checks it)")
-    p.add_argument("--max-batch", type=int, default=64,
-                   help="most suggest requests answered together (1 = one at a time, no batching)")
     p.add_argument("--suggest-worker", choices=("process", "thread"), default="process",
                    help="where suggestions are computed: a process of their own (the search and the HTTP "
                         "event loop run on two cores) or a thread of the server (they share one GIL)")
@@ -60,17 +57,20 @@ def add_parsers(sub) -> None:
 def cmd_suggest(args: argparse.Namespace) -> int:
     from ..checkpoint import load_for_inference
     from ..config import check_text
-    from ..runtime import select_device
+    from ..runtime import select_device, use_threads
     from ..suggest import SuggestEngine, SuggestRequest
 
     scfg = build(args, SuggestConfig)
     scfg.validate()
+    threads = build(args, Threads)
+    threads.validate()
     check_text(args.text)
+    args.threads_note = use_threads(threads.threads, small_steps=True)  # said by rnnlab.cli.main on success
     ckpt = load_for_inference(args.checkpoint, select_device("cpu" if args.int8 and args.device == "auto" else args.device), args.int8)
     engine = SuggestEngine(ckpt.model, ckpt.tokenizer, scfg)
     s = engine.suggest_batch([SuggestRequest(args.text, scfg.k)])[0]  # in this thread: no worker to stop
     if args.json:
-        print(json.dumps(s.to_dict(), ensure_ascii=False))
+        print(json_text(s.to_dict(), ensure_ascii=False))  # a non-finite number is null: always valid JSON
         return 0
     shown = {" ": "␣", "\n": "↵", "\t": "⇥"}
     print("next characters: " + "  ".join(f"{shown.get(c.text, c.text)} {c.prob:.1%}" for c in s.next_chars))
@@ -85,14 +85,9 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    if not 0 <= args.port <= 65535:
-        raise UsageError(f"--port must be between 0 and 65535, got {args.port}")
-    if args.threads < 1:
-        raise UsageError(f"--threads must be a positive integer, got {args.threads}")
-    if args.max_body_bytes < 1024:
-        raise UsageError(f"--max-body-bytes must be at least 1024, got {args.max_body_bytes}")
-    if args.max_batch < 1:
-        raise UsageError(f"--max-batch must be a positive integer, got {args.max_batch}")
+    serve, threads = build(args, ServeConfig), build(args, Threads)
+    serve.validate()
+    threads.validate()
     try:
         import uvicorn
     except ImportError:
@@ -100,29 +95,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import torch
 
     from ..checkpoint import load_for_inference
-    from ..runtime import select_device
+    from ..runtime import select_device, use_threads
     from .app import create_app
+    from .protocol import bounded_protocol
 
     scfg = build(args, SuggestConfig)
     scfg.validate()
-    adapt = build(args, AdaptConfig, prefix="adapt_") if args.adapt else None
+    adapt = build(args, AdaptConfig, prefix="adapt_")
+    adapt.validate(prefix="adapt_")  # given without --adapt, a wrong value is still wrong
+    adapt = adapt if args.adapt else None
     if adapt is not None:
-        adapt.validate()
         if args.int8:
             raise UsageError("--adapt trains each client's copy of the model; an int8 copy cannot be trained "
                              "(drop --int8 or --adapt)")
-    torch.set_num_threads(args.threads)
+    note = use_threads(threads.threads, small_steps=True)
     ckpt = load_for_inference(args.checkpoint, select_device("cpu" if args.int8 and args.device == "auto" else args.device), args.int8)
-    sock = _bind(args.host, args.port)
-    app = create_app(ckpt, max_body_bytes=args.max_body_bytes, max_batch=args.max_batch, suggest=scfg,
-                     suggest_process=args.suggest_worker == "process", suggest_threads=args.threads,
+    sock = _bind(args.host, serve.port)
+    app = create_app(ckpt, max_body_bytes=serve.max_body_bytes, max_batch=serve.max_batch, suggest=scfg,
+                     suggest_process=args.suggest_worker == "process", suggest_threads=torch.get_num_threads(),
                      allowed_hosts=allowed_hosts(args.host, args.allowed_hosts or []), adapt=adapt,
-                     log=lambda msg: print(msg, file=sys.stderr))
+                     generate_workers=serve.generate_workers, generate_queue=serve.generate_queue,
+                     read_timeout=serve.read_timeout, log=lambda msg: print(msg, file=sys.stderr))
     host, port = sock.getsockname()[:2]
-    config = uvicorn.Config(app, log_level=args.log_level, access_log=False)
+    config = uvicorn.Config(app, log_level=args.log_level, access_log=False,
+                            http=bounded_protocol(timeout=serve.read_timeout))
     server = uvicorn.Server(config)
     shown = f"[{host}]" if ":" in host else host
-    print(f"rnnlab: serving {args.checkpoint} on http://{shown}:{port}/ (Ctrl-C stops)", flush=True)
+    print(f"rnnlab: serving {args.checkpoint} on http://{shown}:{port}/ (Ctrl-C stops; "
+          f"{note or f'{torch.get_num_threads()} torch threads'})", flush=True)
     server.run(sockets=[sock])
     return 0
 

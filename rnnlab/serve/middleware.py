@@ -5,23 +5,31 @@ framework sees the request.
 """
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 MAX_HEADER_BYTES = 16 * 1024
 
 
 class HostCheck:
-    """ASGI middleware: answer 400 to a ``Host`` header that is not one of ``allowed`` (names
-    without ports), so a web page cannot reach this server through DNS rebinding."""
+    """ASGI middleware: answer 400 to a request without exactly one ``Host`` header, or whose
+    ``Host`` is not one of ``allowed``, so a web page cannot reach this server through DNS
+    rebinding. An allowed entry without a port (``example.org``) accepts that name on any port;
+    one with a port (``example.org:8080``, ``[::1]:8000``) only that port."""
 
     def __init__(self, app, allowed: list[str]):
         self.app, self.allowed = app, {h.lower() for h in allowed}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
-            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").lower()
+            hosts = [v for k, v in scope.get("headers") or [] if k == b"host"]
+            if len(hosts) != 1:
+                return await send_error(send, 400, f"a request needs exactly one Host header, this one has "
+                                                    f"{len(hosts)}")
+            host = hosts[0].decode("latin-1").lower()
             name = host[:host.index("]") + 1] if host.startswith("[") and "]" in host else host.split(":")[0]
-            if name not in self.allowed:
+            if name not in self.allowed and host not in self.allowed:
                 return await send_error(send, 400, f"Host {host!r} is not this server's; use its own address "
                                                     f"(rnnlab serve --allowed-host adds names)")
         return await self.app(scope, receive, send)
@@ -44,10 +52,11 @@ class HeaderLimit:
 
 class BodyLimit:
     """ASGI middleware: read the request body up to ``max_bytes`` and refuse a larger one with 413
-    (by its Content-Length before reading anything, or as soon as a chunked body passes the limit)."""
+    (by its Content-Length before reading anything, or as soon as a chunked body passes the limit);
+    a body that has not arrived whole within ``timeout`` seconds gets 408."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, timeout: float = 10.0):
+        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -62,8 +71,12 @@ class BodyLimit:
             if n > self.max_bytes:
                 return await send_error(send, 413, f"request body of {n} bytes is over the limit of {self.max_bytes}")
         body = bytearray()
+        deadline = time.monotonic() + self.timeout
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
+            except asyncio.TimeoutError:
+                return await send_error(send, 408, f"the request body did not arrive within {self.timeout:g} s")
             if message["type"] == "http.disconnect":
                 return
             body += message.get("body", b"")
@@ -94,8 +107,9 @@ class SuggestFastPath:
     own. The route stays the documented one (OpenAPI). Sits inside ``BodyLimit``.
     """
 
-    def __init__(self, app, body_model, answer):
+    def __init__(self, app, body_model, answer, retry_after: int = 1):
         self.app, self.body_model, self.answer = app, body_model, answer  # answer(body) -> (status, JSON bytes)
+        self.retry_after = str(retry_after).encode()  # sent with a 503 (busy or restarting: try again)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] != "/v1/suggest" or scope["method"] != "POST":
@@ -122,9 +136,9 @@ class SuggestFastPath:
 
             return await self.app(scope, replay, send)
         status, payload = await self.answer(req)
+        headers = [(b"content-length", str(len(payload)).encode()), (b"content-type", b"application/json")]
         await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-length", str(len(payload)).encode()),
-                                (b"content-type", b"application/json")]})
+                    "headers": headers + [(b"retry-after", self.retry_after)] if status == 503 else headers})
         await send({"type": "http.response.body", "body": payload})
 
 

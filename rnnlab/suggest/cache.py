@@ -99,6 +99,12 @@ class StateCache:
             if client in self._clients:
                 self._ahead[client] = ahead
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor the cache holds (states and log-probabilities, lookaheads included)."""
+        with self._lock:
+            out = [t for entries in self._clients.values() for e in entries.values() for t in (*e.state, e.logprobs)]
+            return out + [t for a in self._ahead.values() for t in (*a.state, a.logprobs)]
+
     def __len__(self) -> int:
         with self._lock:
             return sum(len(e) for e in self._clients.values())

@@ -125,6 +125,12 @@ class SuggestEngine:
             scheduler.step()
         return [f.result() for f in futures]
 
+    def tensors(self, cache: bool = True) -> list[torch.Tensor]:
+        """The tensors this engine holds itself: its token masks and (``cache``) its state cache's
+        states; not the model's."""
+        own = [self.typable] + ([] if self.word_level else [self.boundary_ids, self.blocked])
+        return own + (self.cache.tensors() if cache else [])
+
     def close(self) -> None:
         """Stop the batching worker thread (it also stops after a second idle, and at exit)."""
         self.worker.close()

@@ -73,7 +73,11 @@ class ThreadWorker:
     """
 
     def __init__(self, engine, max_batch: int, idle_s: float = 1.0):
-        self.engine, self.max_batch, self.idle_s = engine, max_batch, idle_s
+        # a weak reference: the engine owns its worker, and a cycle between them would keep a dropped
+        # engine's model and cache alive until the next garbage collection (an adapting server drops
+        # one per evicted client)
+        self._engine = weakref.ref(engine)
+        self.max_batch, self.idle_s = max_batch, idle_s
         self._queue: list[tuple[Future, SuggestRequest]] = []
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -83,14 +87,15 @@ class ThreadWorker:
     def submit(self, request: SuggestRequest) -> Future:
         future: Future = Future()
         with self._cv:
-            if self._closed:
+            engine = self._engine()
+            if self._closed or engine is None:
                 raise RnnlabError("the suggestion engine is closed")
             self._queue.append((future, request))
             if self._thread is not None:
                 self._cv.notify()
             else:
                 self._thread = threading.Thread(target=run_worker, name="rnnlab-suggest",
-                                                args=(self.engine, self._receive, _settle, self.max_batch))
+                                                args=(engine, self._receive, _settle, self.max_batch))
                 self._thread.start()
         return future
 
