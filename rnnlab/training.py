@@ -29,6 +29,7 @@ from .errors import RnnlabError
 from .evaluation import evaluate, to_device
 from .metrics import perplexity
 from .models import LanguageModel, State, detach_state
+from .precision import autocast
 from .runtime import keep_freed_memory
 
 DIVERGED = 100.0  # nats/token: far above any vocabulary's uniform loss (ln 2^24 = 16.6): the run has diverged
@@ -73,6 +74,9 @@ class Trainer:
     history, and ``state_dict`` (collected at epoch ends and interruptions) holds the carried
     state of all rows and every rank's torch RNG state, so a run resumes exactly under DDP too.
     Callbacks run on every rank; whoever builds the trainer registers them on rank 0 only.
+
+    ``run.precision`` ``bf16`` runs each step's forward pass and loss under bfloat16 autocast
+    (``rnnlab.precision``); the weights, gradients, optimizer state and evaluations stay float32.
     """
 
     def __init__(self, model: LanguageModel, cfg: TrainConfig, train_ids: Ids,
@@ -234,8 +238,9 @@ class Trainer:
             lr = self.lr_at(self.step, self.elapsed)
             for g in opt.param_groups:
                 g["lr"] = lr
-            logits, state = self.forward_model(x, state)
-            loss = lm_loss(logits, y)
+            with autocast(device, self.run.precision):  # bf16: the products in bfloat16, weights and loss float32
+                logits, state = self.forward_model(x, state)
+                loss = lm_loss(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_norm > 0:

@@ -9,8 +9,9 @@ import json
 import sys
 
 from ..cli_args import add_settings, build
-from ..config import AdaptConfig, SuggestConfig
+from ..config import AdaptConfig, Precision, SuggestConfig
 from ..errors import RnnlabError, UsageError
+from ..precision import SERVING
 
 
 def add_parsers(sub) -> None:
@@ -25,6 +26,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the suggestions as one JSON object")
     p.add_argument("--device", default="auto")
     p.add_argument("--int8", action="store_true", help="run an int8 copy of the model on the CPU (about 4x less memory)")
+    add_settings(p, Precision)
     p.set_defaults(func=cmd_suggest)
 
     p = sub.add_parser("serve", help="serve suggestions and generation over HTTP, with a web page",
@@ -34,6 +36,7 @@ def add_parsers(sub) -> None:
     p.add_argument("checkpoint", metavar="DIR", help="a run directory written by `rnnlab train --out DIR`")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (the default serves this machine only)")
     p.add_argument("--int8", action="store_true", help="serve an int8 copy of the model on the CPU (about 4x less memory)")
+    add_settings(p, Precision, help_default={"precision": SERVING})
     p.add_argument("--port", type=int, default=8000, help="TCP port (0 = any free port)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1,
@@ -66,7 +69,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     scfg = build(args, SuggestConfig)
     scfg.validate()
     check_text(args.text)
-    ckpt = load_for_inference(args.checkpoint, select_device("cpu" if args.int8 and args.device == "auto" else args.device), args.int8)
+    device = select_device("cpu" if args.int8 and args.device == "auto" else args.device)
+    ckpt = load_for_inference(args.checkpoint, device, args.int8, build(args, Precision).precision, log=_say)
     engine = SuggestEngine(ckpt.model, ckpt.tokenizer, scfg)
     s = engine.suggest_batch([SuggestRequest(args.text, scfg.k)])[0]  # in this thread: no worker to stop
     if args.json:
@@ -112,7 +116,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise UsageError("--adapt trains each client's copy of the model; an int8 copy cannot be trained "
                              "(drop --int8 or --adapt)")
     torch.set_num_threads(args.threads)
-    ckpt = load_for_inference(args.checkpoint, select_device("cpu" if args.int8 and args.device == "auto" else args.device), args.int8)
+    precision = serving_precision(args, adapt is not None)
+    device = select_device("cpu" if args.int8 and args.device == "auto" else args.device)
+    ckpt = load_for_inference(args.checkpoint, device, args.int8, precision, log=_say)
     sock = _bind(args.host, args.port)
     app = create_app(ckpt, max_body_bytes=args.max_body_bytes, max_batch=args.max_batch, suggest=scfg,
                      suggest_process=args.suggest_worker == "process", suggest_threads=args.threads,
@@ -125,6 +131,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"rnnlab: serving {args.checkpoint} on http://{shown}:{port}/ (Ctrl-C stops)", flush=True)
     server.run(sockets=[sock])
     return 0
+
+
+def serving_precision(args: argparse.Namespace, adapting: bool) -> str:
+    """``--precision`` for the server: the measured default (``precision.SERVING``) when not given;
+    float32 with ``--adapt`` (each client's copy takes steps too small for bfloat16 weights) or
+    ``--int8`` (the int8 copy is the model served)."""
+    given = "precision" in vars(args)
+    if adapting and given and args.precision == "bf16":
+        raise UsageError("--adapt trains each client's copy of the model in float32 (its small steps vanish in "
+                         "bfloat16 weights); drop --precision bf16 or --adapt")
+    if adapting or (args.int8 and not given):
+        return "fp32"
+    return args.precision if given else SERVING
+
+
+def _say(msg: str) -> None:
+    print(f"rnnlab: {msg}", file=sys.stderr, flush=True)
 
 
 def allowed_hosts(host: str, extra: list[str]) -> list[str] | None:
