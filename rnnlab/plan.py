@@ -148,7 +148,7 @@ def _rates(cand: ModelConfig, tcfg: TrainConfig, device: torch.device, ctx: Dist
 
 
 def _decide_precision(cand: ModelConfig, tcfg: TrainConfig, rcfg: RunConfig, device: torch.device,
-                      ctx: DistContext, world: int, seen: dict | None = None) -> Choice:
+                      ctx: DistContext, world: int, seen: dict | None = None, sizing: bool = False) -> Choice:
     """``--precision auto`` for the training step of ``cand``: measured in float32 and bfloat16
     (``precision.decide``); sets ``rcfg.precision``. ``seen`` gets (rates, parameters) when measured."""
     def measure() -> tuple[float, float]:
@@ -162,7 +162,10 @@ def _decide_precision(cand: ModelConfig, tcfg: TrainConfig, rcfg: RunConfig, dev
         skip = torch.tensor([1.0 if why else 0.0], dtype=torch.float64, device=device)
         torch.distributed.all_reduce(skip, op=torch.distributed.ReduceOp.MAX)
         why = why or ("another process's device has no bfloat16" if skip.item() else "")
-    choice = decide(device, measure, f"the training step at H={cand.hidden_size}", why=why)
+    what = f"the training step at H={cand.hidden_size}"
+    if sizing:
+        what = f"{what}, the first candidate; the others measured in the precision chosen"
+    choice = decide(device, measure, what, why=why)
     rcfg.precision = choice.precision
     return choice
 
@@ -180,7 +183,7 @@ def _measurer(tcfg: TrainConfig, rcfg: RunConfig, device: torch.device, ctx: Dis
             t = time.perf_counter()
             seen: dict = {}
             if rcfg.precision == "auto":
-                rates.precision = _decide_precision(cand, tcfg, rcfg, device, ctx, world, seen)
+                rates.precision = _decide_precision(cand, tcfg, rcfg, device, ctx, world, seen, sizing=True)
             if not seen:  # (a device without bfloat16 decided without measuring)
                 seen["rates"], seen["params"] = _rates(cand, tcfg, device, ctx, world, (rcfg.precision,))
             cache[key] = (seen["rates"][rcfg.precision], seen["params"])
