@@ -92,6 +92,30 @@ def test_bf16_changes_the_arithmetic_not_the_parameters():
                        for p in model.parameters()), (name, impl)
 
 
+@pytest.mark.parametrize("model_name", [n for n in cell_names() if get_cell(n).width_is_embedding])
+def test_the_min_cells_scan_runs_in_float32_under_bf16(model_name, monkeypatch):
+    """The scan multiplies up to T gates: it gets float32 coefficients under autocast (and in a
+    bfloat16 copy), whichever scan runs (C++ or the log-space one)."""
+    from rnnlab.models import minstack
+
+    seen = []
+    for name in ("linear_scan", "log_scan"):
+        orig = getattr(minstack, name)
+        monkeypatch.setattr(minstack, name, lambda a, b, h0, *r, _f=orig: seen.append((a.dtype, h0.dtype)) or
+                            _f(a, b, h0, *r))
+    orig_apply = minstack.NativeScan.apply
+    monkeypatch.setattr(minstack.NativeScan, "apply", lambda a, b, h0: seen.append((a.dtype, h0.dtype)) or
+                        orig_apply(a, b, h0))
+    ids, V = _ids()
+    for impl in get_cell(model_name).impls:
+        model = build_model(ModelConfig(model=model_name, impl=impl, hidden_size=8, embedding_dim=8, vocab_size=V))
+        with precision.autocast("cpu", "bf16"):
+            model(ids[:20].view(2, 10), model.begin_state(2))
+        copy = precision.for_inference(model, "bf16")
+        copy.step(ids[:2], copy.begin_state(2))
+    assert seen and all(d == (torch.float32, torch.float32) for d in seen), seen
+
+
 # -- checkpoints -------------------------------------------------------------------------------------
 def _configs(path, prec="bf16", epochs=3, sampling="sequential", model="lstm", impl="fast"):
     return (DataConfig(path=str(path), val_fraction=0.1),
