@@ -190,7 +190,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         plan = _settle_here((dcfg, mcfg, tcfg, rcfg), explicit, args.nproc)
         m = plan.model
         print(f"plan: model {m.model} --impl {m.impl} --hidden-size {m.hidden_size} --embedding-dim {m.embedding_dim} "
-              f"--num-layers {m.num_layers} --dropout {m.dropout:g} ({m.parameter_count():,} parameters); "
+              f"--num-layers {m.num_layers} --dropout {m.dropout:g} --precision {plan.run.precision} "
+              f"({m.parameter_count():,} parameters); "
               f"{len(plan.corpus.train_ids):,} training tokens; nothing was trained")
         return 0
     if args.nproc != 1:

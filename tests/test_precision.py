@@ -299,6 +299,7 @@ def test_dry_run_says_the_precision_first(tmp_path):
     first = r.stdout.splitlines()[0]
     assert first.startswith("recipe default:") and "precision fp32" in first
     assert "precision fp32 (auto: " in r.stdout
+    assert "--precision fp32 (" in r.stdout.splitlines()[-1]  # the settled plan's summary line
 
 
 # -- usage errors --------------------------------------------------------------------------------------
@@ -356,3 +357,43 @@ def test_nproc_trains_and_resumes_in_bf16_like_one_process(tmp_path):
         assert abs(a["train_loss"] - b["train_loss"]) < DDP_TOL and abs(a["val_loss"] - b["val_loss"]) < DDP_TOL
     w, w_ref = load_file(str(ddp / "model.safetensors")), load_file(str(tmp_path / "one" / "model.safetensors"))
     assert all(torch.allclose(w[k], w_ref[k], atol=DDP_TOL, rtol=0) for k in w_ref)
+
+
+# -- one-token work: a bfloat16 copy ---------------------------------------------------------------------
+def test_serving_and_suggesting_a_bfloat16_copy():
+    """serve --precision bf16: the suggestion process and generation run a bfloat16 copy of the
+    float32 checkpoint, with the answers of the float32 model on text it knows well."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from rnnlab.checkpoint import load_for_inference
+    from rnnlab.decoding import generate
+    from rnnlab.serve import create_app
+    from tiny_keyboard_model import tiny_checkpoint
+
+    ck16 = load_for_inference(tiny_checkpoint(), "cpu", precision="bf16")
+    ck32 = load_for_inference(tiny_checkpoint(), "cpu")
+    assert next(ck16.model.parameters()).dtype == torch.bfloat16
+    assert next(ck32.model.parameters()).dtype == torch.float32  # the copy left the checkpoint's model alone
+    with TestClient(create_app(ck16, suggest_process=True), raise_server_exceptions=False) as c:
+        r = c.post("/v1/suggest", json={"text": "the time trav", "k": 3})
+        assert r.status_code == 200 and r.json()["completions"][0]["word"] == "traveller"
+        r = c.post("/v1/generate", json={"prefix": "the time", "length": 30})
+        assert r.status_code == 200 and "the time" + r.json()["text"] == generate(ck32.model, ck32.tokenizer,
+                                                                                 "the time", 30)
+    r = _run("suggest", str(tiny_checkpoint()), "the time trav", "--precision", "bf16", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["completions"][0]["word"] == "traveller", r.stderr
+
+
+def test_serve_precision_defaults_and_guards():
+    import argparse
+
+    from rnnlab.serve.cli import serving_precision
+
+    ns = lambda **kw: argparse.Namespace(int8=False, **kw)  # noqa: E731
+    assert serving_precision(ns(), adapting=False) == precision.SERVING  # not given: the measured default
+    assert serving_precision(ns(precision="bf16"), adapting=False) == "bf16"
+    assert serving_precision(ns(precision="auto"), adapting=True) == "fp32"  # adapting copies train in float32
+    assert serving_precision(argparse.Namespace(int8=True), adapting=False) == "fp32"  # the int8 copy is served
+    with pytest.raises(UsageError, match="--adapt"):
+        serving_precision(ns(precision="bf16"), adapting=True)
