@@ -385,15 +385,23 @@ def test_serving_and_suggesting_a_bfloat16_copy():
     assert r.returncode == 0 and json.loads(r.stdout)["completions"][0]["word"] == "traveller", r.stderr
 
 
-def test_serve_precision_defaults_and_guards():
+def test_serve_precision_defaults_and_guards(monkeypatch):
     import argparse
 
-    from rnnlab.serve.cli import serving_precision
+    from rnnlab.serve import cli as serve_cli
 
-    ns = lambda **kw: argparse.Namespace(int8=False, **kw)  # noqa: E731
-    assert serving_precision(ns(), adapting=False) == precision.SERVING  # not given: the measured default
-    assert serving_precision(ns(precision="bf16"), adapting=False) == "bf16"
-    assert serving_precision(ns(precision="auto"), adapting=True) == "fp32"  # adapting copies train in float32
-    assert serving_precision(argparse.Namespace(int8=True), adapting=False) == "fp32"  # the int8 copy is served
+    serving_precision = serve_cli.serving_precision
+    ns = lambda int8=False, **kw: argparse.Namespace(int8=int8, **kw)  # noqa: E731
+    for default in ("fp32", "bf16", "auto"):  # not given: the measured default
+        monkeypatch.setattr(serve_cli, "SERVING", default)
+        assert serving_precision(ns(), adapting=False) == (default, False)
+        assert serving_precision(ns(), adapting=True) == ("fp32", False)  # adapting copies train in float32
+        assert serving_precision(ns(int8=True), adapting=False) == ("fp32", True)  # the int8 copy is served
+    monkeypatch.setattr(serve_cli, "SERVING", "int8")
+    assert serving_precision(ns(), adapting=False) == ("fp32", True)
+    assert serving_precision(ns(), adapting=True) == ("fp32", False)
+    assert serving_precision(ns(precision="bf16"), adapting=False) == ("bf16", False)  # given: as given
+    assert serving_precision(ns(precision="auto"), adapting=True) == ("fp32", False)
+    assert serving_precision(ns(int8=True, precision="bf16"), adapting=False) == ("bf16", True)  # refused on load
     with pytest.raises(UsageError, match="--adapt"):
         serving_precision(ns(precision="bf16"), adapting=True)

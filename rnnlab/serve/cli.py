@@ -116,9 +116,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise UsageError("--adapt trains each client's copy of the model; an int8 copy cannot be trained "
                              "(drop --int8 or --adapt)")
     torch.set_num_threads(args.threads)
-    precision = serving_precision(args, adapt is not None)
-    device = select_device("cpu" if args.int8 and args.device == "auto" else args.device)
-    ckpt = load_for_inference(args.checkpoint, device, args.int8, precision, log=_say)
+    precision, int8 = serving_precision(args, adapt is not None)
+    device = select_device("cpu" if int8 and args.device == "auto" else args.device)
+    ckpt = load_for_inference(args.checkpoint, device, int8, precision, log=_say)
     sock = _bind(args.host, args.port)
     app = create_app(ckpt, max_body_bytes=args.max_body_bytes, max_batch=args.max_batch, suggest=scfg,
                      suggest_process=args.suggest_worker == "process", suggest_threads=args.threads,
@@ -133,17 +133,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def serving_precision(args: argparse.Namespace, adapting: bool) -> str:
-    """``--precision`` for the server: the measured default (``precision.SERVING``) when not given;
-    float32 with ``--adapt`` (each client's copy takes steps too small for bfloat16 weights) or
-    ``--int8`` (the int8 copy is the model served)."""
+def serving_precision(args: argparse.Namespace, adapting: bool) -> tuple[str, bool]:
+    """(precision, int8) the server runs: ``--precision`` / ``--int8`` as given, else the measured
+    default (``precision.SERVING``: fp32, bf16, auto or int8); float32 with ``--adapt`` (each
+    client's copy takes steps too small for bfloat16 weights, and an int8 copy cannot learn)."""
     given = "precision" in vars(args)
     if adapting and given and args.precision == "bf16":
         raise UsageError("--adapt trains each client's copy of the model in float32 (its small steps vanish in "
                          "bfloat16 weights); drop --precision bf16 or --adapt")
-    if adapting or (args.int8 and not given):
-        return "fp32"
-    return args.precision if given else SERVING
+    if adapting or args.int8:
+        return "fp32" if adapting or not given else args.precision, args.int8
+    if given:
+        return args.precision, False
+    return ("fp32", True) if SERVING == "int8" else (SERVING, False)
 
 
 def _say(msg: str) -> None:
