@@ -10,7 +10,8 @@ from pathlib import Path
 
 from .cli_args import add_settings, build, given
 from .cli_chats import add_chat_out, write_chat_out
-from .config import DataConfig, DynamicEval, GenerateConfig, KeyboardEval, ModelConfig, RunConfig, Threads, TrainConfig
+from .config import (DataConfig, DynamicEval, GenerateConfig, KeyboardEval, ModelConfig, Precision, RunConfig,
+                     Threads, TrainConfig)
 from .errors import RnnlabError, UsageError
 from .io import json_text
 from .version import __version__
@@ -58,7 +59,7 @@ def _add_train(sub) -> None:
     add_settings(p.add_argument_group("model"), ModelConfig)
     add_settings(p.add_argument_group("training"), TrainConfig)
     r = p.add_argument_group("run")
-    add_settings(r, RunConfig, help_default={"recipe": "default"})
+    add_settings(r, RunConfig, help_default={"recipe": "default", "precision": "auto (fp32 with --recipe book)"})
     r.add_argument("--out", default="runs/latest", help="run directory: metrics, plot, checkpoints (default: runs/latest)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     r.add_argument("--overwrite", action="store_true", help="replace a run already in --out (its checkpoints, "
@@ -100,6 +101,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--int8", action="store_true", help="run an int8 copy of the model on the CPU (about 4x less memory)")
     add_settings(p, Threads)
+    add_settings(p, Precision)
     p.set_defaults(func=cmd_generate)
 
 
@@ -116,6 +118,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--int8", action="store_true", help="evaluate the model's int8 CPU copy (as generate/suggest/serve --int8 run it)")
+    add_settings(p, Precision)
     d = p.add_argument_group("dynamic evaluation", "--dynamic: the model adapts to the text as it reads it "
                                                    "(a gradient step after scoring each chunk); the checkpoint is not changed")
     d.add_argument("--dynamic", action="store_true", help="also report the dynamic evaluation beside the static one")
@@ -227,7 +230,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         plan = _settle_here((dcfg, mcfg, tcfg, rcfg), explicit, args.nproc)
         m = plan.model
         print(f"plan: model {m.model} --impl {m.impl} --hidden-size {m.hidden_size} --embedding-dim {m.embedding_dim} "
-              f"--num-layers {m.num_layers} --dropout {m.dropout:g} ({m.parameter_count():,} parameters); "
+              f"--num-layers {m.num_layers} --dropout {m.dropout:g} --precision {plan.run.precision} "
+              f"({m.parameter_count():,} parameters); "
               f"{len(plan.corpus.train_ids):,} training tokens; nothing was trained")
         return 0
     write_chat_out(args, dcfg)
@@ -338,7 +342,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prefix = args.prefix
     if prefix is not None:
         check_text(prefix, "the prefix")
-    ckpt = load_for_inference(args.checkpoint, device, args.int8)
+    ckpt = load_for_inference(args.checkpoint, device, args.int8, build(args, Precision).precision,
+                              log=lambda msg: print(f"rnnlab: {msg}", file=sys.stderr))
     if prefix is None:
         prefix = (ckpt.run_config.prefixes or [""])[0]
     gen = torch.Generator(device=ckpt.model.device)
@@ -371,7 +376,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.int8 and dynamic is not None:
         raise UsageError("--dynamic trains the model as it reads; an int8 copy cannot be trained (drop --int8)")
     r = evaluate_checkpoint(args.checkpoint, dcfg, args.device, args.batch_size, args.num_steps, dynamic,
-                            log=lambda msg: print(msg, file=sys.stderr), int8=args.int8)
+                            log=lambda msg: print(msg, file=sys.stderr), int8=args.int8,
+                            precision=build(args, Precision).precision)
     if args.json:
         print(json_text(r, ensure_ascii=False))
         return 0
@@ -393,7 +399,7 @@ def _keyboard_eval(args: argparse.Namespace, dcfg: DataConfig | None, settings: 
         raise UsageError("--keyboard and --dynamic are separate evaluations; give one of them")
     device = select_device("cpu" if args.int8 and args.device == "auto" else args.device)
     report = evaluate_keyboards(args.checkpoint, dcfg, settings, device, log=lambda msg: print(msg, file=sys.stderr),
-                                int8=args.int8)
+                                int8=args.int8, precision=build(args, Precision).precision)
     if args.json:
         print(json_text(report, ensure_ascii=False))
         return 0

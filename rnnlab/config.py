@@ -3,7 +3,9 @@
     DataConfig      where the text comes from and how it becomes tokens
     ModelConfig     the architecture (``rnnlab.models.config``)
     TrainConfig     how to optimise: batching, optimiser, schedule, clipping, seed
-    RunConfig       how long and how to run it: epochs, time limit, device, logging, checkpoints
+    Precision       the number format of the arithmetic (fp32, bf16 autocast, or auto: measured)
+    RunConfig       how long and how to run it: epochs, time limit, device, logging, checkpoints,
+                    and the precision it trains in (a ``Precision``)
     GenerateConfig  how to decode: length, temperature, top-k, top-p, samples, seed
     SuggestConfig   how the keyboard searches: k, beam width, longest word
 
@@ -28,6 +30,7 @@ SAMPLINGS = ("sequential", "random")
 CHAT_FORMATS = ("auto", "whatsapp", "telegram", "messenger", "discord", "slack", "text")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16")
 DEVICE_HELP = "auto (CUDA when present, else the CPU), cpu, cuda, cuda:N, mps"
 
 # one maximum per limit, for the CLI, the library and the server alike
@@ -125,8 +128,26 @@ def parse_duration(text: str) -> float:
 
 
 @dataclass
-class RunConfig(Settings):
-    """How long and how to run a training: may change when a run is resumed."""
+class Precision(Settings):
+    """The number format of the model's arithmetic, one setting for every command (``--precision``).
+
+    ``bf16`` runs the products in bfloat16 (``torch.autocast``) while the weights, the optimizer
+    state, the loss and every checkpoint stay float32, so a model trained in either loads and runs
+    anywhere; ``auto`` picks bf16 only where a short measurement of the work itself shows it faster
+    by a margin (``rnnlab.precision``). Training stores the precision it chose in the run's
+    ``RunConfig`` (a ``Precision``), so ``--resume`` continues in it."""
+
+    precision: str = setting("fp32", "fp32; bf16: bfloat16 products with float32 weights, optimizer state and "
+                                     "checkpoints; auto: bf16 where this machine measures the work faster in it by a "
+                                     "margin (train: its step, before the run starts; eval: a forward pass; generate, "
+                                     "suggest, serve: one-token steps), else fp32", choices=PRECISIONS)
+
+
+@dataclass
+class RunConfig(Precision):
+    """How long and how to run a training: may change when a run is resumed. Its ``precision``
+    (``Precision``) is the one the run trains in: ``auto`` is decided once, before training, and
+    the decision is what a checkpoint stores."""
 
     recipe: str = setting("book", "default: the best model for the time given (--budget), with validation, "
                                   "early stopping and a model sized to the budget and the text; book: the book's "
@@ -163,6 +184,7 @@ class RunConfig(Settings):
                                         "new tokens (default: read them as <unk>)")
 
     def check(self) -> None:
+        super().check()
         if self.init_from is not None and not self.init_from.strip():
             raise UsageError("--init-from is an empty path; give the --out DIR of a trained run (or drop the flag)")
         if self.extend_vocab and not self.init_from:
@@ -330,6 +352,5 @@ def merge_resume(stored: tuple[DataConfig, ModelConfig, TrainConfig],
     return tuple(out)
 
 
-__all__ = ["DataConfig", "DynamicEval", "GenerateConfig", "ModelConfig", "RunConfig", "ServeConfig", "SuggestConfig",
-           "Threads", "TrainConfig",
-           "check_text", "merge_init_from", "merge_resume"]
+__all__ = ["DataConfig", "DynamicEval", "GenerateConfig", "ModelConfig", "Precision", "RunConfig", "ServeConfig",
+           "SuggestConfig", "Threads", "TrainConfig", "check_text", "merge_init_from", "merge_resume"]

@@ -32,6 +32,7 @@ from .fields import flag
 from .models import LanguageModel, build_model, grow_vocabulary
 from .runs import RunLock, prepare_run_dir, record_chat, save_run_checkpoint
 from .plan import settle
+from .precision import sequence_precision
 from .speed import simulated_step_seconds
 from .runtime import seed_everything, select_device
 from .training import Trainer
@@ -186,7 +187,7 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
     def save(trainer: Trainer, name: str, last: dict | None = None) -> None:
         last = last if last is not None else (trainer.history[-1] if trainer.history else {})
         info = {"epoch": trainer.epoch, "step": trainer.step, "source": data.source, "ranges": data.ranges,
-                **({"measured": plan.rates.to_dict()} if plan.rates is not None and plan.rates.tokens_per_s else {}),
+                **({"measured": plan.rates.to_dict()} if plan.rates is not None else {}),
                 **{k: v for k, v in last.items() if k.startswith(("train_", "val_", "select_"))}}
         save_run_checkpoint(out, name, rcfg.keep, model, tokenizer, mcfg, dcfg, tcfg, rcfg, info, trainer.state_dict(),
                             replace_run=replacing["run"], replace_best=replacing["best"])
@@ -264,13 +265,15 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
 
 def evaluate_checkpoint(ckpt_dir: str | Path, dcfg: DataConfig | None = None, device: str = "auto",
                         batch_size: int = 32, num_steps: int = 35, dynamic: DynamicEval | None = None,
-                        log: Log = lambda msg: None, int8: bool = False) -> dict:
+                        log: Log = lambda msg: None, int8: bool = False, precision: str = "fp32") -> dict:
     """Perplexity of a checkpoint on a text (default: the validation split of its own corpus).
 
     With ``dynamic``, also the dynamic evaluation of the same text (``evaluation.dynamic_evaluate``:
     the model adapts as it reads; the checkpoint is not changed), beside the static figure read
-    the same way (one row, chunks of ``dynamic.chunk``): ``result["dynamic"]``, ``result["static_1row"]``."""
+    the same way (one row, chunks of ``dynamic.chunk``): ``result["dynamic"]``, ``result["static_1row"]``.
+    ``precision``: bf16 scores (and adapts) under bfloat16 autocast; auto measures which is faster."""
     ck = load_for_inference(ckpt_dir, select_device("cpu" if int8 and device == "auto" else device), int8)
+    precision = sequence_precision(ck.model, precision, batch_size, num_steps, log, int8=int8)
     train_ids = None
     if dcfg is None:
         dcfg = ck.data_config
@@ -295,7 +298,8 @@ def evaluate_checkpoint(ckpt_dir: str | Path, dcfg: DataConfig | None = None, de
             log(d.chat.report.describe())
         ids = d.train_ids
         what = d.source
-    result = evaluate(ck.model, ids, batch_size, num_steps)
+    result = evaluate(ck.model, ids, batch_size, num_steps, precision=precision)
+    result["precision"] = precision
     unk = ck.vocab.unk_id
     result["unk_tokens"] = int((ids == unk).sum()) if unk is not None else 0
     result["source"] = what
@@ -308,8 +312,9 @@ def evaluate_checkpoint(ckpt_dir: str | Path, dcfg: DataConfig | None = None, de
                 log(f"rnnlab: the training text is not available ({e}); dynamic evaluation falls back to plain SGD "
                     f"(lr {SGD_FALLBACK_LR:g})")
                 method, lr = "sgd", SGD_FALLBACK_LR
-        result["static_1row"] = evaluate(ck.model, ids, 1, dynamic.chunk)
-        result["dynamic"] = {**dynamic_evaluate(ck.model, ids, lr, dynamic.chunk, method, train_ids),
+        result["static_1row"] = evaluate(ck.model, ids, 1, dynamic.chunk, precision=precision)
+        result["dynamic"] = {**dynamic_evaluate(ck.model, ids, lr, dynamic.chunk, method, train_ids,
+                                                precision=precision),
                              "method": method, "lr": lr, "chunk": dynamic.chunk}
     return result
 

@@ -4,7 +4,9 @@
         ──► the recipe's data settings (test split, selection slice)
         ──► the corpus read and split (training | selection | test), the fine-tuning base checked
         ──► the recipe's model and training settings (the width chosen by the measured speed of the
-            candidates on the run's device: ``rnnlab.speed``)
+            candidates on the run's device: ``rnnlab.speed``) and ``--precision auto`` decided on the
+            first candidate measured (its step in float32 and bfloat16), the sizing then measuring
+            in the precision chosen (``rnnlab.precision``)
         ──► every config validated, the memory checked ──► ``RunPlan`` (the log lines included)
 
 ``settle`` works on copies: the caller's configs are not changed, and nothing after it sets a
@@ -29,9 +31,11 @@ from .data import PreparedData, prepare_data
 from .distributed import LOCAL, DistContext
 from .errors import RnnlabError, UsageError
 from .fields import flag
+from .models import precision_notes
+from .precision import Choice, check as check_precision, decide, not_worth_measuring
 from .runs import check_chat
 from .runtime import check_memory
-from .speed import Rates, step_rate
+from .speed import Rates, step_rates
 
 Log = Callable[[str], None]
 DECISIONS = ("patience", "restore_best")  # run settings that choose weights on held-out text
@@ -102,17 +106,28 @@ def settle(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunConf
                           f"the same text and settings")
     if not rcfg.prefixes:
         rcfg.prefixes = data.default_prefixes
-    rates = None
+    rates = Rates(device=str(device))
+    check_precision(rcfg.precision, device)
     if use_recipe:
-        rates = Rates(device=str(device))
-        measure = _measurer(tcfg, device, ctx, world, rates)
+        measure = _measurer(tcfg, rcfg, device, ctx, world, rates)
         plan = recipes.resolve(rcfg.recipe, mcfg, tcfg, rcfg, explicit, len(data.train_ids), len(data.vocab),
                                rate_of=measure, fine_tuning=base is not None, selection=data.select_ids is not None)
+        if rcfg.precision == "auto":  # no candidate was measured (the size and dropout were given): this model
+            measure(mcfg)
+        if "precision" in plan.values:
+            plan.values["precision"] = rcfg.precision
         if plan.values or plan.notes:
             lines.insert(0, plan.describe())
+        if rates.precision is not None:
+            lines.insert(1, rates.precision.describe())
         if rates.tokens_per_s:
-            lines.insert(1, rates.describe())
+            lines.insert(2 if rates.precision is not None else 1, rates.describe())
     mcfg.vocab_size = len(data.vocab)
+    if rcfg.precision == "auto":  # --recipe book or --resume with --precision auto: this very model decides
+        rates.precision = _decide_precision(mcfg, tcfg, rcfg, device, ctx, world)
+        lines.append(rates.precision.describe())
+    if rcfg.precision == "bf16":
+        lines += _bf16_notes(mcfg, device)
     for cfg in (dcfg, mcfg, tcfg, rcfg):
         cfg.validate()
     check_decisions(dcfg, rcfg, data.select_ids is not None)
@@ -120,30 +135,74 @@ def settle(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunConf
         raise UsageError(f"--batch-size {tcfg.batch_size} is the global batch and must be divisible by the "
                          f"{world} processes; use a multiple of {world}")
     check_memory(mcfg.parameter_count() * 4 * 4, "training the model (weights, gradients, optimizer state)")
-    return RunPlan(dcfg, mcfg, tcfg, rcfg, data, base, tuple(lines), rates, time.perf_counter() - t0)
+    return RunPlan(dcfg, mcfg, tcfg, rcfg, data, base, tuple(lines), rates if rates.tokens_per_s or rates.precision
+                   else None, time.perf_counter() - t0)
 
 
-def _measurer(tcfg: TrainConfig, device: torch.device, ctx: DistContext, world: int, rates: Rates):
-    """A candidate -> (global training tokens/s, parameters), measured once per width. Under DDP
-    every rank measures its share at once and all take the slowest rank's rate (the same decision
-    everywhere)."""
+def _rates(cand: ModelConfig, tcfg: TrainConfig, device: torch.device, ctx: DistContext, world: int,
+           precisions: tuple[str, ...]) -> tuple[dict[str, float], int]:
+    """({precision: global training tokens/s}, parameters) of ``cand``, the precisions measured
+    taking turns. Under DDP every rank measures its share at once and all take the slowest rank's
+    rate (the same decision everywhere)."""
+    rates, params = step_rates(cand, tcfg, device, rows=max(1, tcfg.batch_size // world), precisions=precisions)
+    if ctx.enabled:  # the slowest rank's rate, on every rank
+        r = torch.tensor([-rates[p] for p in precisions], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(r, op=torch.distributed.ReduceOp.MAX)
+        rates = {p: -float(v) for p, v in zip(precisions, r.tolist())}
+    return {p: v * world for p, v in rates.items()}, params
+
+
+def _decide_precision(cand: ModelConfig, tcfg: TrainConfig, rcfg: RunConfig, device: torch.device,
+                      ctx: DistContext, world: int, seen: dict | None = None, sizing: bool = False) -> Choice:
+    """``--precision auto`` for the training step of ``cand``: measured in float32 and bfloat16
+    (``precision.decide``); sets ``rcfg.precision``. ``seen`` gets (rates, parameters) when measured."""
+    def measure() -> tuple[float, float]:
+        rates, params = _rates(cand, tcfg, device, ctx, world, ("fp32", "bf16"))
+        if seen is not None:
+            seen.update(rates=rates, params=params)
+        return rates["fp32"], rates["bf16"]
+
+    why = not_worth_measuring(device)
+    if ctx.enabled:  # ranks on different machines could see different CPUs: all measure, or none
+        skip = torch.tensor([1.0 if why else 0.0], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(skip, op=torch.distributed.ReduceOp.MAX)
+        why = why or ("another process's device has no bfloat16" if skip.item() else "")
+    what = f"the training step at H={cand.hidden_size}"
+    if sizing:
+        what = f"{what}, the first candidate; the others measured in the precision chosen"
+    choice = decide(device, measure, what, why=why)
+    rcfg.precision = choice.precision
+    return choice
+
+
+def _measurer(tcfg: TrainConfig, rcfg: RunConfig, device: torch.device, ctx: DistContext, world: int, rates: Rates):
+    """A candidate -> (global training tokens/s, parameters), measured once per width in the run's
+    precision. Under ``--precision auto`` the first candidate measured (the binary search's middle
+    width) decides the precision first (both measured), and every candidate is then measured in
+    the precision chosen."""
     cache: dict[tuple[int, int], tuple[float, int]] = {}
 
     def measure(cand: ModelConfig) -> tuple[float, int]:
         key = (cand.hidden_size, cand.embedding_dim)
         if key not in cache:
             t = time.perf_counter()
-            rate, params = step_rate(cand, tcfg, device, rows=max(1, tcfg.batch_size // world))
-            if ctx.enabled:  # the slowest rank's rate, on every rank
-                r = torch.tensor([-rate], dtype=torch.float64, device=device)
-                torch.distributed.all_reduce(r, op=torch.distributed.ReduceOp.MAX)
-                rate = -float(r.item())
-            cache[key] = (rate * world, params)
+            seen: dict = {}
+            if rcfg.precision == "auto":
+                rates.precision = _decide_precision(cand, tcfg, rcfg, device, ctx, world, seen, sizing=True)
+            if not seen:  # (a device without bfloat16 decided without measuring)
+                seen["rates"], seen["params"] = _rates(cand, tcfg, device, ctx, world, (rcfg.precision,))
+            cache[key] = (seen["rates"][rcfg.precision], seen["params"])
+            rates.at = rcfg.precision
             rates.tokens_per_s[cand.hidden_size], rates.params[cand.hidden_size] = cache[key]
             rates.seconds += time.perf_counter() - t
         return cache[key]
 
     return measure
+
+
+def _bf16_notes(mcfg: ModelConfig, device: torch.device) -> list[str]:
+    """What of this model stays float32 under bf16 on ``device``, and why (said once, in the plan)."""
+    return [f"bf16: {note}" for note in precision_notes(mcfg, device.type)]
 
 
 def _fine_tuning_base(rcfg: RunConfig, dcfg: DataConfig, mcfg: ModelConfig, device, lines: list[str]):

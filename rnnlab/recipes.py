@@ -9,7 +9,9 @@
   of the validation text inside the budget, the best weights kept and restored, early stopping,
   and dropout once the budget allows many passes over the text. The model's size follows the
   training speed measured on this machine for the candidates themselves (``rnnlab.speed``), the
-  budget and the corpus size (``size_for``); the plan's log line shows the rates behind it.
+  budget and the corpus size (``size_for``); the plan's log line shows the rates behind it. The
+  precision is ``auto``: bfloat16 where the first candidate's step measures faster in it
+  (``rnnlab.precision``), and the candidates are then measured, so sized, in the precision chosen.
 
 Explicit flags always win: a recipe fills only the fields the user did not give
 (``explicit``), and the first log line says which recipe and which values are in force.
@@ -171,6 +173,7 @@ def resolve(recipe: str, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunConfig, 
     put(tcfg, "batch_size", 16)  # measured: as fast per token as 64 here, ~0.1 nats better
     put(tcfg, "num_steps", 64)
     put(tcfg, "clip_norm", 1.0)
+    put(rcfg, "precision", "auto")  # decided by the first measured candidate (plan.settle's rate_of)
     mcfg.vocab_size = vocab
     if not fine_tuning:  # a fine-tuned model keeps the base's architecture
         put(mcfg, "model", RECOMMENDED)

@@ -22,6 +22,7 @@ import torch
 from .config import TrainConfig
 from .errors import UsageError
 from .models import ModelConfig, build_model
+from .precision import Choice, autocast
 from .training import lm_loss, make_optimizer
 
 Clock = Callable[[], float]
@@ -51,13 +52,26 @@ def _sync(device: torch.device) -> None:
 
 
 def step_rate(mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device, rows: int | None = None,
-              seconds: float = MEASURE_SECONDS, clock: Clock = time.perf_counter) -> tuple[float, int]:
+              seconds: float = MEASURE_SECONDS, clock: Clock = time.perf_counter,
+              precision: str = "fp32") -> tuple[float, int]:
     """(training tokens/s, parameters) of the model ``mcfg`` builds, trained as ``tcfg`` says
-    (``rows`` rows per step: one rank's share under DDP) on ``device``: the median of at least
-    ``MIN_STEPS`` timed steps after two warm-up steps. Torch's global RNG is left as it was."""
+    (``rows`` rows per step: one rank's share under DDP) on ``device`` in ``precision`` (fp32 or
+    bf16, as the trainer runs it): the median of at least ``MIN_STEPS`` timed steps after two
+    warm-up steps. Torch's global RNG is left as it was."""
+    rates, n_params = step_rates(mcfg, tcfg, device, rows, seconds, clock, (precision,))
+    return rates[precision], n_params
+
+
+def step_rates(mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device, rows: int | None = None,
+               seconds: float = MEASURE_SECONDS, clock: Clock = time.perf_counter,
+               precisions: tuple[str, ...] = ("fp32",)) -> tuple[dict[str, float], int]:
+    """``step_rate`` in several precisions at once: one model and optimiser, the steps taking
+    turns between the precisions (so a machine whose load changes while measuring slows them
+    alike), ``seconds`` per precision. -> ({precision: training tokens/s}, parameters)."""
     simulated = simulated_step_seconds()
     if simulated:
-        return (rows or tcfg.batch_size) * tcfg.num_steps / simulated, mcfg.parameter_count()
+        rate = (rows or tcfg.batch_size) * tcfg.num_steps / simulated
+        return {p: rate for p in precisions}, mcfg.parameter_count()
     rng = torch.get_rng_state()
     try:
         cfg = dataclasses.replace(mcfg, dropout=0.0, input_dropout=None, locked_dropout=False, weight_drop=0.0)
@@ -69,45 +83,53 @@ def step_rate(mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device, rows: 
         xy = torch.randint(cfg.vocab_size, (B, T + 1), generator=g).to(device)  # (B, T+1)
         x, y = xy[:, :-1], xy[:, 1:]  # (B, T) each
 
-        def one() -> None:
-            logits, _ = model(x, model.begin_state(B, device))
-            loss = lm_loss(logits, y)
+        def one(precision: str) -> None:
+            with autocast(device, precision):
+                logits, _ = model(x, model.begin_state(B, device))
+                loss = lm_loss(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             _sync(device)
 
-        one(), one()
-        times: list[float] = []
-        end = clock() + seconds
-        while len(times) < MIN_STEPS or (clock() < end and len(times) < MAX_STEPS):
-            t0 = clock()
-            one()
-            times.append(clock() - t0)
+        for p in precisions:  # warm-up: each precision has kernels of its own to prepare
+            one(p), one(p)
+        times: dict[str, list[float]] = {p: [] for p in precisions}
+        end = clock() + seconds * len(precisions)
+        while (min(len(t) for t in times.values()) < MIN_STEPS
+               or (clock() < end and len(times[precisions[-1]]) < MAX_STEPS)):
+            for p in precisions:
+                t0 = clock()
+                one(p)
+                times[p].append(clock() - t0)
         n_params = sum(p.numel() for p in model.parameters())
-        return B * T / statistics.median(times), n_params
+        return {p: B * T / statistics.median(t) for p, t in times.items()}, n_params
     finally:
         torch.set_rng_state(rng)
 
 
 @dataclass
 class Rates:
-    """Measured rates by width, and the seconds the measuring took."""
+    """Measured rates by width (at the run's precision), the seconds the measuring took, and what
+    ``--precision auto`` decided (``precision``)."""
 
     device: str = "cpu"
     tokens_per_s: dict[int, float] = field(default_factory=dict)
     params: dict[int, int] = field(default_factory=dict)
     seconds: float = 0.0
+    precision: Choice | None = None
+    at: str = "fp32"  # the precision the widths were measured in
 
     def describe(self) -> str:
         shown = ", ".join(f"H={w} {r / 1000:.1f}k" for w, r in sorted(self.tokens_per_s.items()))
-        return f"measured training tokens/s on {self.device}: {shown} ({self.seconds:.1f} s)"
+        return f"measured training tokens/s on {self.device} in {self.at}: {shown} ({self.seconds:.1f} s)"
 
     def to_dict(self) -> dict:
-        return {"device": self.device, "seconds": round(self.seconds, 3),
+        return {"device": self.device, "seconds": round(self.seconds, 3), "at": self.at,
                 "tokens_per_s": {str(w): round(r, 1) for w, r in sorted(self.tokens_per_s.items())},
-                "params": {str(w): p for w, p in sorted(self.params.items())}}
+                "params": {str(w): p for w, p in sorted(self.params.items())},
+                **({"precision": self.precision.to_dict()} if self.precision is not None else {})}
 
 
-__all__ = ["Rates", "SIMULATED_CLOCK_ENV", "simulated_step_seconds", "step_rate"]
+__all__ = ["Rates", "SIMULATED_CLOCK_ENV", "simulated_step_seconds", "step_rate", "step_rates"]

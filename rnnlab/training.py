@@ -29,6 +29,7 @@ from .errors import RnnlabError
 from .evaluation import evaluate, to_device
 from .metrics import perplexity
 from .models import LanguageModel, State, detach_state
+from .precision import autocast
 from .runtime import keep_freed_memory
 
 DIVERGED = 100.0  # nats/token: far above any vocabulary's uniform loss (ln 2^24 = 16.6): the run has diverged
@@ -77,6 +78,8 @@ class Trainer:
     ``clock`` (seconds, default ``time.perf_counter``; also settable on the class) is the one clock
     of every time rule (budget, ``max_seconds``, evaluation points, the final decay, tokens/s):
     tests give it a fake one, so that what a run does never depends on the machine's speed.
+    ``run.precision`` ``bf16`` runs each step's forward pass and loss under bfloat16 autocast
+    (``rnnlab.precision``); the weights, gradients, optimizer state and evaluations stay float32.
     """
 
     clock: Callable[[], float] = staticmethod(time.perf_counter)
@@ -243,8 +246,9 @@ class Trainer:
             lr = self.lr_at(self.step, self.elapsed)
             for g in opt.param_groups:
                 g["lr"] = lr
-            logits, state = self.forward_model(x, state)
-            loss = lm_loss(logits, y)
+            with autocast(device, self.run.precision):  # bf16: the products in bfloat16, weights and loss float32
+                logits, state = self.forward_model(x, state)
+                loss = lm_loss(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_norm > 0:

@@ -13,6 +13,7 @@ LAYERS = [  # bottom first
     ["models"],
     ["config"],
     ["data"],
+    ["precision"],
     ["decoding", "evaluation", "distributed", "callbacks", "training", "checkpoint"],
     ["runs", "recipes", "speed"],
     ["plan"],

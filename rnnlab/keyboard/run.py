@@ -62,13 +62,13 @@ def keyboard_texts(own: DataConfig, given: DataConfig | None,
 
 def evaluate_keyboards(ckpt_dir: str | Path, given: DataConfig | None = None, settings: KeyboardEval | None = None,
                        device: str = "cpu", log: Callable[[str], None] = lambda m: None,
-                       int8: bool = False) -> dict[str, Any]:
+                       int8: bool = False, precision: str = "fp32") -> dict[str, Any]:
     """rnnlab's engine, its word re-ranker (unless ``settings.mix`` is off) and the word bigram, each
     typing the same text: ``{"source", "keyboards": {name: figures}, "ratios": {name: over bigram}}``.
-    ``int8``: the model's int8 CPU copy (``checkpoint.load_for_inference``)."""
+    ``int8``: the model's int8 CPU copy, ``precision`` bf16 its bfloat16 copy (``checkpoint.load_for_inference``)."""
     settings = settings or KeyboardEval()
     settings.validate()
-    ck = load_for_inference(ckpt_dir, device, int8)
+    ck = load_for_inference(ckpt_dir, device, int8, precision, log=log)
     if ck.tokenizer.word_level:
         raise UsageError(f"{ckpt_dir} is a word-level model; the keyboard simulation types characters "
                          f"(train with --token char)")

@@ -107,6 +107,16 @@ class Cell:
         of size I) -> out (T, B, H), the last state."""
         raise UsageError(f"--impl fast is not available for --model {self.name}")
 
+    # -- bfloat16 ---------------------------------------------------------------------------------
+    def bf16_note(self, cfg: Config, device_type: str) -> str:
+        """What of this cell stays float32 under bfloat16 autocast on ``device_type``, and why ('':
+        nothing worth saying). ``fast``'s per-layer kernels are float32 only (``stack.py`` runs them
+        with autocast off)."""
+        if cfg.impl == "fast":
+            return (f"--impl fast {self.name}: the recurrence runs rnnlab's float32 kernels (the C++ loops are float32 "
+                    f"only); the output layer runs in bfloat16")
+        return ""
+
     # -- export and int8 -------------------------------------------------------------------------
     @property
     def onnx_graph(self) -> str:

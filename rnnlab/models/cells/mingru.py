@@ -40,6 +40,10 @@ class MinGRUCell(Cell):
         stack.load_state_dict(weights)
         return quantize_linears(stack, {n for n, m in stack.named_modules() if isinstance(m, nn.Linear)})
 
+    def bf16_note(self, cfg, device_type):
+        return ("the scan runs in float32 (its C++ loop is float32 only, and a product of many gates needs float32's "
+                "precision); the products of every block run in bfloat16")
+
     def coefficients(self, pre: torch.Tensor):
         """pre (T, B, 2D) -> a, b (T, B, D) in linear space (the reference)."""
         k, v = pre.chunk(2, dim=-1)
