@@ -61,13 +61,13 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     from ..checkpoint import load_for_inference
     from ..config import check_text
     from ..runtime import select_device
-    from ..suggest import SuggestEngine, SuggestRequest
+    from ..suggest import SuggestRequest, load_engine
 
     scfg = build(args, SuggestConfig)
     scfg.validate()
     check_text(args.text)
     ckpt = load_for_inference(args.checkpoint, select_device("cpu" if args.int8 and args.device == "auto" else args.device), args.int8)
-    engine = SuggestEngine(ckpt.model, ckpt.tokenizer, scfg)
+    engine = load_engine(ckpt, scfg, log=lambda msg: print(msg, file=sys.stderr))  # the served search
     s = engine.suggest_batch([SuggestRequest(args.text, scfg.k)])[0]  # in this thread: no worker to stop
     if args.json:
         print(json.dumps(s.to_dict(), ensure_ascii=False))
