@@ -171,7 +171,8 @@ class SuggestConfig(Settings):
     """How the keyboard answers: how many suggestions, and the bounds of its completion search."""
 
     k: int = setting(5, "how many next characters and completions", min=1, max=MAX_K)
-    beam_width: int = setting(8, "open beams kept by the completion search", min=1, max=64)
+    beam_width: int = setting(8, "open beams kept by the completion search (the word search keeps at most twice "
+                                 "the beam's candidates)", min=1, max=64)
     max_word_length: int = setting(24, "longest completion searched, in characters", min=1, max=64)
     words: str = setting("on", "on: the word search (the checkpoint's lexicon, word n-gram and the client's recent "
                                "words, scored by the model and mixed), when the checkpoint has a word model; off: "

@@ -132,9 +132,9 @@ def test_max_words_types_only_the_first_words():
 
 def test_ngram_keyboard_completes_by_history_and_prefix():
     # a bigram (order 2) and no recent words: after "the", "cat" (twice) then "dog" (once)
-    kb = NgramKeyboard.from_text("the cat sat. The cat ran. the dog sat, the cat sat!",
-                                 MixParams(char_weight=0.0, ngram_weight=1.0, cache_weight=0.0, beam_k=0, lexicon_k=5,
-                                           cache_k=0), order=2)
+    n_gram_only = MixParams(char_weight=0.0, ngram_weight=1.0, cache_weight=0.0, next_char_weight=0.0,
+                            next_ngram_weight=1.0, next_cache_weight=0.0, beam_k=0, lexicon_k=5, cache_k=0)
+    kb = NgramKeyboard.from_text("the cat sat. The cat ran. the dog sat, the cat sat!", n_gram_only, order=2)
     assert isinstance(kb, Keyboard)
     assert kb.completions("and the ", "", 2) == ["cat", "dog"]
     assert kb.completions("the cat ", "", 2) == ["sat", "ran"]
@@ -279,9 +279,11 @@ def test_the_tuning_predicts_the_served_keystrokes_exactly():
     table, result = record(SuggestEngine(ck.model, ck.tokenizer, words=Words(model)), text, history, 0, 600)
     assert result["complete"] and table.characters == len(text)
     for params in (MixParams(beam_k=WIDEST.beam_k, lexicon_k=5, cache_k=2),
-                   MixParams(char_weight=0.2, ngram_weight=0.7, cache_weight=0.1, oov_factor=0.0, beam_k=10,
-                             lexicon_k=3, cache_k=0),
-                   MixParams(char_weight=1.0, ngram_weight=0.0, cache_weight=0.0, beam_k=10, lexicon_k=0, cache_k=0)):
+                   MixParams(char_weight=0.2, ngram_weight=0.7, cache_weight=0.1, next_char_weight=0.6,
+                             next_ngram_weight=0.3, next_cache_weight=0.1, oov_factor=0.0, beam_k=10, lexicon_k=3,
+                             cache_k=0),
+                   MixParams(char_weight=1.0, ngram_weight=0.0, cache_weight=0.0, next_char_weight=1.0,
+                             next_ngram_weight=0.0, next_cache_weight=0.0, beam_k=10, lexicon_k=0, cache_k=0)):
         served = SuggestEngine(ck.model, ck.tokenizer, words=Words(model, params))
         r = evaluate_keyboard(RnnlabKeyboard(served), text, (1, 3, 5), history=history, segments=48,
                               preamble_chars=2000)
@@ -296,7 +298,8 @@ def test_tuned_settings_are_saved_and_printed(tmp_path):
     saved = json.loads((run / "words.json").read_text())
     params = MixParams.from_dict(saved["params"])
     assert params.describe() in r.stdout and "tuned on 30 words of the selection slice" in r.stdout
-    assert set(saved["tuning"]["ksr"]) == {"1", "3", "5"} and saved["baseline"]["char_weight"] == 0.0
+    assert set(saved["tuning"]["ksr"]) == {"1", "3", "5"}
+    assert saved["baseline"]["char_weight"] == saved["baseline"]["next_char_weight"] == 0.0
 
 
 # -- Presage, on a case checked by hand -------------------------------------------------------------------

@@ -117,28 +117,39 @@ def test_recent_words_by_hand():
 # -- the mixing, by hand ------------------------------------------------------------------------------
 
 def test_mix_score_by_hand_one_candidate_and_many():
-    p = MixParams(char_weight=0.5, ngram_weight=0.3, cache_weight=0.2, oov_factor=0.25)
-    # in the lexicon: (0.5 * 0.2 / 0.8 + 0.3 * 0.1 / 0.5 + 0.2 * 2 / 4) / 1
-    assert mix_score(p, math.log(0.2), 0.1, 2, 1, 0.8, 0.5, 4) == pytest.approx(0.125 + 0.06 + 0.1)
+    p = MixParams(char_weight=0.5, ngram_weight=0.3, cache_weight=0.2, oov_factor=0.25, next_char_weight=0.1,
+                  next_ngram_weight=0.6, next_cache_weight=0.3)
+    # inside a word, in the lexicon: (0.5 * 0.2 / 0.8 + 0.3 * 0.1 / 0.5 + 0.2 * 2 / 4) / 1
+    assert mix_score(p, math.log(0.2), 0.1, 2, 1, 0.8, 0.5, 4, True) == pytest.approx(0.125 + 0.06 + 0.1)
     # outside it: its n-gram probability is 0 and the factor applies: (0.5 * 0.4 / 0.8 + 0.2 * 1 / 4) * 0.25
-    assert mix_score(p, math.log(0.4), 0.0, 1, 0, 0.8, 0.5, 4) == pytest.approx((0.25 + 0.05) * 0.25)
+    assert mix_score(p, math.log(0.4), 0.0, 1, 0, 0.8, 0.5, 4, True) == pytest.approx((0.25 + 0.05) * 0.25)
     # no recent word starts with the typed part: its weight goes to the others, (0.125 + 0.06) / 0.8
-    assert mix_score(p, math.log(0.2), 0.1, 0, 1, 0.8, 0.5, 0) == pytest.approx(0.185 / 0.8)
+    assert mix_score(p, math.log(0.2), 0.1, 0, 1, 0.8, 0.5, 0, True) == pytest.approx(0.185 / 0.8)
     # nor any lexicon word: the character model alone, (0.125) / 0.5; a word never reached scores 0
-    assert mix_score(p, math.log(0.2), 0.0, 0, 1, 0.8, 0.0, 0) == pytest.approx(0.25)
-    assert mix_score(p, -math.inf, 0.0, 0, 0, 1.0, 0.0, 0) == 0.0
-    # the same formula over arrays (the tuning's), elementwise
-    many = mix_score(p, np.log([[0.2, 0.4]]), np.array([[0.1, 0.0]]), np.array([[2, 1]]), np.array([[1.0, 0.0]]),
-                     np.array([[0.8]]), np.array([[0.5]]), np.array([[4]]), exp=np.exp)
-    assert many.tolist() == [[pytest.approx(0.285), pytest.approx(0.075)]]
-    assert selected(p, 3, NO_RANK, NO_RANK) and not selected(MixParams(beam_k=3), 3, 20, 5)
-    assert selected(MixParams(beam_k=3), np.array([2, 3]), np.array([NO_RANK, 1]), np.array([9, 9])).tolist() == [True, True]
+    assert mix_score(p, math.log(0.2), 0.0, 0, 1, 0.8, 0.0, 0, True) == pytest.approx(0.25)
+    assert mix_score(p, -math.inf, 0.0, 0, 0, 1.0, 0.0, 0, True) == 0.0
+    # at a word start, the other weights: 0.1 * 0.2 / 1 + 0.6 * 0.1 / 1 + 0.3 * 2 / 4
+    assert mix_score(p, math.log(0.2), 0.1, 2, 1, 1.0, 1.0, 4, False) == pytest.approx(0.02 + 0.06 + 0.15)
+    # the same formula over arrays (the tuning's), elementwise, each row with its own weights
+    many = mix_score(p, np.log([[0.2, 0.4], [0.2, 0.4]]), np.array([[0.1, 0.0], [0.1, 0.0]]),
+                     np.array([[2, 1], [2, 1]]), np.array([[1.0, 0.0], [1.0, 0.0]]), np.array([[0.8], [1.0]]),
+                     np.array([[0.5], [1.0]]), np.array([[4], [4]]), np.array([[1.0], [0.0]]), exp=np.exp)
+    assert many.tolist() == [[pytest.approx(0.285), pytest.approx(0.075)],
+                             [pytest.approx(0.23), pytest.approx((0.04 + 0.075) * 0.25)]]
+    assert selected(p, 3, NO_RANK, NO_RANK, True) and not selected(MixParams(beam_k=3), 3, 20, 5, True)
+    assert selected(MixParams(beam_k=3), np.array([2, 3]), np.array([NO_RANK, 1]), np.array([9, 9]),
+                    True).tolist() == [True, True]
+    # without the character model (its weight 0) the beam proposes nothing
+    no_nn = MixParams(next_char_weight=0.0)
+    assert not selected(no_nn, 0, NO_RANK, NO_RANK, False) and selected(no_nn, 0, NO_RANK, NO_RANK, True)
+    assert selected(no_nn, np.array([[0, 0]]), np.array([[NO_RANK, 0]]), np.array([[NO_RANK, NO_RANK]]),
+                    np.array([[0.0]])).tolist() == [[False, True]]
 
 
 def test_cache_candidates_and_the_typed_part_by_hand():
     m = WordModel.from_text("the cat sat on the mat")
-    p = MixParams(char_weight=0.0, ngram_weight=0.5, cache_weight=0.5, oov_factor=0.5, beam_k=0, lexicon_k=5,
-                  cache_k=5)
+    p = MixParams(char_weight=0.0, ngram_weight=0.5, cache_weight=0.5, next_char_weight=0.0, next_ngram_weight=0.5,
+                  next_cache_weight=0.5, oov_factor=0.5, beam_k=0, lexicon_k=5, cache_k=5)
     # no lexicon word starts with "zo": the n-gram's weight goes to the cache; the typed "zo" is never a
     # candidate and its occurrence does not count: zoo 2 / 3, zoom 1 / 3, both outside the lexicon (x 0.5)
     q = word_query(m, "zoo zoom zoo zo ", "zo", ["zoo", "zoom", "zoo", "zo"], p)
@@ -244,10 +255,11 @@ def test_saved_word_model_round_trip(tmp_path, ck):
     params = MixParams(char_weight=0.7, ngram_weight=0.2, cache_weight=0.1, oov_factor=0.1, beam_k=2, lexicon_k=7,
                        cache_k=3)
     meta = {"data": text_settings(ck.data_config), "tuning": {"words": 12}}
-    save_words(tmp_path, Words(model, params, MixParams(char_weight=0.0, beam_k=0), meta))
+    baseline = MixParams(char_weight=0.0, next_char_weight=0.0, beam_k=0, next_cache_weight=0.4)
+    save_words(tmp_path, Words(model, params, baseline, meta))
     back = load_words(tmp_path)
     assert back.model.vocab == model.vocab and back.model.order == 3 and (back.model.grams == model.grams).all()
-    assert back.params == params and back.baseline == MixParams(char_weight=0.0, beam_k=0) and back.meta == meta
+    assert back.params == params and back.baseline == baseline and back.meta == meta
     every = np.arange(len(model))
     for context in ["", "the time ", "O'Brien's "]:
         assert back.model.probs(every, back.model.history(context)).tolist() == \

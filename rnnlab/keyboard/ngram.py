@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from ..suggest import MixParams, RecentWords, WordModel, Words
 from ..suggest.mix import candidates, word_query
 
-BASELINE = MixParams(char_weight=0.0, ngram_weight=0.8, cache_weight=0.2, beam_k=0, lexicon_k=20, cache_k=5)
+BASELINE = MixParams(char_weight=0.0, ngram_weight=0.8, cache_weight=0.2, next_char_weight=0.0, next_ngram_weight=0.8,
+                     next_cache_weight=0.2, beam_k=0, lexicon_k=20, cache_k=5)  # its settings until tuned
 
 
 class NgramKeyboard:

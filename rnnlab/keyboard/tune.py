@@ -18,8 +18,9 @@ word) records, at each position, every candidate the widest settings admit with 
 (``Suggestions.features``: its exact character-model log-prob, n-gram probability, recent-word
 count, lexicon membership and rank in each source). Any settings then rank the candidates of every
 position at once (``mix.mix_score``, the formula the server computes), which gives the keystrokes
-of every word at k = 1, 3, 5 without the model. A coordinate search over the weights (a simplex
-grid in steps of 0.1), the out-of-lexicon factor and the candidate counts minimises the keystrokes
+of every word at k = 1, 3, 5 without the model. A coordinate search over the weights at a word
+start and inside a word (simplex grids in steps of 0.1), the out-of-lexicon factor and the
+candidate counts minimises the keystrokes
 at k = 3 (then k = 1, then k = 5); counts are then cut to the smallest that cost at most 0.1% of
 the characters more. The fair n-gram keyboard's settings (character weight 0, no beam) are tuned
 the same way on the same positions. Everything tuned is saved in ``words.json`` and printed.
@@ -43,12 +44,15 @@ from ..suggest import MixParams, SuggestEngine, SuggestRequest, WordModel, Words
 from ..suggest.mix import NO_RANK, mix_score, selected
 from ..suggest.store import text_settings
 from ..suggest.text import word_spans
+from .ngram import BASELINE
 from .simulate import evaluate_keyboard
 
 TAIL = 0.05  # without a selection slice: the share of the training split's end that tunes
 WIDEST = MixParams(beam_k=10, lexicon_k=40, cache_k=10)  # the candidates recorded
+SIMPLEX = [(a / 10, b / 10, (10 - a - b) / 10) for a in range(11) for b in range(11 - a)]
 GRIDS: dict[str, list] = {
-    "weights": [(a / 10, b / 10, (10 - a - b) / 10) for a in range(11) for b in range(11 - a)],
+    "next_weights": SIMPLEX,  # at a word start
+    "weights": SIMPLEX,  # inside a word
     "oov_factor": [1.0, 0.5, 0.25, 0.1, 0.03, 0.0],
     "beam_k": [0, 2, 5, 10],
     "lexicon_k": [5, 10, 20, 40],
@@ -128,6 +132,7 @@ class Table:
     nn_norm: np.ndarray  # (Q, 1)
     ng_mass: np.ndarray
     n_cache: np.ndarray
+    started: np.ndarray  # (Q, 1) 1.0 inside a word, 0.0 at a word start
     word: np.ndarray  # (Q,) the position's word (index into lengths)
     typed: np.ndarray  # (Q,) characters typed at the position
     lengths: np.ndarray  # (W,) each word's length
@@ -180,6 +185,7 @@ def record(engine: SuggestEngine, text: str, history: str, max_words: int, secon
         nn_norm=np.array([[f.nn_norm] for _, f in rows]).reshape(Q, 1),
         ng_mass=np.array([[f.ng_mass] for _, f in rows]).reshape(Q, 1),
         n_cache=np.array([[f.n_cache] for _, f in rows]).reshape(Q, 1),
+        started=np.array([[float(f.started)] for _, f in rows]).reshape(Q, 1),
         word=np.array(word_of, dtype=np.int64), typed=np.array(typed, dtype=np.int64),
         lengths=np.array(lengths, dtype=np.int64), separators=int(result["separator_chars"]))
     return table, result
@@ -189,9 +195,9 @@ def record(engine: SuggestEngine, text: str, history: str, max_words: int, secon
 
 def keystrokes(table: Table, params: MixParams, ks=(1, 3, 5)) -> dict[int, int]:
     """The keystrokes of every recorded word at each k under ``params`` (separators included)."""
-    keep = table.valid & selected(params, table.beam_rank, table.ng_rank, table.cache_rank)
+    keep = table.valid & selected(params, table.beam_rank, table.ng_rank, table.cache_rank, table.started)
     s = mix_score(params, table.lp_nn, table.p_ng, table.count, table.in_lex, table.nn_norm, table.ng_mass,
-                  table.n_cache, exp=np.exp)
+                  table.n_cache, table.started, exp=np.exp)
     s = np.where(keep & (s > 0), s, -np.inf)
     t = np.where(table.target, s, -np.inf).max(axis=1, initial=-np.inf)  # (Q,) the target's score
     rank = ((s > t[:, None]) | ((s == t[:, None]) & table.before & np.isfinite(s))).sum(axis=1)
@@ -206,9 +212,10 @@ def keystrokes(table: Table, params: MixParams, ks=(1, 3, 5)) -> dict[int, int]:
 
 
 def _with(params: MixParams, name: str, value) -> MixParams:
-    if name == "weights":
-        a, b, c = value
-        return dataclasses.replace(params, char_weight=a, ngram_weight=b, cache_weight=c)
+    if name in ("weights", "next_weights"):
+        prefix = "next_" if name == "next_weights" else ""
+        return dataclasses.replace(params, **{prefix + n: v for n, v in zip(("char_weight", "ngram_weight",
+                                                                            "cache_weight"), value)})
     return dataclasses.replace(params, **{name: value})
 
 
@@ -223,7 +230,7 @@ def search(table: Table, start: MixParams, grids: dict[str, list], rounds: int =
         for name, values in grids.items():
             for v in values:
                 cand = _with(best, name, v)
-                if cand == best or (name == "weights" and not sum(v)):
+                if cand == best or (name in ("weights", "next_weights") and not sum(v)):
                     continue
                 c = cost(cand)
                 if c < best_cost:
@@ -245,10 +252,9 @@ def search(table: Table, start: MixParams, grids: dict[str, list], rounds: int =
 def tune(table: Table) -> tuple[MixParams, MixParams, dict]:
     """The served search's settings, the fair n-gram keyboard's, and what each costs."""
     served, keys = search(table, MixParams(), GRIDS)
-    base_grids = {"weights": [(0.0, b / 10, 1 - b / 10) for b in range(1, 11)],
-                  **{n: GRIDS[n] for n in ("oov_factor", "lexicon_k", "cache_k")}}
-    baseline, base_keys = search(table, MixParams(char_weight=0.0, ngram_weight=0.8, cache_weight=0.2, beam_k=0),
-                                 base_grids)
+    no_nn = [(0.0, b / 10, 1 - b / 10) for b in range(1, 11)]  # the n-gram keyboard: no character model
+    base_grids = {"next_weights": no_nn, "weights": no_nn, **{n: GRIDS[n] for n in ("oov_factor", "lexicon_k", "cache_k")}}
+    baseline, base_keys = search(table, BASELINE, base_grids)
     chars = table.characters
 
     def ksr(keys):
@@ -272,7 +278,7 @@ def build_words(model, tokenizer, data_config: DataConfig, run_dir: str | Path, 
     t0 = time.perf_counter()
     texts = tuning_texts(model_text(data_config), data_config)
     tune_model = WordModel.from_text(texts["ngram"], settings.order)
-    served, baseline, report = MixParams(), dataclasses.replace(MixParams(), char_weight=0.0, beam_k=0), {}
+    served, baseline, report = MixParams(), BASELINE, {}
     if settings.tune_words and word_spans(texts["tune"]):
         was = model.training
         model.eval()

@@ -9,10 +9,14 @@ candidates are
   (``recent.RecentWords``),
 
 never ``p`` itself (accepting it would insert nothing). Each is scored *exactly* by the character
-model (``wordsearch``: P(its characters after the text, then a word boundary)) and mixed::
+model (``wordsearch``: P(its characters after the text, then a word boundary)) and mixed (where
+the tuned weight ``a`` of the character model is 0, neither the beam nor the exact scores run)::
 
     score(w) = [a * P_nn(w) / (1 - P_nn(p))  +  b * P_ng(w | h) / (M(p) - P_ng(p | h))
                 + c * n(w) / (N(p) - n(p))] / (a + b + c)  *  (oov_factor if w is not in the lexicon)
+
+with one set of weights ``a, b, c`` inside a word (``p`` not empty) and another at a word start
+(next-word prediction, where the word model's history matters most),
 
 ``P_nn`` the character model's probability of the word (summed over the ways it was found: after
 a space, a line break, ...), ``P_ng(w | h)`` the word model's with ``h`` the words before, ``M(p)``
@@ -44,9 +48,13 @@ NO_RANK = 1 << 30  # a candidate's rank in a source it did not come from
 class MixParams(Settings):
     """The word search's settings, tuned per model (``rnnlab words DIR``) and saved with it."""
 
-    char_weight: float = setting(0.5, "weight a of the character model's probability", min=0.0, max=1.0, cli=False)
-    ngram_weight: float = setting(0.3, "weight b of the word n-gram's", min=0.0, max=1.0, cli=False)
-    cache_weight: float = setting(0.2, "weight c of the recent words'", min=0.0, max=1.0, cli=False)
+    char_weight: float = setting(0.5, "inside a word: weight a of the character model's probability", min=0.0,
+                                 max=1.0, cli=False)
+    ngram_weight: float = setting(0.3, "inside a word: weight b of the word n-gram's", min=0.0, max=1.0, cli=False)
+    cache_weight: float = setting(0.2, "inside a word: weight c of the recent words'", min=0.0, max=1.0, cli=False)
+    next_char_weight: float = setting(0.5, "at a word start: weight a", min=0.0, max=1.0, cli=False)
+    next_ngram_weight: float = setting(0.3, "at a word start: weight b", min=0.0, max=1.0, cli=False)
+    next_cache_weight: float = setting(0.2, "at a word start: weight c", min=0.0, max=1.0, cli=False)
     oov_factor: float = setting(0.25, "multiplies the score of a word outside the lexicon", min=0.0, max=1.0,
                                 cli=False)
     beam_k: int = setting(10, "candidates from the character beam", min=0, max=64, cli=False)
@@ -56,24 +64,30 @@ class MixParams(Settings):
     def check(self) -> None:
         from ..errors import UsageError
 
-        if self.char_weight + self.ngram_weight + self.cache_weight <= 0:
-            raise UsageError("the word search's weights are all 0")
+        if sum(self.weights(True)) <= 0 or sum(self.weights(False)) <= 0:
+            raise UsageError("the word search's weights are all 0 (inside a word or at a word start)")
 
-    @property
-    def weights(self) -> tuple[float, float, float]:
-        return self.char_weight, self.ngram_weight, self.cache_weight
+    def weights(self, started) -> tuple:
+        """(a, b, c) inside a word (``started`` true) or at a word start; ``started`` may be an array."""
+        if started is True or started is False:
+            return ((self.char_weight, self.ngram_weight, self.cache_weight) if started else
+                    (self.next_char_weight, self.next_ngram_weight, self.next_cache_weight))
+        return (self.char_weight * started + self.next_char_weight * (1 - started),
+                self.ngram_weight * started + self.next_ngram_weight * (1 - started),
+                self.cache_weight * started + self.next_cache_weight * (1 - started))
 
     def describe(self) -> str:
-        a, b, c = self.weights
-        return (f"weights {a:g} character model / {b:g} n-gram / {c:g} recent words, out-of-lexicon x{self.oov_factor:g}, "
-                f"candidates {self.beam_k} beam + {self.lexicon_k} n-gram + {self.cache_k} recent")
+        return (f"weights (character model / n-gram / recent words) {'/'.join(f'{w:g}' for w in self.weights(False))} "
+                f"at a word start, {'/'.join(f'{w:g}' for w in self.weights(True))} inside a word, out-of-lexicon "
+                f"x{self.oov_factor:g}, candidates {self.beam_k} beam + {self.lexicon_k} n-gram + {self.cache_k} recent")
 
 
-def mix_score(params: MixParams, lp_nn, p_ng, count, in_lex, nn_norm, ng_mass, n_cache, exp=math.exp):
+def mix_score(params: MixParams, lp_nn, p_ng, count, in_lex, nn_norm, ng_mass, n_cache, started, exp=math.exp):
     """The score of the module docstring, for one candidate (floats) or many (numpy arrays, with
     ``exp=np.exp``): ``lp_nn`` log P_nn(w), ``p_ng`` P_ng(w | h), ``count`` n(w), ``in_lex`` 1 or 0;
-    per request ``nn_norm = 1 - P_nn(p)`` (> 0), ``ng_mass = M(p) - P_ng(p | h)``, ``n_cache = N(p) - n(p)``."""
-    a, b, c = params.weights
+    per request ``nn_norm = 1 - P_nn(p)`` (> 0), ``ng_mass = M(p) - P_ng(p | h)``, ``n_cache = N(p) - n(p)``
+    and ``started`` (the typed part is not empty: True/False, or 1/0 in an array)."""
+    a, b, c = params.weights(started)
     b = b * (ng_mass > 1e-12)  # a term without mass drops out...
     c = c * (n_cache > 0)
     total = a + b + c
@@ -82,10 +96,13 @@ def mix_score(params: MixParams, lp_nn, p_ng, count, in_lex, nn_norm, ng_mass, n
     return s * (in_lex + (1 - in_lex) * params.oov_factor)
 
 
-def selected(params: MixParams, beam_rank, ng_rank, cache_rank):
+def selected(params: MixParams, beam_rank, ng_rank, cache_rank, started):
     """Whether the settings' counts admit a candidate (its 0-based rank in each source, ``NO_RANK``
-    if it did not come from it); ints or numpy arrays alike."""
-    return (beam_rank < params.beam_k) | (ng_rank < params.lexicon_k) | (cache_rank < params.cache_k)
+    if it did not come from it); ints or numpy arrays alike. Where the character model's weight is
+    0 (inside a word or at a word start, ``started``) the beam proposes nothing: the search runs no
+    beam and scores nothing with the character model there."""
+    beam_k = params.beam_k * (params.weights(started)[0] > 0)
+    return (beam_rank < beam_k) | (ng_rank < params.lexicon_k) | (cache_rank < params.cache_k)
 
 
 @dataclass
@@ -147,14 +164,15 @@ class Candidates:
     nn_norm: float
     ng_mass: float
     n_cache: int
+    started: bool  # inside a word (the typed part is not empty)
 
     def rank(self, params: MixParams, k: int) -> list[tuple[str, str, float]]:
         """The best ``k`` (word, append, score) under ``params``, best first, ties by spelling."""
         scored = []
         for j, w in enumerate(self.words):
-            if selected(params, self.beam_rank[j], self.ng_rank[j], self.cache_rank[j]):
+            if selected(params, self.beam_rank[j], self.ng_rank[j], self.cache_rank[j], self.started):
                 s = mix_score(params, self.lp_nn[j], self.p_ng[j], self.count[j], self.in_lex[j], self.nn_norm,
-                              self.ng_mass, self.n_cache)
+                              self.ng_mass, self.n_cache, self.started)
                 if s > 0:
                     scored.append((-s, w, j))
         scored.sort()
@@ -202,7 +220,7 @@ def candidates(model: WordModel, q: WordQuery, beam: list[tuple[str, str, float]
     return Candidates(words, appends, lp_nn, p_ng, [q.cache.get(w, 0) for w in words],
                       [1 if w in index else 0 for w in words], [beam_rank.get(w, NO_RANK) for w in words],
                       [ng_rank.get(w, NO_RANK) for w in words], [cache_rank.get(w, NO_RANK) for w in words],
-                      norm, q.ng_mass, q.n_cache)
+                      norm, q.ng_mass, q.n_cache, bool(q.partial))
 
 
 def _logsumexp(xs: list[float]) -> float:

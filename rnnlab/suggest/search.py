@@ -34,7 +34,7 @@ from .cache import Entry, Lookahead
 from .mix import word_query
 from .text import split_partial_word, visible_word
 from .types import Completion, SuggestRequest, Suggestions, TokenProb
-from .wordsearch import WordJob
+from .wordsearch import WordJob, finish_chains
 
 
 class BeamSearch:
@@ -213,12 +213,19 @@ class Scheduler:
             picked = logprobs[torch.tensor([r for r, _, _, _ in flat], device=e.device),
                               torch.tensor([c for _, c, _, _ in flat], device=e.device)].tolist() if flat else []
             i = 0
-            for job, kept, extra in todo:
-                s, w = job.search, job.words
-                if w is not None:  # the rows that can still reach the top k
+            chains = []  # (word job, parent row, the candidate's characters from the row's last one, log-prob, candidate)
+            for t, (job, kept, extra) in enumerate(todo):
+                w = job.words
+                if w is not None:  # the rows that can still reach the top k; chains are finished below
                     n_extra = len(extra)
-                    extra = [extra[j] for j in w.keep(extra, picked[i:i + n_extra], s.finished)]
+                    step, done = w.keep(extra, picked[i:i + n_extra], job.search.finished)
+                    chains += [(w, extra[j][0], extra[j][2][-1] + app[len(extra[j][2]):], lp, app) for j, app, lp in done]
+                    todo[t] = (job, kept, [extra[j] for j in step])
                     i += n_extra
+            if chains:
+                finish_chains(e, chains, state)
+            for job, kept, extra in todo:
+                s = job.search
                 if not kept and not extra:
                     self.answer(job)
                     continue
@@ -297,14 +304,17 @@ class Scheduler:
             k = job.request.k
             job.out.next_chars = [TokenProb(toks[i], math.exp(lp)) for lp, i in zip(lps[:k], ids[:k])]
             if e.words is not None:  # the word search: the beam's own candidates, and the others' rows
-                k = e.params.beam_k
+                k = e.params.beam_k if e.params.weights(job.started)[0] > 0 else 0  # no character model: no beam
                 mtext = job.out.model_text
                 partial = split_partial_word(mtext)[1] if job.started else ""
                 query = word_query(e.words.model, mtext[:len(mtext) - len(partial)], partial, job.recent or [], e.params)
                 job.words = WordJob(e, query, job.started, job.request.k)
             # a new word may follow different boundaries (" the", "\nthe"): search deeper, keep the best
             width = k if job.started else 2 * k
-            job.search = BeamSearch(job.started, width, max(e.beam_width, width) if width else 0)
+            beams = max(e.beam_width, width)
+            if job.words is not None:  # the beam only proposes candidates there: at most twice as many beams
+                beams = min(beams, 2 * width)
+            job.search = BeamSearch(job.started, width, beams)
 
     def answer(self, job: Job) -> None:
         out, seen = job.out, set()

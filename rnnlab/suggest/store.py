@@ -36,7 +36,7 @@ class Words:
     """A word model with the search settings tuned for one checkpoint."""
     model: WordModel
     params: MixParams = field(default_factory=MixParams)  # the served search
-    baseline: MixParams = field(default_factory=lambda: MixParams(char_weight=0.0, beam_k=0))  # the fair n-gram keyboard
+    baseline: MixParams = field(default_factory=lambda: MixParams(char_weight=0.0, next_char_weight=0.0, beam_k=0))  # the fair n-gram keyboard
     meta: dict = field(default_factory=dict)  # data, built_from, tuning
     path: Path | None = None
 
@@ -96,7 +96,7 @@ def load_words(run_dir: str | Path) -> Words:
         raise RnnlabError(f"{d / TENSORS_NAME}: the word counts do not fit the vocabulary; rebuild them with "
                           f"`rnnlab words {d}`")
     params = MixParams.from_dict(meta.get("params", {}))
-    baseline = MixParams.from_dict(meta.get("baseline", {"char_weight": 0.0, "beam_k": 0}))
+    baseline = MixParams.from_dict(meta.get("baseline", {"char_weight": 0.0, "next_char_weight": 0.0, "beam_k": 0}))
     rest = {k: v for k, v in meta.items() if k not in ("format", "version", "save_id", "order", "tokens", "params",
                                                        "baseline", "vocab")}
     return Words(WordModel(vocab, grams, order), params, baseline, rest, d)
