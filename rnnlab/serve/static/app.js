@@ -150,7 +150,7 @@ fetch("/healthz").then((r) => r.json()).then((h) => {
     `${m.impl} ${m.model.toUpperCase()}, ${m.hidden_size} hidden × ${m.num_layers} layer(s), ` +
     `${m.vocab_size} ${d.token === "char" ? "characters" : "words"}` +
     (d.preset === "letters" ? " (lowercase letters and spaces)" : "") +
-    (h.words ? ` · word search: ${h.words.lexicon.toLocaleString()}-word lexicon, your recent words` : "");
+    (h.words ? ` · word search (${h.words.lexicon.toLocaleString()} words)` : "");
 }).catch(() => { $("model-info").textContent = "model info unavailable"; });
 
 onEdit();
