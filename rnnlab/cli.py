@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from .cli_args import add_settings, build, given
+from .cli_chats import add_chat_out, write_chat_out
 from .config import DataConfig, DynamicEval, GenerateConfig, KeyboardEval, ModelConfig, RunConfig, TrainConfig, WordsConfig
 from .errors import RnnlabError, UsageError
 from .version import __version__
@@ -31,8 +33,9 @@ def _add_train(sub) -> None:
                        description="Train an RNN/GRU/LSTM language model; writes metrics.jsonl, a plot and "
                                    "checkpoints to --out.", formatter_class=Formatter)
     d = p.add_argument_group("data")
-    _add_source(d, "a UTF-8 text file (default: --dataset timemachine)")
+    _add_source(d, "a UTF-8 text file, or a chat export with --chat (default: --dataset timemachine)")
     add_settings(d, DataConfig)
+    add_chat_out(d)
     d.add_argument("--prepared", metavar="DIR",
                    help="train on a corpus encoded by `rnnlab prepare` (memory-mapped, for texts larger than memory)")
     add_settings(p.add_argument_group("model"), ModelConfig)
@@ -46,6 +49,8 @@ def _add_train(sub) -> None:
     r.add_argument("--prefix", action="append", dest="prefixes", metavar="TEXT", default=argparse.SUPPRESS,
                    help="prefix for progress samples (repeatable; default: the dataset's)")
     r.add_argument("--quiet", action="store_true", help="no progress bar: plain log lines only")
+    r.add_argument("--dry-run", action="store_true", help="settle the run (the recipe's choices, with the training "
+                                                          "speed it measures here) and print the plan; train nothing")
     r.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train data-parallel on N local processes (torch's launcher, as `torchrun --standalone "
                         "--nproc-per-node N -m rnnlab train ...`; the settings are checked once, here, first)")
@@ -60,7 +65,8 @@ def _add_prepare(sub) -> None:
                                    "`rnnlab train --prepared DIR`.")
     _add_source(p, "the text file to encode")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write the prepared corpus to")
-    add_settings(p, DataConfig, skip=("max_tokens", "val_fraction"))
+    add_settings(p, DataConfig, skip=("max_tokens", "val_fraction", "select_fraction"))
+    add_chat_out(p)
     p.set_defaults(func=cmd_prepare)
 
 
@@ -83,7 +89,8 @@ def _add_eval(sub) -> None:
                                    "with the state carried (default: the run's own validation split).")
     p.add_argument("checkpoint", metavar="DIR")
     _add_source(p, "a text to evaluate on (default: the run's validation split)")
-    add_settings(p, DataConfig, skip=("preset", "token", "max_tokens", "min_freq", "val_fraction"))
+    add_settings(p, DataConfig, skip=("preset", "token", "max_tokens", "min_freq", "val_fraction", "select_fraction"))
+    add_chat_out(p)
     p.add_argument("--batch-size", type=int, default=32, help="parallel rows of the stream (default: 32)")
     p.add_argument("--num-steps", type=int, default=35, help="chunk length (default: 35)")
     p.add_argument("--device", default="auto")
@@ -145,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_words(sub)
     _add_datasets(sub)
+    from .cli_chats import add_parser
+    add_parser(sub)
     from .serve.cli import add_parsers
     add_parsers(sub)
     return parser
@@ -159,7 +168,9 @@ def _data_config(args: argparse.Namespace, default_dataset: str | None = None) -
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import merge_init_from, merge_resume
+    from .distributed import die_with_launcher, launched_by_torchrun
     from .pipeline import stored_configs, train_run
+    from .plan import PLAN_ENV, all_fields, read_plan_file
 
     prepared = getattr(args, "prepared", None)
     if prepared and (args.file or args.dataset):
@@ -192,32 +203,60 @@ def cmd_train(args: argparse.Namespace) -> int:
         dcfg, mcfg, tcfg = merge_resume((s_data, s_model, s_train), (dcfg, mcfg, tcfg), explicit)
         rcfg = s_run.replace(**given(args, RunConfig), **({"prefixes": args.prefixes} if hasattr(args, "prefixes") else {}))
     explicit = set().union(*(given(args, c) for c in (DataConfig, ModelConfig, TrainConfig, RunConfig)))
+    if args.dry_run:
+        if args.resume:
+            raise UsageError("--dry-run shows a new run's plan; a resumed run's settings are in its config.json")
+        plan = _settle_here((dcfg, mcfg, tcfg, rcfg), explicit, args.nproc)
+        m = plan.model
+        print(f"plan: model {m.model} --impl {m.impl} --hidden-size {m.hidden_size} --embedding-dim {m.embedding_dim} "
+              f"--num-layers {m.num_layers} --dropout {m.dropout:g} ({m.parameter_count():,} parameters); "
+              f"{len(plan.corpus.train_ids):,} training tokens; nothing was trained")
+        return 0
+    write_chat_out(args, dcfg)
     if args.nproc != 1:
-        return _launch(args, (dcfg, mcfg, tcfg, rcfg))
+        return _launch(args, (dcfg, mcfg, tcfg, rcfg), explicit)
+    if launched_by_torchrun():
+        die_with_launcher()
+    plan_file = os.environ.get(PLAN_ENV)
+    if plan_file and launched_by_torchrun() and not args.resume:  # a rank of `--nproc`: the launcher settled the run
+        dcfg, mcfg, tcfg, rcfg = read_plan_file(plan_file)
+        explicit = all_fields()
     result = train_run(dcfg, mcfg, tcfg, rcfg, args.out, resume=args.resume, overwrite=args.overwrite,
                        progress=not args.quiet, explicit=explicit)
-    return 130 if result.interrupted else 0
+    return 128 + (result.signal or 2) if result.interrupted else 0  # 130 for SIGINT, 143 for SIGTERM
 
 
-def _launch(args: argparse.Namespace, configs) -> int:
-    """``train --nproc N``: check everything a usage error could come from, then start N ranks."""
+def _settle_here(configs, explicit: set[str], nproc: int = 1):
+    """Settle a run in this process (``--dry-run``, the ``--nproc`` launcher) and print its plan."""
+    import torch
+
+    from .distributed import device_for, env_context
+    from .plan import settle
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc) if nproc > 1 else threads)  # as each rank will have
+    try:
+        plan = settle(*configs, explicit, device_for(env_context(), configs[3].device), world_size=nproc)
+    finally:
+        torch.set_num_threads(threads)
+    for line in plan.lines:
+        print(line, flush=True)
+    return plan
+
+
+def _launch(args: argparse.Namespace, configs, explicit: set[str]) -> int:
+    """``train --nproc N``: settle the run here, once (the recipe, its measured size, every check a
+    usage error could come from), then start N ranks that train exactly that plan."""
+    import tempfile
+
     from .distributed import launch_local, launched_by_torchrun
+    from .plan import PLAN_ENV, write_plan_file
 
     if not 2 <= args.nproc <= 64:
         raise UsageError(f"--nproc must be between 1 and 64, got {args.nproc}")
     if launched_by_torchrun():
         raise UsageError("--nproc starts its own processes; drop it under torchrun")
-    for cfg in configs:
-        cfg.validate()
-    dcfg, tcfg = configs[0], configs[2]
-    if dcfg.prepared is None:
-        from .data.corpus import check_input_file
-        from .data.text_data import resolve_source
-
-        check_input_file(resolve_source(dcfg))
-    if tcfg.batch_size % args.nproc:
-        raise UsageError(f"--batch-size {tcfg.batch_size} is the global batch and must be divisible by the "
-                         f"{args.nproc} processes")
+    dcfg, mcfg, tcfg, rcfg = configs
     argv, skip = [], False
     for a in args.argv[1:]:  # the command line without --nproc (after the "train" word)
         if skip:
@@ -226,7 +265,19 @@ def _launch(args: argparse.Namespace, configs) -> int:
             skip = True
         elif not a.startswith("--nproc="):
             argv.append(a)
-    return launch_local(["train", *argv], args.nproc)
+    if args.resume:  # a resumed run's settings are settled already (stored in the run)
+        for cfg in configs:
+            cfg.validate()
+        return launch_local(["train", *argv], args.nproc)
+    plan = _settle_here(configs, explicit, args.nproc)
+    with tempfile.TemporaryDirectory(prefix="rnnlab-plan-") as tmp:
+        path = Path(tmp) / "plan.json"
+        write_plan_file(plan, path)
+        os.environ[PLAN_ENV] = str(path)
+        try:
+            return launch_local(["train", *argv], args.nproc)
+        finally:
+            os.environ.pop(PLAN_ENV, None)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -237,8 +288,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         raise UsageError("give a text FILE (or --dataset NAME) to prepare")
     dcfg = _data_config(args)
     dcfg.validate()
+    write_chat_out(args, dcfg)
     meta = prepare_corpus(resolve_source(dcfg), args.out, preset=dcfg.preset, token=dcfg.token,
-                          min_freq=dcfg.min_freq, encoding=dcfg.encoding, errors=dcfg.errors, log=print)
+                          min_freq=dcfg.min_freq, encoding=dcfg.encoding, errors=dcfg.errors, log=print,
+                          chat=dcfg.chat, speakers=dcfg.speaker)
     print(f"{meta['tokens']:,} tokens, vocabulary {meta['vocab_size']:,}, {meta['dtype']} ids in {args.out}; "
           f"train with: rnnlab train --prepared {args.out}")
     return 0
@@ -286,6 +339,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.num_steps < 1:
         raise UsageError("--batch-size and --num-steps must be positive integers")
     dcfg = _data_config(args) if (args.file or args.dataset) else None
+    write_chat_out(args, dcfg)
     if args.keyboard:
         return _keyboard_eval(args, dcfg)
     dynamic = build(args, DynamicEval, prefix="dynamic_") if args.dynamic else None
@@ -382,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except RnnlabError as e:
-        print(f"rnnlab: error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under --nproc/torchrun every rank meets the same error: rank 0 says it
+            print(f"rnnlab: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("rnnlab: interrupted", file=sys.stderr)

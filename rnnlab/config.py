@@ -23,6 +23,7 @@ from .models.config import ModelConfig
 PRESETS = ("raw", "letters")
 TOKENS = ("char", "word")
 SAMPLINGS = ("sequential", "random")
+CHAT_FORMATS = ("auto", "whatsapp", "telegram", "messenger", "discord", "slack", "text")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine")
 DEVICE_HELP = "auto (CUDA when present, else the CPU), cpu, cuda, cuda:N, mps"
@@ -57,6 +58,12 @@ class DataConfig(Settings):
                                      min=0.0, max=0.5)
     prepared: str | None = setting(None, "a directory written by `rnnlab prepare` (memory-mapped ids)",
                                    cli=False)
+    chat: str | None = setting(None, "read FILE (a file, .zip or folder) as a chat export: one message a line, "
+                                     "without timestamps, names, system lines or media. FORMAT: auto (detect it), "
+                                     "whatsapp, telegram, messenger, discord, slack, or text (each line of a plain "
+                                     "file is a message)", choices=CHAT_FORMATS, metavar="FORMAT")
+    speaker: list[str] = setting(help="with --chat: keep only this sender's messages (repeatable; `rnnlab chats "
+                                      "FILE` lists the senders)", factory=list, metavar="NAME")
 
     def check(self) -> None:
         if self.path is not None and self.dataset is not None:
@@ -65,6 +72,10 @@ class DataConfig(Settings):
             raise UsageError("give --prepared DIR or a text FILE / --dataset NAME, not both")
         if self.path == "":
             raise UsageError("the text FILE is an empty path; give a file name")
+        if self.speaker and self.chat is None:
+            raise UsageError("--speaker chooses senders of a chat export; add --chat auto (or the format)")
+        if self.chat is not None and self.path is None:
+            raise UsageError("--chat reads a chat export FILE; give the file (not --dataset or --prepared)")
         if self.val_fraction + self.select_fraction > 0.9:
             raise UsageError(f"--val-fraction {self.val_fraction:g} and --select-fraction {self.select_fraction:g} "
                              f"leave less than a tenth of the text for training; lower them")
@@ -139,6 +150,9 @@ class RunConfig(Settings):
                                   cli=False)
     predict_length: int = setting(50, "tokens per progress sample", min=0, max=MAX_LENGTH)
     save_every: int = setting(0, "checkpoint every N epochs (0 = about ten per run)", min=0)
+    save_seconds: float = setting(300.0, "also snapshot every N seconds of training, inside epochs too, and at every "
+                                         "evaluation point, so a killed run resumes from there (0 = epoch ends only)",
+                                  min=0.0, max=1e8)
     keep: int = setting(2, "snapshots kept in OUT/checkpoints (plus OUT/best)", min=1, max=1000)
     log_every: int = setting(10, "print a metrics line every N epochs", min=1)
     init_from: str | None = setting(None, "fine-tune: start from this trained checkpoint's weights and vocabulary",

@@ -39,14 +39,17 @@ from .stats import bootstrap_ratios
 from .tune import model_text
 
 
-def keyboard_texts(own: DataConfig, given: DataConfig | None) -> tuple[str, str, str, str]:
-    """(training split, typed text, history before it, what is typed) by the module's rules."""
+def keyboard_texts(own: DataConfig, given: DataConfig | None,
+                   log: Callable[[str], None] = lambda m: None) -> tuple[str, str, str, str]:
+    """(training split, typed text, history before it, what is typed) by the module's rules (the
+    run's own chat export read with other ``--chat``/``--speaker`` settings is another text)."""
     if own.prepared is not None:
         raise UsageError("this run was trained on a prepared corpus; the keyboard measurement needs its text "
                          "(train on the text file)")
     same = given is None or (given.dataset is not None and given.dataset == own.dataset) or (
-        given.path is not None and own.path is not None and Path(given.path).resolve() == Path(own.path).resolve())
-    text = model_text(own)
+        given.path is not None and own.path is not None and Path(given.path).resolve() == Path(own.path).resolve()
+        and (given.chat is None or (given.chat, given.speaker) == (own.chat, own.speaker)))
+    text = model_text(own, log)
     a, b = split_points(len(text), own.val_fraction, own.select_fraction)
     source = own.path or own.dataset
     if same:
@@ -55,7 +58,7 @@ def keyboard_texts(own: DataConfig, given: DataConfig | None) -> tuple[str, str,
                              f"held out for the keyboard to type; give another FILE or --dataset")
         return text[:a], text[b:], text[:b], f"the test split (last {own.val_fraction:g}) of {source}"
     typed = model_text(dataclasses.replace(given, preset=own.preset, token="char", max_tokens=0, val_fraction=0.0,
-                                           select_fraction=0.0))
+                                           select_fraction=0.0), log)
     return text[:a], typed, "", str(given.path or given.dataset)
 
 
@@ -92,7 +95,7 @@ def evaluate_keyboards(ckpt_dir: str | Path, given: DataConfig | None = None, se
     if ck.tokenizer.word_level:
         raise UsageError(f"{ckpt_dir} is a word-level model; the keyboard simulation types characters "
                          f"(train with --token char)")
-    train, typed, history, source = keyboard_texts(ck.data_config, given)
+    train, typed, history, source = keyboard_texts(ck.data_config, given, log)
     notes: list[str] = []
     rnnlab = RnnlabKeyboard(load_engine(ck, SuggestConfig(), log=lambda m: notes.append(m)))
     words = rnnlab.engine.words

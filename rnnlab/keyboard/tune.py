@@ -67,11 +67,14 @@ Log = Callable[[str], None]
 
 # -- the texts -----------------------------------------------------------------------------------
 
-def model_text(cfg: DataConfig) -> str:
-    """The corpus as a character model read it (its preset applied, ``max_tokens`` cut)."""
+def model_text(cfg: DataConfig, log: Log = lambda m: None) -> str:
+    """The corpus as a character model read it (its preset applied, ``max_tokens`` cut; a chat
+    export's messages with ``cfg.chat``, whose report goes to ``log``)."""
     if cfg.prepared is not None:
         raise RnnlabError("a prepared corpus keeps ids, not text; the keyboard's word model needs the text")
-    corpus = load_corpus(resolve_source(cfg), cfg.preset, "char", cfg.encoding, cfg.errors)
+    corpus = load_corpus(resolve_source(cfg), cfg.preset, "char", cfg.encoding, cfg.errors, cfg.chat, cfg.speaker)
+    if corpus.chat is not None:
+        log(corpus.chat.report.describe())
     tokens = corpus.tokens[:cfg.max_tokens] if cfg.max_tokens else corpus.tokens
     return "".join(tokens)
 

@@ -27,8 +27,8 @@ from .words import MAX_ORDER, WordModel
 FORMAT = "rnnlab-words"
 JSON_NAME, TENSORS_NAME = "words.json", "words.safetensors"
 # the text settings a word model must share with its checkpoint (DataConfig fields)
-TEXT_SETTINGS = ("path", "dataset", "prepared", "preset", "token", "max_tokens", "encoding", "errors", "val_fraction",
-                 "select_fraction")
+TEXT_SETTINGS = ("path", "dataset", "prepared", "chat", "speaker", "preset", "token", "max_tokens", "encoding",
+                 "errors", "val_fraction", "select_fraction")
 
 
 @dataclass

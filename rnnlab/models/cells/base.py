@@ -50,6 +50,7 @@ class Cell:
     fold_hidden_bias: bool = True  # the input term holds bias_hh too (GRU: no, it sits inside r * (...))
     native_greedy: str | None = None  # the C++ greedy loop's name for this cell (csrc/loops.cpp), if any
     recurrent_weight: str | None = "weight_hh"  # the parameter --weight-drop drops (None: the cell has none)
+    width_is_embedding: bool = False  # its blocks add their output to their input: --embedding-dim == --hidden-size
 
     # -- declaration ----------------------------------------------------------------------------
     def parameters(self, input_size: int, hidden_size: int) -> list[tuple[str, tuple[int, ...]]]:
@@ -68,6 +69,9 @@ class Cell:
             if value not in allowed:
                 raise UsageError(f"unknown --{name.replace('_', '-')} {value!r} for --model {self.name}; "
                                  f"choose one of: {', '.join(map(str, allowed))}")
+        if self.width_is_embedding and cfg.embedding_dim != cfg.hidden_size:
+            raise UsageError(f"--model {self.name} adds each block's output to its input: give --embedding-dim "
+                             f"equal to --hidden-size ({cfg.hidden_size})")
 
     def make_stack(self, impl: str, input_size: int, cfg: Config) -> nn.Module:
         """The module that runs ``cfg.num_layers`` layers of this cell in ``impl``: (T, B, I) (or
@@ -104,6 +108,13 @@ class Cell:
         raise UsageError(f"--impl fast is not available for --model {self.name}")
 
     # -- export and int8 -------------------------------------------------------------------------
+    @property
+    def onnx_graph(self) -> str:
+        """Which implementation torch's ONNX exporter traces for the float graph: torch's layer
+        where the cell has one (ONNX's own RNN/GRU/LSTM operators), else the reference step (plain
+        tensor operations; the fast kernels' C++ calls are invisible to the tracer)."""
+        return "concise" if "concise" in self.impls else "scratch"
+
     #: which implementation's ONNX graph onnxruntime can quantise to int8 (its own recurrent
     #: operators where it has an int8 kernel for them, else the scratch graph's plain MatMuls)
     int8_onnx_graph: str = "scratch"
