@@ -143,7 +143,8 @@ def test_suggest_serve_the_library_and_eval_give_the_same_words(server):
         for i, text in enumerate(TEXTS):
             cli = subprocess.run([sys.executable, "-m", "rnnlab", "suggest", str(tiny_checkpoint()), text, "--json"],
                                  capture_output=True, text=True, timeout=120)
-            assert cli.returncode == 0 and cli.stderr == "", cli.stderr
+            said = [line for line in cli.stderr.splitlines() if "torch thread" not in line]  # the thread choice is said
+            assert cli.returncode == 0 and said == [], cli.stderr
             by_cli = [c["word"] for c in json.loads(cli.stdout)["completions"]]
             status, body = _request(server + "/v1/suggest", {"text": text, "k": 5, "client": f"same-{i}"})
             assert status == 200
