@@ -16,7 +16,8 @@
   ``torch.cuda.is_bf16_supported()``.
 
 Parts of a model that stay float32 under bf16 (a C++ loop, a scan, a torch layer without a
-bfloat16 kernel) are the model's to say (``LanguageModel.precision_notes``); the run logs them once.
+bfloat16 kernel) are the cell's to say (``Cell.bf16_note``, collected by ``models.precision_notes``);
+the run's plan logs them once.
 """
 from __future__ import annotations
 
@@ -120,12 +121,17 @@ def _k(rate: float) -> str:
     return f"{rate / 1000:.1f}k" if rate >= 1000 else f"{rate:.1f}"
 
 
+def emulated(device: torch.device) -> bool:
+    """Whether bfloat16 on ``device`` is emulated: a CPU known to lack bfloat16 instructions."""
+    return device.type == "cpu" and cpu_has_bf16() is False
+
+
 def not_worth_measuring(device: torch.device) -> str:
     """Why ``auto`` picks fp32 on ``device`` without measuring ('' when it should measure)."""
     why = unsupported(device)
     if why:
         return why
-    if device.type == "cpu" and cpu_has_bf16() is False:
+    if emulated(device):
         return "this CPU has no bfloat16 instructions (AVX512-BF16, AMX, Arm BF16), where autocast is slower; not measured"
     return ""
 
@@ -228,6 +234,6 @@ def sequence_precision(model, precision: str, rows: int, steps: int, log=None, i
     return choice.precision
 
 
-__all__ = ["Choice", "MARGIN", "autocast", "check", "choose", "cpu_has_bf16", "decide", "for_inference", "forward_rate",
-           "inference_choice", "not_worth_measuring", "sequence_choice", "sequence_precision", "step_rate",
-           "unsupported"]
+__all__ = ["Choice", "MARGIN", "SERVING", "autocast", "check", "choose", "cpu_has_bf16", "decide", "emulated",
+           "for_inference", "forward_rate", "inference_choice", "not_worth_measuring", "sequence_choice",
+           "sequence_precision", "step_rate", "unsupported"]
