@@ -10,7 +10,7 @@
   cost as much as the step's product.
 * ``auto`` is decided by measuring the work itself, never assumed: a machine without bfloat16
   instructions runs autocast slower than float32 (torch's own documentation warns), one with
-  AVX512-BF16 or AMX faster. Training measures its real step (``speed.step_rate``) at both
+  AVX512-BF16 or AMX faster. Training measures its real step (``speed.step_rates``) at both
   precisions and takes bf16 only if it is at least ``MARGIN`` times faster (``choose``); a CPU
   that has no bfloat16 instructions at all is not measured (fp32, at no cost). CUDA: bf16 where
   ``torch.cuda.is_bf16_supported()``.
@@ -38,7 +38,6 @@ MARGIN = 1.10  # bf16 must measure at least this many times float32's rate to be
 # of float32's (benchmarks/precision.py --inference; README, Precision). Measured: float32 answered suggestions in
 # 5.3 ms, int8 in 9.0 ms, the bfloat16 copy in 25 ms (LSTM 128, AVX512-BF16 without AMX), all within 0.002.
 SERVING = "fp32"
-NAMES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 def cpu_has_bf16() -> bool | None:
@@ -132,7 +131,8 @@ def not_worth_measuring(device: torch.device) -> str:
     if why:
         return why
     if emulated(device):
-        return "this CPU has no bfloat16 instructions (AVX512-BF16, AMX, Arm BF16), where autocast is slower; not measured"
+        return ("this CPU has no bfloat16 instructions (AVX512-BF16, AMX, Arm BF16), where autocast is slower; "
+                "not measured")
     return ""
 
 
@@ -160,7 +160,7 @@ def for_inference(model, precision: str):
     raise UsageError(f"precision {precision!r} is not decided; give fp32 or bf16")
 
 
-def step_rate(model, rows: int = 1, steps: int = 32) -> float:
+def token_rate(model, rows: int = 1, steps: int = 32) -> float:
     """One-token steps per second of ``model`` for ``rows`` rows over a burst of ``steps`` steps."""
     device = next(model.parameters()).device
     ids = torch.zeros(rows, dtype=torch.long, device=device)
@@ -180,7 +180,7 @@ def inference_choice(model, device: torch.device, rounds: int = 5, margin: float
         rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
         for r in range(rounds + 1):
             for p, m in copies.items():
-                rate = step_rate(m)
+                rate = token_rate(m)
                 if r:
                     rates[p].append(rate)
         return statistics.median(rates["fp32"]), statistics.median(rates["bf16"])
@@ -236,4 +236,4 @@ def sequence_precision(model, precision: str, rows: int, steps: int, log=None, i
 
 __all__ = ["Choice", "MARGIN", "SERVING", "autocast", "check", "choose", "cpu_has_bf16", "decide", "emulated",
            "for_inference", "forward_rate", "inference_choice", "not_worth_measuring", "sequence_choice",
-           "sequence_precision", "step_rate", "unsupported"]
+           "sequence_precision", "token_rate", "unsupported"]
