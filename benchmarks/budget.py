@@ -1,14 +1,15 @@
 """Held-out loss by time budget, through the product: ``rnnlab train --dataset NAME --budget S``.
 
 Each run is the command a user types, with no other flag than the split (nanoGPT's: the last 10%
-held out, ``--val-fraction 0.1``); the figure is the loss the run itself reports on the whole
-held-out split at the end ("validation loss ..."), in nats per token. Runs go one after another
-(never two at once: a concurrent job halves what a budget buys).
+held out, ``--val-fraction 0.1``; the recipe takes its selection slice from the 5% before it); the
+figure is the loss the run itself reports on the whole test split at the end ("test loss ..."), in
+nats per token: text no decision of the run saw. Runs go one after another (never two at once: a
+concurrent job halves what a budget buys). The first line names the machine (CPU, flags, GEMM rate).
 
     RNNLAB_DATA_DIR=../shared/data python benchmarks/budget.py                     # 3 corpora x 141/300/900 s
     python benchmarks/budget.py --datasets tinyshakespeare --budgets 141 900 --dynamic
     python benchmarks/budget.py --finetune      # base 300 s on tinyshakespeare, 60 s on timemachine vs scratch
-    python benchmarks/budget.py --speed         # the recipe's speed table (tokens/s by hidden size)
+    python benchmarks/budget.py --datasets tinyshakespeare --budgets 141 --spread 5   # same command, same model?
 
 ``--dynamic`` also scores each run's held-out text with ``rnnlab eval --dynamic``. ``--keep DIR``
 keeps the run directories (the keyboard benchmark uses the 300 s ones). Prints one line per run and
@@ -25,8 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-VAL = re.compile(r"validation loss ([0-9.]+|inf|nan)")
+VAL = re.compile(r"test loss ([0-9.]+|inf|nan)")
 PLAN = re.compile(r"(recipe \w+: .*)")
+RATES = re.compile(r"(measured training tokens/s .*)")
 DYN = re.compile(r"dynamic[^\n]*?loss ([0-9.]+)")
 
 
@@ -54,40 +56,24 @@ def dynamic(run: dict) -> float | None:
     return float(found[-1]) if found else None
 
 
-def speed_table() -> dict:
-    """Training tokens/s of the default recipe's LSTM by hidden size (B=16, T=64, 65 characters)."""
-    import torch
-
-    from rnnlab.models import build_model
-    from rnnlab.models.config import ModelConfig
-    from rnnlab.runtime import gemm_rate
-
-    torch.manual_seed(0)
-    V, B, T = 65, 16, 64
-    table = {"gemm_gflops": round(gemm_rate(), 1)}
-    for H in (128, 192, 256, 384, 512):
-        model = build_model(ModelConfig(model="lstm", impl="fast", hidden_size=H, embedding_dim=64, vocab_size=V))
-        opt = torch.optim.Adam(model.parameters(), 1e-3)
-        x, y = torch.randint(0, V, (B, T)), torch.randint(0, V, (B, T))
-
-        def step():
-            logits, _ = model(x)  # (B, T, V)
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-        for _ in range(3):
-            step()
-        times = []
-        for _ in range(7):
-            t = time.perf_counter()
-            for _ in range(3):
-                step()
-            times.append((time.perf_counter() - t) / 3)
-        table[H] = round(B * T / sorted(times)[len(times) // 2])
-        print(f"hidden {H}: {table[H]:,} tokens/s", flush=True)
-    return table
+def spread(dataset: str, budget: float, runs: int, extra: list[str]) -> list[dict]:
+    """The plan the default recipe settles for the same command ``runs`` times in a row
+    (``rnnlab train ... --dry-run``: the measured speeds and the model they choose, nothing trained)."""
+    out = []
+    for k in range(runs):
+        log = rnnlab("train", "--dataset", dataset, "--budget", f"{budget:g}s", "--val-fraction", "0.1", "--dry-run",
+                     *extra)
+        plan = PLAN.search(log)
+        rates = RATES.search(log)
+        hidden = re.search(r"--hidden-size (\d+)", log)
+        drop = re.search(r"--dropout ([0-9.]+)", log)
+        row = {"run": k + 1, "hidden": int(hidden.group(1)) if hidden else None,
+               "dropout": float(drop.group(1)) if drop else None, "measured": rates.group(1) if rates else ""}
+        print(f"run {k + 1}: hidden {row['hidden']}, dropout {row['dropout']:g}; {row['measured']}", flush=True)
+        out.append(row)
+    same = len({(r["hidden"], r["dropout"]) for r in out}) == 1
+    print(f"{runs} runs: {'the same model every time' if same else 'the model DRIFTED'}", flush=True)
+    return out
 
 
 def main() -> None:
@@ -96,15 +82,25 @@ def main() -> None:
     ap.add_argument("--budgets", nargs="+", type=float, default=[141, 300, 900])
     ap.add_argument("--dynamic", action="store_true", help="also report rnnlab eval --dynamic")
     ap.add_argument("--finetune", action="store_true", help="the fine-tuning comparison instead")
-    ap.add_argument("--speed", action="store_true", help="the recipe's speed table instead")
+    ap.add_argument("--spread", type=int, metavar="N",
+                    help="settle the same command N times (--dry-run): does the recipe choose the same model?")
     ap.add_argument("--keep", type=Path, help="keep run directories here")
     ap.add_argument("extra", nargs="*", help="more rnnlab train flags, after --")
     args = ap.parse_args()
-    if args.speed:
-        print(json.dumps(speed_table()))
+    sys.path.insert(0, str(Path(__file__).parent))
+    from machine import describe
+
+    results = []
+    print(describe(), flush=True)
+    if args.spread:
+        for dataset in args.datasets:
+            for budget in args.budgets:
+                print(f"{dataset} --budget {budget:g}s:", flush=True)
+                results.append({"dataset": dataset, "budget": budget, "runs": spread(dataset, budget, args.spread,
+                                                                                     args.extra)})
+        print(json.dumps(results))
         return
     root = args.keep or Path(tempfile.mkdtemp(prefix="rnnlab-budget-"))
-    results = []
     if args.finetune:
         base = train("tinyshakespeare", 300, root / "ft-base", args.extra)
         print(f"base tinyshakespeare 300 s: {base['val_loss']:.4f}", flush=True)

@@ -137,4 +137,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from machine import describe  # benchmarks/machine.py: CPU, flags, GEMM rate
+
+    print(describe(), flush=True)
     main()

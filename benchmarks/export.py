@@ -187,4 +187,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    from machine import describe  # benchmarks/machine.py: CPU, flags, GEMM rate
+
+    print(describe(), flush=True)
     main()

@@ -91,4 +91,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    from machine import describe  # benchmarks/machine.py: CPU, flags, GEMM rate
+
+    print(describe(), flush=True)
     sys.exit(main())

@@ -71,8 +71,9 @@ def write_plot(history: list[dict], path: str | Path, title: str = "") -> Path |
     epochs = [m["epoch"] for m in history]
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     ax.plot(epochs, [m["train_ppl"] for m in history], label="train")
-    if "val_ppl" in history[0]:
-        ax.plot(epochs, [m["val_ppl"] for m in history], label="validation")
+    for key, label in (("select_ppl", "selection slice"), ("val_ppl", "test split")):
+        if key in history[0]:
+            ax.plot(epochs, [m[key] for m in history], label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("perplexity")
     ax.set_yscale("log")

@@ -67,6 +67,12 @@ def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
 
+def _float32(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights as a checkpoint stores them: float32 at least (a bfloat16 copy is widened, exactly),
+    so a checkpoint loads and runs anywhere whatever precision made it."""
+    return {k: v.float() if v.dtype in (torch.bfloat16, torch.float16) else v for k, v in tensors.items()}
+
+
 def save_checkpoint(out_dir: str | Path, model: LanguageModel, tokenizer: Tokenizer, model_config: ModelConfig,
                     data_config: DataConfig | None = None, train_config: TrainConfig | None = None,
                     run_config: RunConfig | None = None, info: dict | None = None,
@@ -78,7 +84,8 @@ def save_checkpoint(out_dir: str | Path, model: LanguageModel, tokenizer: Tokeni
         tensors, meta = trainer_state
         atomic_write(out / STATE_TENSORS, st_save(_cpu(tensors), metadata={"save_id": save_id}))
         atomic_write_json(out / STATE_JSON, {"save_id": save_id, **meta})
-    atomic_write(out / WEIGHTS, st_save(_cpu(model.state_dict()), metadata={"format": FORMAT, "save_id": save_id}))
+    atomic_write(out / WEIGHTS, st_save(_float32(_cpu(model.state_dict())), metadata={"format": FORMAT,
+                                                                                       "save_id": save_id}))
     atomic_write(out / VOCAB, (tokenizer.vocab.to_json() + "\n").encode("utf-8"))
     data_config = data_config or DataConfig(preset=tokenizer.preset, token=tokenizer.token)
     data = data_config.to_dict()
@@ -344,12 +351,27 @@ def _shape_diff(expected: dict, got: dict) -> str:
     return f"{name} is {list(got[name])} in the file, {list(expected[name])} by the config"
 
 
-def load_for_inference(ckpt_dir: str | Path, device: torch.device | str = "cpu", int8: bool = False) -> Checkpoint:
+def load_for_inference(ckpt_dir: str | Path, device: torch.device | str = "cpu", int8: bool = False,
+                       precision: str = "fp32", log=None) -> Checkpoint:
     """``load_checkpoint``, or with ``int8`` the model's int8 CPU copy (``rnnlab.models.quantized``:
-    about 4x smaller weights, held-out loss within a few thousandths of a nat)."""
+    about 4x smaller weights, held-out loss within a few thousandths of a nat), or with ``precision``
+    ``bf16`` its bfloat16 copy for one-token work (``rnnlab.precision.for_inference``); ``auto``
+    measures the model's one-token step in both and says which it took through ``log``."""
     import dataclasses
 
+    from .precision import check, for_inference, inference_choice
+
+    if int8 and precision == "bf16":
+        raise UsageError("--int8 and --precision bf16 are two different copies of the model; give one of them")
     if int8 and torch.device(device).type != "cpu":
         raise UsageError(f"--int8 runs on the CPU; drop --device {device} (or --int8)")
+    check(precision, torch.device(device))
     ck = load_checkpoint(ckpt_dir, "cpu" if int8 else device)
-    return dataclasses.replace(ck, model=ck.model.quantized()) if int8 else ck
+    if int8:
+        return dataclasses.replace(ck, model=ck.model.quantized())
+    if precision == "auto":
+        choice = inference_choice(ck.model, torch.device(device))
+        precision = choice.precision
+        if log is not None:
+            log(choice.describe())
+    return dataclasses.replace(ck, model=for_inference(ck.model, precision)) if precision == "bf16" else ck

@@ -3,11 +3,15 @@ configs, handed to the library; one-line errors, exit 2 for usage errors."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from pathlib import Path
 
 from .cli_args import add_settings, build, given
-from .config import DataConfig, DynamicEval, GenerateConfig, KeyboardEval, ModelConfig, RunConfig, Threads, TrainConfig
+from .cli_chats import add_chat_out, write_chat_out
+from .config import (DataConfig, DynamicEval, GenerateConfig, KeyboardEval, ModelConfig, Precision, RunConfig,
+                     Threads, TrainConfig)
 from .errors import RnnlabError, UsageError
 from .io import json_text
 from .version import __version__
@@ -47,14 +51,15 @@ def _add_train(sub) -> None:
                        description="Train an RNN/GRU/LSTM language model; writes metrics.jsonl, a plot and "
                                    "checkpoints to --out.", formatter_class=Formatter)
     d = p.add_argument_group("data")
-    _add_source(d, "a UTF-8 text file (default: --dataset timemachine)")
+    _add_source(d, "a UTF-8 text file, or a chat export with --chat (default: --dataset timemachine)")
     add_settings(d, DataConfig)
+    add_chat_out(d)
     d.add_argument("--prepared", metavar="DIR",
                    help="train on a corpus encoded by `rnnlab prepare` (memory-mapped, for texts larger than memory)")
     add_settings(p.add_argument_group("model"), ModelConfig)
     add_settings(p.add_argument_group("training"), TrainConfig)
     r = p.add_argument_group("run")
-    add_settings(r, RunConfig, help_default={"recipe": "default"})
+    add_settings(r, RunConfig, help_default={"recipe": "default", "precision": "auto (fp32 with --recipe book)"})
     r.add_argument("--out", default="runs/latest", help="run directory: metrics, plot, checkpoints (default: runs/latest)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     r.add_argument("--overwrite", action="store_true", help="replace a run already in --out (its checkpoints, "
@@ -62,6 +67,8 @@ def _add_train(sub) -> None:
     r.add_argument("--prefix", action="append", dest="prefixes", metavar="TEXT", default=argparse.SUPPRESS,
                    help="prefix for progress samples (repeatable; default: the dataset's)")
     r.add_argument("--quiet", action="store_true", help="no progress bar: plain log lines only")
+    r.add_argument("--dry-run", action="store_true", help="settle the run (the recipe's choices, with the training "
+                                                          "speed it measures here) and print the plan; train nothing")
     r.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train data-parallel on N local processes (torch's launcher, as `torchrun --standalone "
                         "--nproc-per-node N -m rnnlab train ...`; the settings are checked once, here, first)")
@@ -77,7 +84,8 @@ def _add_prepare(sub) -> None:
                                    "`rnnlab train --prepared DIR`.")
     _add_source(p, "the text file to encode")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write the prepared corpus to")
-    add_settings(p, DataConfig, skip=("max_tokens", "val_fraction"))
+    add_settings(p, DataConfig, skip=("max_tokens", "val_fraction", "select_fraction"))
+    add_chat_out(p)
     add_settings(p, Threads)
     p.set_defaults(func=cmd_prepare)
 
@@ -93,6 +101,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--int8", action="store_true", help="run an int8 copy of the model on the CPU (about 4x less memory)")
     add_settings(p, Threads)
+    add_settings(p, Precision)
     p.set_defaults(func=cmd_generate)
 
 
@@ -102,12 +111,14 @@ def _add_eval(sub) -> None:
                                    "with the state carried (default: the run's own validation split).")
     p.add_argument("checkpoint", metavar="DIR")
     _add_source(p, "a text to evaluate on (default: the run's validation split)")
-    add_settings(p, DataConfig, skip=("preset", "token", "max_tokens", "min_freq", "val_fraction"))
+    add_settings(p, DataConfig, skip=("preset", "token", "max_tokens", "min_freq", "val_fraction", "select_fraction"))
+    add_chat_out(p)
     p.add_argument("--batch-size", type=int, default=32, help="parallel rows of the stream (default: 32)")
     p.add_argument("--num-steps", type=int, default=35, help="chunk length (default: 35)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--int8", action="store_true", help="evaluate the model's int8 CPU copy (as generate/suggest/serve --int8 run it)")
+    add_settings(p, Precision)
     d = p.add_argument_group("dynamic evaluation", "--dynamic: the model adapts to the text as it reads it "
                                                    "(a gradient step after scoring each chunk); the checkpoint is not changed")
     d.add_argument("--dynamic", action="store_true", help="also report the dynamic evaluation beside the static one")
@@ -150,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_export(sub)
     _add_datasets(sub)
+    from .cli_chats import add_parser
+    add_parser(sub)
     from .serve.cli import add_parsers
     add_parsers(sub)
     return parser
@@ -174,7 +187,9 @@ def use_threads(args: argparse.Namespace, small_steps: bool) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import merge_init_from, merge_resume
+    from .distributed import die_with_launcher, launched_by_torchrun
     from .pipeline import stored_configs, train_run
+    from .plan import PLAN_ENV, all_fields, read_plan_file
 
     use_threads(args, small_steps=False)
 
@@ -209,32 +224,61 @@ def cmd_train(args: argparse.Namespace) -> int:
         dcfg, mcfg, tcfg = merge_resume((s_data, s_model, s_train), (dcfg, mcfg, tcfg), explicit)
         rcfg = s_run.replace(**given(args, RunConfig), **({"prefixes": args.prefixes} if hasattr(args, "prefixes") else {}))
     explicit = set().union(*(given(args, c) for c in (DataConfig, ModelConfig, TrainConfig, RunConfig)))
+    if args.dry_run:
+        if args.resume:
+            raise UsageError("--dry-run shows a new run's plan; a resumed run's settings are in its config.json")
+        plan = _settle_here((dcfg, mcfg, tcfg, rcfg), explicit, args.nproc)
+        m = plan.model
+        print(f"plan: model {m.model} --impl {m.impl} --hidden-size {m.hidden_size} --embedding-dim {m.embedding_dim} "
+              f"--num-layers {m.num_layers} --dropout {m.dropout:g} --precision {plan.run.precision} "
+              f"({m.parameter_count():,} parameters); "
+              f"{len(plan.corpus.train_ids):,} training tokens; nothing was trained")
+        return 0
+    write_chat_out(args, dcfg)
     if args.nproc != 1:
-        return _launch(args, (dcfg, mcfg, tcfg, rcfg))
+        return _launch(args, (dcfg, mcfg, tcfg, rcfg), explicit)
+    if launched_by_torchrun():
+        die_with_launcher()
+    plan_file = os.environ.get(PLAN_ENV)
+    if plan_file and launched_by_torchrun() and not args.resume:  # a rank of `--nproc`: the launcher settled the run
+        dcfg, mcfg, tcfg, rcfg = read_plan_file(plan_file)
+        explicit = all_fields()
     result = train_run(dcfg, mcfg, tcfg, rcfg, args.out, resume=args.resume, overwrite=args.overwrite,
                        progress=not args.quiet, explicit=explicit)
-    return 130 if result.interrupted else 0
+    return 128 + (result.signal or 2) if result.interrupted else 0  # 130 for SIGINT, 143 for SIGTERM
 
 
-def _launch(args: argparse.Namespace, configs) -> int:
-    """``train --nproc N``: check everything a usage error could come from, then start N ranks."""
+def _settle_here(configs, explicit: set[str], nproc: int = 1):
+    """Settle a run in this process (``--dry-run``, the ``--nproc`` launcher) and print its plan."""
+    import torch
+
+    from .distributed import device_for, env_context
+    from .plan import settle
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc) if nproc > 1 else threads)  # as each rank will have
+    try:
+        plan = settle(*configs, explicit, device_for(env_context(), configs[3].device), world_size=nproc)
+    finally:
+        torch.set_num_threads(threads)
+    for line in plan.lines:
+        print(line, flush=True)
+    return plan
+
+
+def _launch(args: argparse.Namespace, configs, explicit: set[str]) -> int:
+    """``train --nproc N``: settle the run here, once (the recipe, its measured size, every check a
+    usage error could come from), then start N ranks that train exactly that plan."""
+    import tempfile
+
     from .distributed import launch_local, launched_by_torchrun
+    from .plan import PLAN_ENV, write_plan_file
 
     if not 2 <= args.nproc <= 64:
         raise UsageError(f"--nproc must be between 1 and 64, got {args.nproc}")
     if launched_by_torchrun():
         raise UsageError("--nproc starts its own processes; drop it under torchrun")
-    for cfg in configs:
-        cfg.validate()
-    dcfg, tcfg = configs[0], configs[2]
-    if dcfg.prepared is None:
-        from .data.corpus import check_input_file
-        from .data.text_data import resolve_source
-
-        check_input_file(resolve_source(dcfg))
-    if tcfg.batch_size % args.nproc:
-        raise UsageError(f"--batch-size {tcfg.batch_size} is the global batch and must be divisible by the "
-                         f"{args.nproc} processes")
+    dcfg, mcfg, tcfg, rcfg = configs
     argv, skip = [], False
     for a in args.argv[1:]:  # the command line without --nproc (after the "train" word)
         if skip:
@@ -243,7 +287,19 @@ def _launch(args: argparse.Namespace, configs) -> int:
             skip = True
         elif not a.startswith("--nproc="):
             argv.append(a)
-    return launch_local(["train", *argv], args.nproc)
+    if args.resume:  # a resumed run's settings are settled already (stored in the run)
+        for cfg in configs:
+            cfg.validate()
+        return launch_local(["train", *argv], args.nproc)
+    plan = _settle_here(configs, explicit, args.nproc)
+    with tempfile.TemporaryDirectory(prefix="rnnlab-plan-") as tmp:
+        path = Path(tmp) / "plan.json"
+        write_plan_file(plan, path)
+        os.environ[PLAN_ENV] = str(path)
+        try:
+            return launch_local(["train", *argv], args.nproc)
+        finally:
+            os.environ.pop(PLAN_ENV, None)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -255,8 +311,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     use_threads(args, small_steps=False)
     dcfg = _data_config(args)
     dcfg.validate()
+    write_chat_out(args, dcfg)
     meta = prepare_corpus(resolve_source(dcfg), args.out, preset=dcfg.preset, token=dcfg.token,
-                          min_freq=dcfg.min_freq, encoding=dcfg.encoding, errors=dcfg.errors, log=print)
+                          min_freq=dcfg.min_freq, encoding=dcfg.encoding, errors=dcfg.errors, log=print,
+                          chat=dcfg.chat, speakers=dcfg.speaker)
     print(f"{meta['tokens']:,} tokens, vocabulary {meta['vocab_size']:,}, {meta['dtype']} ids in {args.out}; "
           f"train with: rnnlab train --prepared {args.out}")
     return 0
@@ -284,7 +342,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prefix = args.prefix
     if prefix is not None:
         check_text(prefix, "the prefix")
-    ckpt = load_for_inference(args.checkpoint, device, args.int8)
+    ckpt = load_for_inference(args.checkpoint, device, args.int8, build(args, Precision).precision,
+                              log=lambda msg: print(f"rnnlab: {msg}", file=sys.stderr))
     if prefix is None:
         prefix = (ckpt.run_config.prefixes or [""])[0]
     gen = torch.Generator(device=ckpt.model.device)
@@ -306,6 +365,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError("--batch-size and --num-steps must be positive integers")
     use_threads(args, small_steps=args.keyboard or args.dynamic)  # keystrokes; or one row in chunks of 20
     dcfg = _data_config(args) if (args.file or args.dataset) else None
+    write_chat_out(args, dcfg)
     keyboard = build(args, KeyboardEval, prefix="keyboard_")
     keyboard.validate(prefix="keyboard_")
     dynamic = build(args, DynamicEval, prefix="dynamic_")
@@ -316,7 +376,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.int8 and dynamic is not None:
         raise UsageError("--dynamic trains the model as it reads; an int8 copy cannot be trained (drop --int8)")
     r = evaluate_checkpoint(args.checkpoint, dcfg, args.device, args.batch_size, args.num_steps, dynamic,
-                            log=lambda msg: print(msg, file=sys.stderr), int8=args.int8)
+                            log=lambda msg: print(msg, file=sys.stderr), int8=args.int8,
+                            precision=build(args, Precision).precision)
     if args.json:
         print(json_text(r, ensure_ascii=False))
         return 0
@@ -338,7 +399,7 @@ def _keyboard_eval(args: argparse.Namespace, dcfg: DataConfig | None, settings: 
         raise UsageError("--keyboard and --dynamic are separate evaluations; give one of them")
     device = select_device("cpu" if args.int8 and args.device == "auto" else args.device)
     report = evaluate_keyboards(args.checkpoint, dcfg, settings, device, log=lambda msg: print(msg, file=sys.stderr),
-                                int8=args.int8)
+                                int8=args.int8, precision=build(args, Precision).precision)
     if args.json:
         print(json_text(report, ensure_ascii=False))
         return 0
@@ -392,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rnnlab: {args.threads_note}", file=sys.stderr)
         return code
     except RnnlabError as e:
-        print(f"rnnlab: error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under --nproc/torchrun every rank meets the same error: rank 0 says it
+            print(f"rnnlab: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("rnnlab: interrupted", file=sys.stderr)

@@ -31,6 +31,10 @@ def add_settings(group, cls: type, skip: tuple[str, ...] = (), help_default: dic
                                   "help": meta.get("help", "") + shown}
         if base is bool:
             kwargs["action"] = "store_true"
+        elif base is list:  # a repeatable flag: each use adds one value
+            kwargs.update(action="append", type=str)
+            if meta.get("metavar"):
+                kwargs["metavar"] = meta["metavar"]
         else:
             kwargs["type"] = _argparse_type(meta["parse"]) if meta.get("parse") else base
             choices = choices_of(f)

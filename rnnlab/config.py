@@ -3,7 +3,9 @@
     DataConfig      where the text comes from and how it becomes tokens
     ModelConfig     the architecture (``rnnlab.models.config``)
     TrainConfig     how to optimise: batching, optimiser, schedule, clipping, seed
-    RunConfig       how long and how to run it: epochs, time limit, device, logging, checkpoints
+    Precision       the number format of the arithmetic (fp32, bf16 autocast, or auto: measured)
+    RunConfig       how long and how to run it: epochs, time limit, device, logging, checkpoints,
+                    and the precision it trains in (a ``Precision``)
     GenerateConfig  how to decode: length, temperature, top-k, top-p, samples, seed
     SuggestConfig   how the keyboard searches: k, beam width, longest word
 
@@ -25,8 +27,10 @@ from .models.config import ModelConfig
 PRESETS = ("raw", "letters")
 TOKENS = ("char", "word")
 SAMPLINGS = ("sequential", "random")
+CHAT_FORMATS = ("auto", "whatsapp", "telegram", "messenger", "discord", "slack", "text")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16")
 DEVICE_HELP = "auto (CUDA when present, else the CPU), cpu, cuda, cuda:N, mps"
 
 # one maximum per limit, for the CLI, the library and the server alike
@@ -59,6 +63,12 @@ class DataConfig(Settings):
                                      min=0.0, max=0.5)
     prepared: str | None = setting(None, "a directory written by `rnnlab prepare` (memory-mapped ids)",
                                    cli=False)
+    chat: str | None = setting(None, "read FILE (a file, .zip or folder) as a chat export: one message a line, "
+                                     "without timestamps, names, system lines or media. FORMAT: auto (detect it), "
+                                     "whatsapp, telegram, messenger, discord, slack, or text (each line of a plain "
+                                     "file is a message)", choices=CHAT_FORMATS, metavar="FORMAT")
+    speaker: list[str] = setting(help="with --chat: keep only this sender's messages (repeatable; `rnnlab chats "
+                                      "FILE` lists the senders)", factory=list, metavar="NAME")
 
     def check(self) -> None:
         if self.path is not None and self.dataset is not None:
@@ -67,6 +77,10 @@ class DataConfig(Settings):
             raise UsageError("give --prepared DIR or a text FILE / --dataset NAME, not both")
         if self.path == "":
             raise UsageError("the text FILE is an empty path; give a file name")
+        if self.speaker and self.chat is None:
+            raise UsageError("--speaker chooses senders of a chat export; add --chat auto (or the format)")
+        if self.chat is not None and self.path is None:
+            raise UsageError("--chat reads a chat export FILE; give the file (not --dataset or --prepared)")
         if self.val_fraction + self.select_fraction > 0.9:
             raise UsageError(f"--val-fraction {self.val_fraction:g} and --select-fraction {self.select_fraction:g} "
                              f"leave less than a tenth of the text for training; lower them")
@@ -114,8 +128,26 @@ def parse_duration(text: str) -> float:
 
 
 @dataclass
-class RunConfig(Settings):
-    """How long and how to run a training: may change when a run is resumed."""
+class Precision(Settings):
+    """The number format of the model's arithmetic, one setting for every command (``--precision``).
+
+    ``bf16`` runs the products in bfloat16 (``torch.autocast``) while the weights, the optimizer
+    state, the loss and every checkpoint stay float32, so a model trained in either loads and runs
+    anywhere; ``auto`` picks bf16 only where a short measurement of the work itself shows it faster
+    by a margin (``rnnlab.precision``). Training stores the precision it chose in the run's
+    ``RunConfig`` (a ``Precision``), so ``--resume`` continues in it."""
+
+    precision: str = setting("fp32", "fp32; bf16: bfloat16 products with float32 weights, optimizer state and "
+                                     "checkpoints; auto: bf16 where this machine measures the work faster in it by a "
+                                     "margin (train: its step, before the run starts; eval: a forward pass; generate, "
+                                     "suggest, serve: one-token steps), else fp32", choices=PRECISIONS)
+
+
+@dataclass
+class RunConfig(Precision):
+    """How long and how to run a training: may change when a run is resumed. Its ``precision``
+    (``Precision``) is the one the run trains in: ``auto`` is decided once, before training, and
+    the decision is what a checkpoint stores."""
 
     recipe: str = setting("book", "default: the best model for the time given (--budget), with validation, "
                                   "early stopping and a model sized to the budget and the text; book: the book's "
@@ -141,6 +173,9 @@ class RunConfig(Settings):
                                   cli=False)
     predict_length: int = setting(50, "tokens per progress sample", min=0, max=MAX_LENGTH)
     save_every: int = setting(0, "checkpoint every N epochs (0 = about ten per run)", min=0)
+    save_seconds: float = setting(300.0, "also snapshot every N seconds of training, inside epochs too, and at every "
+                                         "evaluation point, so a killed run resumes from there (0 = epoch ends only)",
+                                  min=0.0, max=1e8)
     keep: int = setting(2, "snapshots kept in OUT/checkpoints (plus OUT/best)", min=1, max=1000)
     log_every: int = setting(10, "print a metrics line every N epochs", min=1)
     init_from: str | None = setting(None, "fine-tune: start from this trained checkpoint's weights and vocabulary",
@@ -149,6 +184,7 @@ class RunConfig(Settings):
                                         "new tokens (default: read them as <unk>)")
 
     def check(self) -> None:
+        super().check()
         if self.init_from is not None and not self.init_from.strip():
             raise UsageError("--init-from is an empty path; give the --out DIR of a trained run (or drop the flag)")
         if self.extend_vocab and not self.init_from:
@@ -316,6 +352,5 @@ def merge_resume(stored: tuple[DataConfig, ModelConfig, TrainConfig],
     return tuple(out)
 
 
-__all__ = ["DataConfig", "DynamicEval", "GenerateConfig", "ModelConfig", "RunConfig", "ServeConfig", "SuggestConfig",
-           "Threads", "TrainConfig",
-           "check_text", "merge_init_from", "merge_resume"]
+__all__ = ["DataConfig", "DynamicEval", "GenerateConfig", "ModelConfig", "Precision", "RunConfig", "ServeConfig",
+           "SuggestConfig", "Threads", "TrainConfig", "check_text", "merge_init_from", "merge_resume"]

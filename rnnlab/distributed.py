@@ -159,6 +159,7 @@ def launch_local(argv: list[str], nproc: int) -> int:
     exit code: 0, or the first failed rank's own code (each rank has printed its one-line error)."""
     import logging
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -171,4 +172,21 @@ def launch_local(argv: list[str], nproc: int) -> int:
     except ChildFailedError as exc:
         codes = [f.exitcode for f in exc.failures.values()]
         return next((c for c in codes if c > 0), 1)
+    except SignalException as exc:  # SIGINT/SIGTERM to the launcher: the agent has passed it on to the ranks,
+        return 128 + int(exc.sigval)  # which saved and stopped; the code says which signal (130, 143)
     return 0
+
+
+def die_with_launcher() -> None:
+    """In a rank: receive SIGTERM when the launching process dies (even by ``kill -9``), so no rank
+    trains on as an orphan holding the run's lock (it saves and stops, as on any SIGTERM). Linux only."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the launcher died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -8,6 +8,7 @@ from .data.batching import Ids, as_long
 from .errors import RnnlabError
 from .metrics import bits_per_token, perplexity
 from .models import LanguageModel
+from .precision import autocast
 
 SGD_FALLBACK_LR = 0.1  # plain SGD dynamic evaluation when the training text is gone (measured: half the RMS gain)
 
@@ -19,8 +20,10 @@ def to_device(ids: Ids, device: torch.device) -> Ids:
 
 
 @torch.no_grad()
-def evaluate(model: LanguageModel, ids: Ids, batch_size: int = 32, num_steps: int = 35) -> dict:
-    """Mean NLL over every next-token prediction of ``ids``, read in order.
+def evaluate(model: LanguageModel, ids: Ids, batch_size: int = 32, num_steps: int = 35,
+             precision: str = "fp32") -> dict:
+    """Mean NLL over every next-token prediction of ``ids``, read in order (``precision`` bf16:
+    the forward passes under bfloat16 autocast, the sums float64).
 
     The stream is cut into ``batch_size`` contiguous rows processed side by side in chunks of
     ``num_steps`` with the state carried across chunks; the few targets left over after the rows
@@ -45,8 +48,10 @@ def evaluate(model: LanguageModel, ids: Ids, batch_size: int = 32, num_steps: in
         for i in range(0, xs.shape[1], num_steps):
             x = as_long(xs[:, i:i + num_steps]).to(device)  # (b, <=T)
             y = as_long(ys[:, i:i + num_steps]).to(device)  # (b, <=T)
-            logits, state = model(x, state)
-            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
+            with autocast(device, precision):
+                logits, state = model(x, state)
+                nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
+            total += nll
             count += y.numel()
 
     run_rows(ids[:b * row].reshape(b, row), ids[1:b * row + 1].reshape(b, row))  # (b, row)
@@ -67,13 +72,14 @@ class Adapter:
     original ones after each step."""
 
     def __init__(self, model: LanguageModel, lr: float, chunk: int = 20, scale: list | None = None,
-                 decay: float = 0.0):
+                 decay: float = 0.0, precision: str = "fp32"):
         import copy
 
         self.model = copy.deepcopy(model)
         self.model.eval()  # no dropout; gradients still flow
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.lr, self.chunk, self.scale, self.decay = lr, chunk, scale, decay
+        self.precision = precision  # bf16: forward and loss under autocast, the weights and steps float32
         self.origin = [p.detach().clone() for p in self.params] if decay else None
         self.state = self.model.begin_state(1, self.model.device)
         self.steps = 0
@@ -89,7 +95,7 @@ class Adapter:
         without adapting (the context the next ``read`` continues)."""
         self.state = self.model.begin_state(1, self.model.device)
         if ids is not None and len(ids):
-            with torch.no_grad():
+            with torch.no_grad(), autocast(self.model.device, self.precision):
                 x = as_long(ids).to(self.model.device)[None]  # (1, T)
                 _, self.state = self.model(x, self.state)
 
@@ -103,8 +109,9 @@ class Adapter:
             x = as_long(ids[i:min(i + self.chunk, n_targets)]).to(device)[None]  # (1, <=chunk)
             y = as_long(ids[i + 1:min(i + self.chunk, n_targets) + 1]).to(device)[None]
             state = tuple(s.detach() for s in self.state)
-            logits, self.state = self.model(x, state)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))  # (chunk, V) vs (chunk,)
+            with autocast(device, self.precision):
+                logits, self.state = self.model(x, state)
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))  # (chunk, V) vs (chunk,)
             total += loss.detach().double() * y.numel()
             count += y.numel()
             grads = torch.autograd.grad(loss, self.params, allow_unused=True)
@@ -120,20 +127,20 @@ class Adapter:
 
 
 def rms_scale(model: LanguageModel, stats_ids: Ids, chunk: int = 20, n_chunks: int = 100,
-              eps: float = 1e-5) -> list:
+              eps: float = 1e-5, precision: str = "fp32") -> list:
     """The "rms" step scale of ``Adapter``: per parameter, sqrt(mean squared gradient) + eps over
-    ``n_chunks`` chunks of the training text ``stats_ids``."""
+    ``n_chunks`` chunks of the training text ``stats_ids`` (the gradients taken in ``precision``)."""
     import copy
 
     m = copy.deepcopy(model)
     m.eval()
     params = [p for p in m.parameters() if p.requires_grad]
-    return _rms_scale(m, params, to_device(stats_ids, m.device), chunk, n_chunks, eps)
+    return _rms_scale(m, params, to_device(stats_ids, m.device), chunk, n_chunks, eps, precision)
 
 
 def dynamic_evaluate(model: LanguageModel, ids: Ids, lr: float = 2e-4, chunk: int = 20, method: str = "rms",
                      stats_ids: Ids | None = None, stats_chunks: int = 100, decay: float = 0.0,
-                     eps: float = 1e-5) -> dict:
+                     eps: float = 1e-5, precision: str = "fp32") -> dict:
     """Dynamic evaluation (Krause et al. 2018): read ``ids`` in order, one row, ``chunk`` tokens at
     a time with the state carried; score each chunk first, then take one gradient step on it, so
     the model adapts to the text it has read (``Adapter``, on a private copy of ``model``: the
@@ -143,6 +150,8 @@ def dynamic_evaluate(model: LanguageModel, ids: Ids, lr: float = 2e-4, chunk: in
     ``stats_chunks`` chunks of ``stats_ids`` (the training text; measured once, before scoring);
     ``"sgd"``: ``lr * g``. ``decay`` pulls the weights back toward the original ones each step.
     Returns the same figures as ``evaluate`` (loss, ppl, bpc, tokens) for the adapted reading.
+    ``precision`` bf16: forward passes and losses under bfloat16 autocast, the weights, gradients
+    and steps float32 (a step of 2e-4 would vanish in bfloat16 weights).
     """
     if method not in ("rms", "sgd"):
         raise RnnlabError(f"unknown dynamic-evaluation method {method!r}; use rms or sgd")
@@ -150,14 +159,15 @@ def dynamic_evaluate(model: LanguageModel, ids: Ids, lr: float = 2e-4, chunk: in
         raise RnnlabError("rms dynamic evaluation needs the training text (stats_ids) for its gradient scale")
     if len(ids) < 2:
         raise RnnlabError("evaluation needs at least 2 tokens")
-    scale = rms_scale(model, stats_ids, chunk, stats_chunks, eps) if method == "rms" else None
-    adapter = Adapter(model, lr, chunk, scale, decay)
+    scale = rms_scale(model, stats_ids, chunk, stats_chunks, eps, precision) if method == "rms" else None
+    adapter = Adapter(model, lr, chunk, scale, decay, precision)
     total, count = adapter.read(to_device(ids, adapter.model.device))
     loss = total / count
     return {"loss": loss, "ppl": perplexity(loss), "bpc": bits_per_token(loss), "tokens": count}
 
 
-def _rms_scale(m: LanguageModel, params: list, stats_ids: Ids, chunk: int, n_chunks: int, eps: float) -> list:
+def _rms_scale(m: LanguageModel, params: list, stats_ids: Ids, chunk: int, n_chunks: int, eps: float,
+               precision: str = "fp32") -> list:
     """sqrt(mean squared gradient) + eps per parameter, over ``n_chunks`` consecutive chunks of
     the training text (state carried, as when scoring), spread over the text in runs of 20."""
     ms = [torch.zeros_like(p) for p in params]
@@ -173,8 +183,9 @@ def _rms_scale(m: LanguageModel, params: list, stats_ids: Ids, chunk: int, n_chu
         j = start + (k % 20) * chunk
         x = as_long(stats_ids[j:j + chunk]).to(m.device)[None]  # (1, chunk)
         y = as_long(stats_ids[j + 1:j + chunk + 1]).to(m.device)[None]
-        logits, state = m(x, tuple(s.detach() for s in state))
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        with autocast(m.device, precision):
+            logits, state = m(x, tuple(s.detach() for s in state))
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         for acc, g in zip(ms, torch.autograd.grad(loss, params, allow_unused=True)):
             if g is not None:
                 acc += g * g / n_chunks

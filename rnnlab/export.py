@@ -8,11 +8,14 @@
 The ONNX graph is ONE step of the model for ``N`` independent rows (``N`` is dynamic)::
 
     ids (N,) int64, h (L, N, H) float32 [, c (L, N, H)]  ->  logits (N, V), h_next [, c_next]
+    minGRU/minLSTM: h, shift (L, N, D) (the scan state, the token shift's last input) -> h_next, shift_next
     unrolled model: prev (1, N, W-1) int64 (the last W-1 ids, -1 = none yet) -> prev_next
 
 A caller starts from zero states (``prev`` all -1), feeds one id per row and feeds ``*_next`` back.
-The float graph is the model's own forward (``impl concise``: ONNX's LSTM/GRU/RNN operators),
-exported by torch's TorchScript-based exporter (the dynamo exporter needs onnxscript and took
+The float graph is the model's own forward in the implementation its cell names
+(``Cell.onnx_graph``: ``concise`` where the cell has torch layers, i.e. ONNX's LSTM/GRU/RNN
+operators; else ``scratch``, plain tensor operations, as for the min-cells), exported by torch's
+TorchScript-based exporter (the dynamo exporter needs onnxscript and took
 4-9 s per export against 0.1-1 s, for the same graphs). The int8 graph is onnxruntime's dynamic
 quantisation (int8 weights in a 7-bit range, activations quantised per call) of the graph of the
 implementation the cell names (``Cell.int8_onnx_graph``: the LSTM's own operator, which becomes
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from torch import nn
 
 from .checkpoint import Checkpoint, load_checkpoint, load_for_inference
 from .errors import RnnlabError, UsageError
+from .io import staged_dir
 from .models import LanguageModel
 from .version import __version__
 
@@ -50,13 +53,16 @@ def _onnx():
     return onnx, onnxruntime
 
 
-def _load(checkpoint_dir, impl: str) -> Checkpoint:
-    """The checkpoint on the CPU with the model in ``impl`` (the unrolled model has one impl);
-    a cell that lacks ``impl`` loads as trained."""
-    try:
-        return load_checkpoint(checkpoint_dir, "cpu", impl=impl)
-    except UsageError:
-        return load_checkpoint(checkpoint_dir, "cpu")
+def _load(checkpoint_dir, impl: str | None = None) -> Checkpoint:
+    """The checkpoint on the CPU with the model in ``impl`` (default: the implementation its cell
+    exports, ``Cell.onnx_graph``; the unrolled model has one implementation)."""
+    if impl is None:
+        ck = load_checkpoint(checkpoint_dir, "cpu")
+        cell = getattr(ck.model, "cell", None)
+        if cell is None or cell.onnx_graph == ck.model_config.impl:
+            return ck
+        impl = cell.onnx_graph
+    return load_checkpoint(checkpoint_dir, "cpu", impl=impl)
 
 
 def state_names(model: LanguageModel) -> list[str]:
@@ -86,6 +92,12 @@ def _export_graph(model: LanguageModel, path: Path) -> None:
         warnings.simplefilter("ignore")  # the legacy-exporter notice, tracer notes on the one-step loop
         torch.onnx.export(OneStep(model.eval()), (ids, *state), str(path), dynamo=False, opset_version=OPSET,
                           input_names=["ids", *names], output_names=["logits", *outputs], dynamic_axes=axes)
+    onnx, _ = _onnx()
+    graph = onnx.load(str(path), load_external_data=False).graph
+    missing = [n for n in ["ids", *names] if n not in {i.name for i in graph.input}]
+    if missing:  # the tracer lost a state (an operation it cannot see): the graph would ignore what is fed back
+        raise RnnlabError(f"the ONNX graph of {model.describe()} lost its input(s) {', '.join(missing)} "
+                          f"(an operation torch's tracer cannot follow); this model cannot be exported")
 
 
 def _quantize_graph(src: Path, dst: Path) -> None:
@@ -114,35 +126,71 @@ def _tensor_specs(model: LanguageModel, names: list[str], suffix: str = "") -> l
              "dtype": str(s.dtype).removeprefix("torch.")} for n, s in zip(names, model.begin_state(1, "cpu"))]
 
 
+EXPORT_FILES = (MODEL_FILE, INT8_FILE, VOCAB_FILE, META_FILE)
+
+
 def export_onnx(checkpoint_dir, out_dir, int8: bool = False, steps: int = 200) -> dict:
     """Write ``out_dir/model.onnx`` (one step, float32; ``model.int8.onnx`` too with ``int8``),
     ``vocab.json`` and ``export.json``, check them with onnx.checker and against PyTorch over a
     ``steps``-token stream (float32: max |logit difference| <= 1e-4, else an error), and return
-    the ``export.json`` contents."""
-    onnx, _ = _onnx()
+    the ``export.json`` contents.
+
+    All or nothing: the files are written into a temporary folder next to ``out_dir`` and moved
+    into place once every check has passed (replacing an earlier export there); a failure leaves
+    no file or folder behind and is one ``RnnlabError`` line. ``out_dir`` holding anything but
+    an export's files is refused (``UsageError``) before any work."""
+    _onnx()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ck = _load(checkpoint_dir, "concise")
+    _check_target(out)
+    ck = _load(checkpoint_dir)  # a missing or damaged checkpoint fails here, before anything is written
+    with staged_dir(out) as tmp:
+        try:
+            meta = _write_export(ck, checkpoint_dir, tmp, out, int8, steps)
+        except (RnnlabError, OSError, MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # torch's exporter, onnx's checker, onnxruntime: one line, not their traceback
+            text = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise RnnlabError(f"exporting {checkpoint_dir} ({ck.model.describe()}) to ONNX failed: "
+                              f"{type(e).__name__}: {text}") from None
+    return meta
+
+
+def _check_target(out: Path) -> None:
+    """``out`` may be created, or replaced when it holds an earlier export and nothing else."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UsageError(f"--out {out} exists and is not a folder (a file or a symbolic link); choose another --out")
+    if out.is_dir():
+        others = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)
+        if others:
+            raise UsageError(f"--out {out} holds other files ({', '.join(others[:3])}"
+                             f"{', ...' if len(others) > 3 else ''}); an export replaces its folder: choose "
+                             f"another --out (an empty or earlier export folder)")
+
+
+def _write_export(ck: Checkpoint, checkpoint_dir, tmp: Path, out: Path, int8: bool, steps: int) -> dict:
+    """The export into ``tmp`` (named ``out`` in messages), checked; returns ``export.json``'s contents."""
+    onnx, _ = _onnx()
     model, mcfg = ck.model, ck.model_config
     names = state_names(model)
-    _export_graph(model, out / MODEL_FILE)
-    onnx.checker.check_model(str(out / MODEL_FILE), full_check=True)
-    (out / VOCAB_FILE).write_text(ck.vocab.to_json() + "\n", encoding="utf-8")
-    checks = {"steps": steps, "float32_max_abs_logit_diff": check_onnx(out, checkpoint_dir, steps)}
+    _export_graph(model, tmp / MODEL_FILE)
+    onnx.checker.check_model(str(tmp / MODEL_FILE), full_check=True)
+    (tmp / VOCAB_FILE).write_text(ck.vocab.to_json() + "\n", encoding="utf-8")
+    checks = {"steps": steps, "float32_max_abs_logit_diff": check_onnx(tmp, checkpoint_dir, steps)}
     if not checks["float32_max_abs_logit_diff"] <= TOLERANCE:
         raise RnnlabError(f"{out / MODEL_FILE}: onnxruntime and PyTorch disagree by "
                           f"{checks['float32_max_abs_logit_diff']:.2e} (> {TOLERANCE}); the export is wrong")
     files = {"float32": MODEL_FILE}
     if int8:
-        with tempfile.TemporaryDirectory() as tmp:
-            src = out / MODEL_FILE
-            cell = getattr(model, "cell", None)  # the unrolled model has no cell and one graph
-            if cell is not None and cell.int8_onnx_graph != "concise":
-                src = Path(tmp) / f"{cell.int8_onnx_graph}.onnx"
-                _export_graph(_load(checkpoint_dir, cell.int8_onnx_graph).model, src)
-            _quantize_graph(src, out / INT8_FILE)
-        onnx.checker.check_model(str(out / INT8_FILE), full_check=True)
-        checks["int8_max_abs_logit_diff"] = check_onnx(out, checkpoint_dir, steps, int8=True)
+        src = tmp / MODEL_FILE
+        cell = getattr(model, "cell", None)  # the unrolled model has no cell and one graph
+        if cell is not None and cell.int8_onnx_graph != cell.onnx_graph:
+            src = tmp / f"{cell.int8_onnx_graph}.onnx"
+            _export_graph(_load(checkpoint_dir, cell.int8_onnx_graph).model, src)
+        _quantize_graph(src, tmp / INT8_FILE)
+        if src != tmp / MODEL_FILE:
+            src.unlink()
+        onnx.checker.check_model(str(tmp / INT8_FILE), full_check=True)
+        checks["int8_max_abs_logit_diff"] = check_onnx(tmp, checkpoint_dir, steps, int8=True)
         if not np.isfinite(checks["int8_max_abs_logit_diff"]):
             raise RnnlabError(f"{out / INT8_FILE}: the int8 model gives non-finite logits")
         files["int8"] = INT8_FILE
@@ -167,7 +215,7 @@ def export_onnx(checkpoint_dir, out_dir, int8: bool = False, steps: int = 200) -
             "next-token distribution: softmax(logits / temperature); ids -> text: join tokens with token_separator",
         ],
     }
-    (out / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return meta
 
 
@@ -177,7 +225,7 @@ def check_onnx(out_dir, checkpoint_dir, steps: int = 200, rows: int = 1, int8: b
     by side over a ``steps``-token pseudo-random stream for ``rows`` rows, each fed its own state
     step by step; return the max |logit difference| over all steps. ``int8``: the int8 graph."""
     sess = onnx_session(Path(out_dir) / (INT8_FILE if int8 else MODEL_FILE))
-    model = _load(checkpoint_dir, "concise").model
+    model = _load(checkpoint_dir).model
     names = state_names(model)
     gen = torch.Generator().manual_seed(seed)
     stream = torch.randint(0, model.cfg.vocab_size, (steps, rows), generator=gen)  # (steps, N)

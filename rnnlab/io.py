@@ -4,9 +4,12 @@ once they are known to be readable regular files that fit in memory (a FIFO woul
 handling: corpora, checkpoints, prepared corpora and metrics use it."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,50 @@ def atomic_write(path: str | Path, data: bytes) -> None:
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def staged_dir(target: str | Path):
+    """A folder that appears at ``target`` whole or not at all: yields an empty temporary folder next
+    to it (``.NAME.tmp-*``, so on the same file system) to fill; when the block ends without an
+    error it takes ``target``'s place (a folder already there is replaced: the caller decides
+    whether it may be). On any error or interrupt the temporary folder and the parent folders made
+    for it are removed and nothing at ``target`` changes; an operating-system error becomes a
+    one-line ``RnnlabError`` naming the path."""
+    target = Path(target)
+    made = [p for p in (target.parent, *target.parent.parents) if not p.exists()]  # innermost first
+    tmp, landed = None, False
+    try:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+            tmp.mkdir()  # (not mkdtemp: the folder keeps the usual permissions once in place)
+        except OSError as e:
+            raise RnnlabError(f"cannot write {target} ({e.strerror or e}); {os_error_hint(e)}") from None
+        yield tmp
+        holder = None  # a folder already at target waits here until the new one is in place
+        try:
+            if target.is_dir() and not target.is_symlink():
+                holder = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+                os.replace(target, holder / target.name)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if holder is not None:
+                    os.replace(holder / target.name, target)  # the previous folder back where it was
+                raise
+            tmp, landed = None, True
+        except OSError as e:
+            raise RnnlabError(f"cannot write {target} ({e.strerror or e}); {os_error_hint(e)}") from None
+        finally:  # the old folder goes once the new one is in place (never while it is the only copy)
+            if holder is not None and (landed or not any(holder.iterdir())):
+                shutil.rmtree(holder, ignore_errors=True)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for p in made if not landed else ():  # innermost first, each only while empty
+            with contextlib.suppress(OSError):
+                p.rmdir()
 
 
 def json_text(obj: Any, **kwargs) -> str:

@@ -22,7 +22,7 @@ import torch
 from .callbacks import MetricsWriter, ProgressBar, write_plot
 from .checkpoint import BEST, CONFIG, load_checkpoint, load_for_inference, load_trainer_state, read_configs, resolve_checkpoint_dir, \
     save_checkpoint
-from .config import ARCHITECTURE, DataConfig, DynamicEval, ModelConfig, RunConfig, TrainConfig
+from .config import DataConfig, DynamicEval, ModelConfig, RunConfig, TrainConfig
 from .data import PreparedData, Tokenizer, prepare_data
 from .decoding import generate
 from .distributed import LOCAL, DistContext, cleanup, device_for, env_context, setup
@@ -30,9 +30,11 @@ from .errors import RnnlabError, UsageError
 from .evaluation import SGD_FALLBACK_LR, dynamic_evaluate, evaluate
 from .fields import flag
 from .models import LanguageModel, build_model, grow_vocabulary
-from .runs import RunLock, prepare_run_dir, save_run_checkpoint
-from . import recipes
-from .runtime import check_memory, gemm_rate, seed_everything, select_device
+from .runs import RunLock, prepare_run_dir, record_chat, save_run_checkpoint
+from .plan import settle
+from .precision import sequence_precision
+from .speed import simulated_step_seconds
+from .runtime import seed_everything, select_device
 from .training import Trainer
 
 Log = Callable[[str], None]
@@ -55,6 +57,7 @@ class RunResult:
     out_dir: Path
     interrupted: bool = False
     info: dict = field(default_factory=dict)
+    signal: int = 0  # the signal that stopped an interrupted run (SIGINT, SIGTERM), if one did
 
     @property
     def vocab(self):
@@ -66,6 +69,7 @@ class _StopOnSignal:
 
     def __init__(self, trainer: Trainer, log: Log):
         self.trainer, self.log, self.old = trainer, log, {}
+        self.signum = 0  # the signal that asked the run to stop
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -74,8 +78,9 @@ class _StopOnSignal:
         return self
 
     def _handle(self, signum, frame):
-        if self.trainer._stop and signum == signal.SIGINT:
+        if self.signum and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        self.signum = signum
         self.log(f"{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
                  f"(press Ctrl-C again to abort without saving)")
         self.trainer.request_stop()
@@ -105,8 +110,7 @@ def train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunC
     if explicit is None:
         explicit = {name for cfg in (dcfg, mcfg, tcfg, rcfg) for name, value in cfg.to_dict().items()
                     if value != getattr(type(cfg)(), name)}
-    recipes.model_defaults(rcfg.recipe, mcfg, explicit)
-    for cfg in (dcfg, mcfg, tcfg, rcfg):
+    for cfg in (dcfg, tcfg, rcfg):  # the model's too, once the recipe has picked its --impl/--embedding-dim (settle)
         cfg.validate()
     if not str(out_dir).strip():
         raise UsageError("--out is empty; give a directory for the run")
@@ -142,32 +146,13 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
         raise UsageError(f"{out} already holds a checkpoint; pass --resume to continue it, --overwrite to "
                          f"replace it, or choose another --out")
     stored_vocab = load_checkpoint(out).vocab if resume else None
-    use_recipe = rcfg.recipe != "book" and not resume  # a resumed run's settings are the stored, resolved ones
-    if use_recipe:
-        recipes.data_defaults(rcfg.recipe, dcfg, explicit)
-    base = _fine_tuning_base(rcfg, dcfg, mcfg, device, log) if rcfg.init_from and not resume else None
-    if base is not None:
-        data: PreparedData = prepare_data(dcfg, vocab=base.vocab, extend=rcfg.extend_vocab)
-        _report_unknown(data, base, rcfg, log)
-    elif rcfg.init_from:  # resuming a fine-tuned run: the vocabulary is the run's own, kept in the checkpoint
-        data = prepare_data(dcfg, vocab=stored_vocab)
-    else:
-        data = prepare_data(dcfg)
-    if stored_vocab is not None and data.vocab != stored_vocab:
-        raise RnnlabError(f"the corpus {data.source} gives a different vocabulary from the checkpoint's in {out} "
-                          f"({stored_vocab.difference(data.vocab)}); resume with the same text and settings")
-    if not rcfg.prefixes:
-        rcfg.prefixes = data.default_prefixes
-    if use_recipe:
-        gemm = recipes.REFERENCE_GEMM_GFLOPS if ctx.enabled or "hidden_size" in explicit else gemm_rate()
-        plan = recipes.resolve(rcfg.recipe, mcfg, tcfg, rcfg, explicit, len(data.train_ids), len(data.vocab), gemm,
-                               fine_tuning=base is not None, validation=data.val_ids is not None)
-        for cfg in (mcfg, tcfg, rcfg):
-            cfg.validate()
-        log(plan.describe())
-    mcfg.vocab_size = len(data.vocab)
-    mcfg.validate()
-    check_memory(mcfg.parameter_count() * 4 * 4, "training the model (weights, gradients, optimizer state)")
+    plan = settle(dcfg, mcfg, tcfg, rcfg, explicit, device, ctx, resume_vocab=stored_vocab, out=out)
+    dcfg, mcfg, tcfg, rcfg = plan.configs
+    data, base = plan.corpus, plan.base
+    for line in plan.lines:
+        log(line)
+    if data.chat is not None:  # a chat export: say what was read (settle checked a resumed run reads the same messages)
+        log(data.chat.report.describe())
     seed_everything(tcfg.seed)
     model = build_model(mcfg).to(device)  # the same initial weights on every rank
     if base is not None:  # fine-tuning: the base's weights (grown for tokens it never saw, with --extend-vocab)
@@ -175,12 +160,23 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
     if ctx.rank > 0:  # ranks train different rows: give each its own dropout masks
         torch.manual_seed(tcfg.seed + 1_000_003 * ctx.rank)
     tokenizer = data.tokenizer
-    trainer = Trainer(model, tcfg, data.train_ids, data.val_ids, run=rcfg, dist_ctx=ctx)
+    # evaluations during training score the selection slice (they choose the weights); without one
+    # they score the test split for the record only (settle refused any decision then)
+    selecting = data.select_ids is not None
+    trainer = Trainer(model, tcfg, data.train_ids, data.select_ids if selecting else data.val_ids, run=rcfg,
+                      dist_ctx=ctx, label="select" if selecting else "val", step_seconds=simulated_step_seconds())
+    if not resume:
+        if rcfg.budget and not trainer.step_seconds:
+            trainer.count_setup(plan.setup_seconds)  # measuring counts against a budget
     if resume:
         ck = load_checkpoint(out, device)
         model.load_state_dict(ck.model.state_dict())
         tensors, meta = load_trainer_state(ck.path)
         trainer.load_state_dict(tensors, meta)
+        if trainer.finished:  # nothing to train: leave the finished run as it is
+            log(f"{out}: the run is finished ({trainer.stop_reason or 'done'}, epoch {trainer.epoch}, step "
+                f"{trainer.step}); nothing to resume. Give a larger --epochs or --budget to train further")
+            return RunResult(model, data.tokenizer, trainer.history, out, info=dict(ck.info))
         log(f"resuming {out} at epoch {trainer.epoch} (step {trainer.step}"
             f"{', inside the epoch' if trainer.epoch_rng_state is not None else ''})")
     # --overwrite: the old run goes when the new one first saves (a run that fails before leaves it whole)
@@ -190,11 +186,14 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
 
     def save(trainer: Trainer, name: str, last: dict | None = None) -> None:
         last = last if last is not None else (trainer.history[-1] if trainer.history else {})
-        info = {"epoch": trainer.epoch, "step": trainer.step, "source": data.source,
-                **{k: v for k, v in last.items() if k.startswith(("train_", "val_"))}}
+        info = {"epoch": trainer.epoch, "step": trainer.step, "source": data.source, "ranges": data.ranges,
+                **({"measured": plan.rates.to_dict()} if plan.rates is not None else {}),
+                **{k: v for k, v in last.items() if k.startswith(("train_", "val_", "select_"))}}
         save_run_checkpoint(out, name, rcfg.keep, model, tokenizer, mcfg, dcfg, tcfg, rcfg, info, trainer.state_dict(),
                             replace_run=replacing["run"], replace_best=replacing["best"])
         replacing.update(run=False, best=False)
+        if data.chat is not None:
+            record_chat(out, data.chat.text)
         write_plot(trainer.history, out / "perplexity.png", title=f"{model.describe()} H={mcfg.hidden_size}")
 
     save_every = rcfg.save_every or max(1, rcfg.epochs // 10)
@@ -205,25 +204,30 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
         if not ends_epoch or e == 1 or e % rcfg.log_every == 0 or e == rcfg.epochs or trainer.time_up:
             val = f"  val loss {m['val_loss']:.4f}  val ppl {m['val_ppl']:.3f}" if "val_ppl" in m else ""
             where = f"epoch {e:4d}" if ends_epoch else f"epoch {e:8.2f}"
+            if "select_ppl" in m:
+                val = f"  select loss {m['select_loss']:.4f}  select ppl {m['select_ppl']:.3f}"
             emit(f"{where}  loss {m['train_loss']:.4f}  ppl {m['train_ppl']:.3f}{val}  "
                  f"{m['tokens_per_sec']:,.0f} tokens/s  {m['elapsed_s']:.1f}s")
         if ends_epoch and rcfg.predict_every and (e % rcfg.predict_every == 0 or e == rcfg.epochs):
             for p in rcfg.prefixes:
                 emit("  > " + generate(trainer.model, tokenizer, p, rcfg.predict_length).replace("\n", "\\n"))
-        if trainer.improved:
+        if trainer.improved and selecting:
             if replacing["best"] and (out / BEST).is_dir():
                 shutil.rmtree(out / BEST)  # the old run's best weights are not this run's
             replacing["best"] = False
-            save_checkpoint(out / BEST, model, tokenizer, mcfg, dcfg, tcfg, rcfg, info={"epoch": e, "step": trainer.step, **{
-                k: v for k, v in m.items() if k.startswith(("train_", "val_"))}})
+            save_checkpoint(out / BEST, model, tokenizer, mcfg, dcfg, tcfg, rcfg, info={
+                "epoch": e, "step": trainer.step, "ranges": data.ranges,
+                **{k: v for k, v in m.items() if k.startswith(("train_", "select_"))}})
         if ends_epoch and e % save_every == 0 and e < rcfg.epochs and not trainer.time_up:
             save(trainer, f"epoch-{e:06d}")
 
     if main:
         trainer.callbacks.append(on_epoch)
+        trainer.snapshot_callbacks.append(lambda tr, m: save(tr, f"step-{tr.step:010d}", m))
         trainer.callbacks.insert(0, MetricsWriter(out / "metrics.jsonl", trainer.history))
     n_params = sum(p.numel() for p in model.parameters())
-    val = f", validation {len(data.val_ids):,}" if data.val_ids is not None else ""
+    val = f", selection {len(data.select_ids):,}" if data.select_ids is not None else ""
+    val += f", test {len(data.val_ids):,}" if data.val_ids is not None else ""
     where = f"{ctx.world_size} processes (DDP, {tcfg.batch_size // ctx.world_size} rows each)" if ctx.enabled else ""
     log(f"corpus {data.source}: {len(data.train_ids):,} training tokens{val}, vocabulary {len(data.vocab)}; "
         f"model {model.describe()} ({n_params:,} parameters) on {device}{' x ' + where if where else ''}")
@@ -232,7 +236,7 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
         trainer.step_callbacks.append(bar.step)
         emit = bar.write
     try:
-        with _StopOnSignal(trainer, emit):
+        with _StopOnSignal(trainer, emit) as stopper:
             trainer.fit()
     finally:
         bar.close()
@@ -241,63 +245,35 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
             save(trainer, f"interrupted-step-{trainer.step:08d}")
         log(f"stopped at epoch {trainer.epoch} + {trainer.batch_in_epoch} minibatches; checkpoint saved in {out}; "
             f"continue with: rnnlab train --resume --out {out}")
-        return RunResult(model, tokenizer, trainer.history, out, interrupted=True)
+        return RunResult(model, tokenizer, trainer.history, out, interrupted=True, signal=stopper.signum)
     final = dict(trainer.history[-1])
-    if data.val_ids is not None and (rcfg.eval_tokens or rcfg.restore_best):  # the whole split, once, at the end
+    if data.val_ids is not None and (selecting or rcfg.eval_tokens):  # the whole test split, once, at the end
         full = evaluate(model, data.val_ids, tcfg.batch_size, tcfg.num_steps)
         final.update(val_loss=full["loss"], val_ppl=full["ppl"], val_bpc=full["bpc"])
     if main:
         save(trainer, f"epoch-{trainer.epoch:06d}", final)
     speed = statistics.median(h["tokens_per_sec"] for h in trainer.history)
-    val = f", validation loss {final['val_loss']:.4f} (perplexity {final['val_ppl']:.3f})" if "val_ppl" in final else ""
-    why = (" (time limit)" if trainer.time_up else
-           f" (early stop: {trainer.evals_since_best} evaluations without a better validation loss)"
-           if trainer.early_stopped else "")
-    best = ", the best validation weights restored" if rcfg.restore_best and trainer.best_state is not None else ""
+    val = f", test loss {final['val_loss']:.4f} (perplexity {final['val_ppl']:.3f})" if "val_ppl" in final else ""
+    if selecting and trainer.best_val < float("inf"):
+        val += f", best selection loss {trainer.best_val:.4f}"
+    why = f" ({trainer.stop_reason})" if trainer.stop_reason not in ("", "epochs done") else ""
+    best = ", the best selection weights restored" if rcfg.restore_best and trainer.best_state is not None else ""
     log(f"done{why}: epoch {trainer.epoch}, train perplexity {final['train_ppl']:.3f}{val}{best}, "
         f"median {speed:,.0f} tokens/s; checkpoint in {out}")
     return RunResult(model, tokenizer, trainer.history, out, info=final)
 
 
-def _fine_tuning_base(rcfg: RunConfig, dcfg: DataConfig, mcfg: ModelConfig, device, log: Log):
-    """The checkpoint ``--init-from`` names, checked against the run's settings."""
-    base = load_checkpoint(rcfg.init_from, device)
-    for name in ARCHITECTURE:
-        if getattr(mcfg, name) != getattr(base.model_config, name):
-            raise UsageError(f"--init-from {rcfg.init_from}: its {flag(name)} is {getattr(base.model_config, name)!r}, "
-                             f"this run's {getattr(mcfg, name)!r}; fine-tuning keeps the base's architecture")
-    for name in ("preset", "token"):
-        if getattr(dcfg, name) != getattr(base.data_config, name):
-            raise UsageError(f"--init-from {rcfg.init_from}: its {flag(name)} is {getattr(base.data_config, name)!r}, "
-                             f"this run's {getattr(dcfg, name)!r}; fine-tuning reads text as the base did")
-    log(f"fine-tuning {rcfg.init_from} ({base.model.describe()}, vocabulary {len(base.vocab)}, "
-        f"trained {base.info.get('epoch', '?')} epochs on {Path(str(base.info.get('source', '?'))).name})")
-    return base
-
-
-def _report_unknown(data: PreparedData, base, rcfg: RunConfig, log: Log) -> None:
-    if not data.unknown:
-        return
-    n, shown = sum(data.unknown.values()), ", ".join(repr(t) for t in list(data.unknown)[:8])
-    more = " ..." if len(data.unknown) > 8 else ""
-    if rcfg.extend_vocab:
-        log(f"{len(data.unknown)} new tokens ({shown}{more}; {n:,} occurrences) added to the base's "
-            f"{len(base.vocab)}: their weights start as <unk>'s" if base.vocab.unk is not None else
-            f"{len(data.unknown)} new tokens added; their weights start as the mean of the others'")
-    else:
-        log(f"{n:,} tokens of the text ({len(data.unknown)} distinct: {shown}{more}) are not in the base model's "
-            f"vocabulary and are read as <unk>; --extend-vocab adds them")
-
-
 def evaluate_checkpoint(ckpt_dir: str | Path, dcfg: DataConfig | None = None, device: str = "auto",
                         batch_size: int = 32, num_steps: int = 35, dynamic: DynamicEval | None = None,
-                        log: Log = lambda msg: None, int8: bool = False) -> dict:
+                        log: Log = lambda msg: None, int8: bool = False, precision: str = "fp32") -> dict:
     """Perplexity of a checkpoint on a text (default: the validation split of its own corpus).
 
     With ``dynamic``, also the dynamic evaluation of the same text (``evaluation.dynamic_evaluate``:
     the model adapts as it reads; the checkpoint is not changed), beside the static figure read
-    the same way (one row, chunks of ``dynamic.chunk``): ``result["dynamic"]``, ``result["static_1row"]``."""
+    the same way (one row, chunks of ``dynamic.chunk``): ``result["dynamic"]``, ``result["static_1row"]``.
+    ``precision``: bf16 scores (and adapts) under bfloat16 autocast; auto measures which is faster."""
     ck = load_for_inference(ckpt_dir, select_device("cpu" if int8 and device == "auto" else device), int8)
+    precision = sequence_precision(ck.model, precision, batch_size, num_steps, log, int8=int8)
     train_ids = None
     if dcfg is None:
         dcfg = ck.data_config
@@ -305,16 +281,25 @@ def evaluate_checkpoint(ckpt_dir: str | Path, dcfg: DataConfig | None = None, de
             raise UsageError(f"{ckpt_dir} was trained without --val-fraction, so it has no held-out split; "
                              f"give a FILE or --dataset to evaluate on")
         data = prepare_data(dcfg, vocab=ck.vocab)
+        if data.chat is not None:
+            log(data.chat.report.describe())
         ids, train_ids = data.val_ids, data.train_ids
         source = dcfg.path or dcfg.dataset or (f"the prepared corpus {dcfg.prepared}" if dcfg.prepared else "the corpus")
-        what = f"validation split ({dcfg.val_fraction:g}) of {source}"
+        what = f"test split (the last {dcfg.val_fraction:g}) of {source}"
+        rc = ck.run_config
+        if not dcfg.select_fraction and (rc.patience or rc.restore_best):
+            log(f"rnnlab: note: {ckpt_dir} was trained before rnnlab kept a selection slice: its weights were chosen on "
+                f"this same split, so this figure is optimistic; retrain to get a split no decision saw")
     else:
         for name in ("preset", "token"):
             setattr(dcfg, name, getattr(ck.data_config, name))
         d = prepare_data(dcfg, vocab=ck.vocab)
+        if d.chat is not None:
+            log(d.chat.report.describe())
         ids = d.train_ids
         what = d.source
-    result = evaluate(ck.model, ids, batch_size, num_steps)
+    result = evaluate(ck.model, ids, batch_size, num_steps, precision=precision)
+    result["precision"] = precision
     unk = ck.vocab.unk_id
     result["unk_tokens"] = int((ids == unk).sum()) if unk is not None else 0
     result["source"] = what
@@ -322,13 +307,14 @@ def evaluate_checkpoint(ckpt_dir: str | Path, dcfg: DataConfig | None = None, de
         method, lr = dynamic.method, dynamic.lr
         if method == "rms" and train_ids is None:
             try:
-                train_ids = prepare_data(dataclasses.replace(ck.data_config, val_fraction=0.0), vocab=ck.vocab).train_ids
+                train_ids = prepare_data(ck.data_config, vocab=ck.vocab).train_ids  # its training range only
             except RnnlabError as e:
                 log(f"rnnlab: the training text is not available ({e}); dynamic evaluation falls back to plain SGD "
                     f"(lr {SGD_FALLBACK_LR:g})")
                 method, lr = "sgd", SGD_FALLBACK_LR
-        result["static_1row"] = evaluate(ck.model, ids, 1, dynamic.chunk)
-        result["dynamic"] = {**dynamic_evaluate(ck.model, ids, lr, dynamic.chunk, method, train_ids),
+        result["static_1row"] = evaluate(ck.model, ids, 1, dynamic.chunk, precision=precision)
+        result["dynamic"] = {**dynamic_evaluate(ck.model, ids, lr, dynamic.chunk, method, train_ids,
+                                                precision=precision),
                              "method": method, "lr": lr, "chunk": dynamic.chunk}
     return result
 

@@ -17,9 +17,10 @@ from pathlib import Path
 from .checkpoint import (BEST, CONFIG, SNAPSHOTS, STATE_JSON, STATE_TENSORS, VOCAB, WEIGHTS, list_snapshots,
                          save_checkpoint)
 from .errors import RnnlabError, UsageError
-from .io import os_error_hint
+from .io import atomic_write, os_error_hint
 
 LOCK = ".rnnlab-train.lock"
+CHAT = "chat.txt"  # with --chat: the cleaned messages the run trains on
 RUN_FILES = (WEIGHTS, CONFIG, VOCAB, STATE_TENSORS, STATE_JSON, "metrics.jsonl", "perplexity.png")
 
 
@@ -61,6 +62,7 @@ def clear_run(run_dir: str | Path, keep: Path | None = None, best: bool = True) 
     try:
         for name in RUN_FILES[:5]:  # the checkpoint files; metrics and plot are the new run's already
             (run / name).unlink(missing_ok=True)
+        (run / CHAT).unlink(missing_ok=True)
         if best and (run / BEST).is_dir():
             shutil.rmtree(run / BEST)
         if (run / SNAPSHOTS).is_dir():
@@ -69,6 +71,22 @@ def clear_run(run_dir: str | Path, keep: Path | None = None, best: bool = True) 
                     shutil.rmtree(snap) if snap.is_dir() else snap.unlink()
     except OSError as e:
         raise RnnlabError(f"cannot clear the previous run in {run} ({e.strerror or e}); {os_error_hint(e)}") from None
+
+
+def record_chat(run_dir: str | Path, text: str) -> None:
+    """Keep the cleaned chat text a run trains on in ``run_dir/chat.txt`` (once: it never changes)."""
+    path = Path(run_dir) / CHAT
+    if not path.is_file():
+        atomic_write(path, text.encode("utf-8"))
+
+
+def check_chat(run_dir: str | Path, text: str, source: str) -> None:
+    """``--resume``: the chat export must still give the messages the run was trained on."""
+    path = Path(run_dir) / CHAT
+    if path.is_file() and path.read_bytes() != text.encode("utf-8"):
+        raise UsageError(f"the chat export {source} now gives other messages than the run in {run_dir} was trained "
+                         f"on ({path}); resume with the export as it was, or start a new run (--init-from "
+                         f"{run_dir} fine-tunes on the new one)")
 
 
 def prepare_run_dir(run_dir: str | Path) -> Path:

@@ -29,6 +29,7 @@ from .errors import RnnlabError
 from .evaluation import evaluate, to_device
 from .metrics import perplexity
 from .models import LanguageModel, State, detach_state
+from .precision import autocast
 from .runtime import keep_freed_memory
 
 DIVERGED = 100.0  # nats/token: far above any vocabulary's uniform loss (ln 2^24 = 16.6): the run has diverged
@@ -64,7 +65,9 @@ class Trainer:
     finishes, then ``fit`` returns with ``interrupted`` set and the position kept for resume).
     Each finished epoch calls every epoch callback with a metrics dict: ``epoch``, ``step``,
     ``train_loss``, ``train_ppl``, ``tokens_per_sec``, ``elapsed_s``, ``lr`` and, with
-    validation ids, ``val_loss``, ``val_ppl``, ``val_bpc``.
+    evaluation ids, ``val_loss``, ``val_ppl``, ``val_bpc`` (``select_*`` with ``label="select"``:
+    the caller passes a selection slice, and the best weights, early stopping and the final decay
+    are decided on whatever text it passes).
 
     ``dist_ctx`` (from ``rnnlab.distributed.setup``) makes it one rank of a data-parallel run:
     ``cfg.batch_size`` is then the global batch, every rank gets the same global metrics and
@@ -75,6 +78,8 @@ class Trainer:
     ``clock`` (seconds, default ``time.perf_counter``; also settable on the class) is the one clock
     of every time rule (budget, ``max_seconds``, evaluation points, the final decay, tokens/s):
     tests give it a fake one, so that what a run does never depends on the machine's speed.
+    ``run.precision`` ``bf16`` runs each step's forward pass and loss under bfloat16 autocast
+    (``rnnlab.precision``); the weights, gradients, optimizer state and evaluations stay float32.
     """
 
     clock: Callable[[], float] = staticmethod(time.perf_counter)
@@ -83,7 +88,8 @@ class Trainer:
                  val_ids: Ids | None = None, run: RunConfig | None = None,
                  optimizer: torch.optim.Optimizer | None = None,
                  callbacks: list[EpochCallback] = (), step_callbacks: list[StepCallback] = (),
-                 dist_ctx: DistContext = LOCAL, clock: Callable[[], float] | None = None):
+                 dist_ctx: DistContext = LOCAL, label: str = "val", step_seconds: float = 0.0,
+                 clock: Callable[[], float] | None = None):
         need = min_tokens_needed(cfg.batch_size, cfg.num_steps)
         if len(train_ids) < need:
             raise RnnlabError(
@@ -92,6 +98,11 @@ class Trainer:
         if val_ids is not None and len(val_ids) < 2:
             raise RnnlabError("the validation split has fewer than 2 tokens; raise --val-fraction or use more text")
         self.model, self.cfg, self.dist = model, cfg, dist_ctx
+        self.label = label  # the metrics' prefix for the evaluation text: "val", or "select" for a selection slice
+        # a simulated clock for tests: each optimizer step takes step_seconds of "training time" (0: the wall clock)
+        self.step_seconds = step_seconds
+        self.setup_seconds = 0.0
+        self.snapshot_callbacks: list[EpochCallback] = []  # called with a resumable position inside an epoch
         if clock is not None:
             self.clock = clock
         self.run = run if run is not None else RunConfig()
@@ -123,6 +134,7 @@ class Trainer:
         self.early_stopped = False
         self.anneal: tuple[float, float] | None = None  # (elapsed, lr) when the final decay began
         self.next_eval = self.run.eval_every or float("inf")
+        self.next_snapshot = self.run.save_seconds or float("inf")  # the time cadence of snapshots inside epochs
         # an unfinished epoch (after an interruption)
         self.epoch_rng_state = None  # batching RNG state at the start of the unfinished epoch
         self.batch_in_epoch = 0
@@ -130,6 +142,7 @@ class Trainer:
         self.partial = [0.0, 0, 0.0]  # loss sum (nats), tokens, compute seconds of the unfinished epoch
         self.interrupted = False
         self.time_up = False
+        self.stop_reason = ""  # why the last fit() ended: "time limit", "early stop: ...", "final decay done", ...
         self._stop = False
         self.batches_per_epoch = num_batches(len(train_ids), cfg.batch_size, cfg.num_steps, cfg.sampling,
                                              cfg.num_steps // 2)
@@ -139,6 +152,13 @@ class Trainer:
             self.eval_ids = self.val_ids[:self.run.eval_tokens + 1]
 
     # -- control ---------------------------------------------------------------------------
+    def count_setup(self, seconds: float) -> None:
+        """Count ``seconds`` spent setting the run up (measuring candidates) as training time: the
+        budget's clock starts there, and the first evaluation point follows it."""
+        self.elapsed = self.setup_seconds = seconds
+        self.next_eval = seconds + self.run.eval_every if self.run.eval_every else float("inf")
+        self.next_snapshot = seconds + self.run.save_seconds if self.run.save_seconds else float("inf")
+
     def request_stop(self) -> None:
         """Finish the current step, then return from ``fit`` keeping the position for resume."""
         self._stop = True
@@ -169,10 +189,26 @@ class Trainer:
         limits = [t for t in (self.run.budget, self.run.max_seconds) if t]
         return min(limits) if limits else 0.0
 
+    @property
+    def finished(self) -> bool:
+        """Nothing left to train under the run's controls: every epoch done, the time limit spent or
+        the run stopped early (a resumed run with a larger --epochs or --budget goes on)."""
+        limit = self.time_limit
+        return self.epoch >= self.run.epochs or self.early_stopped or bool(limit and self.elapsed >= limit)
+
+    def _clock(self, elapsed0: float, wall0: float, now: float | None = None) -> float:
+        """Training seconds so far: ``self.clock`` since ``wall0`` on top of ``elapsed0``, or with
+        ``step_seconds`` the simulated time of the steps taken (exactly the same after a resume)."""
+        if self.step_seconds:
+            return self.setup_seconds + self.step * self.step_seconds
+        return elapsed0 + ((self.clock() if now is None else now) - wall0)
+
     def fit(self) -> list[dict]:
         self.interrupted = self.time_up = self._stop = False
         while self.epoch < self.run.epochs and not (self.interrupted or self.time_up or self.early_stopped):
             self._run_epoch()
+        self.stop_reason = ("interrupted" if self.interrupted else "time limit" if self.time_up else
+                            self.stop_reason if self.early_stopped else "epochs done")
         if self.run.restore_best and self.best_state is not None and not self.interrupted:
             self.model.load_state_dict(self.best_state)  # end with the best validation weights
         return self.history
@@ -210,8 +246,9 @@ class Trainer:
             lr = self.lr_at(self.step, self.elapsed)
             for g in opt.param_groups:
                 g["lr"] = lr
-            logits, state = self.forward_model(x, state)
-            loss = lm_loss(logits, y)
+            with autocast(device, self.run.precision):  # bf16: the products in bfloat16, weights and loss float32
+                logits, state = self.forward_model(x, state)
+                loss = lm_loss(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_norm > 0:
@@ -224,7 +261,7 @@ class Trainer:
             self.batch_in_epoch += 1
             now = self.clock()
             compute += now - t0
-            self.elapsed = elapsed0 + (now - wall0)
+            self.elapsed = self._clock(elapsed0, wall0, now)
             stop = self._stop
             if ctx.enabled:  # one small all-reduce: global step loss, any rank stopping, rank 0's clock
                 packed = torch.stack([step_loss.double(), torch.tensor(float(stop), dtype=torch.float64, device=device),
@@ -246,6 +283,9 @@ class Trainer:
                 self._evaluation_point(loss_sum, n_tokens, compute, elapsed0, wall0)
                 if self.early_stopped:
                     break
+                self._snapshot_point(state, loss_sum, n_tokens, compute)
+            elif self.run.save_seconds and self.elapsed >= self.next_snapshot:
+                self._snapshot_point(state, loss_sum, n_tokens, compute)
         # under DDP a stop requested after the last all-reduce (e.g. in a callback) waits for the next step
         stopped = stop if ctx.enabled else self._stop
         loss_total = loss_sum.item()
@@ -287,8 +327,8 @@ class Trainer:
         if self.eval_ids is not None:
             v = evaluate(self.model, self.eval_ids, self.cfg.batch_size, self.cfg.num_steps)
             self.model.train()
-            metrics.update(val_loss=v["loss"], val_ppl=v["ppl"], val_bpc=v["bpc"])
-            self.elapsed = elapsed0 + (self.clock() - wall0)
+            metrics.update({f"{self.label}_loss": v["loss"], f"{self.label}_ppl": v["ppl"], f"{self.label}_bpc": v["bpc"]})
+            self.elapsed = self._clock(elapsed0, wall0)
         if ctx.enabled:  # validation took each rank its own time: agree on rank 0's clock
             clock = torch.tensor([self.elapsed if ctx.is_main else 0.0], dtype=torch.float64, device=device)
             self.elapsed = float(all_reduce_sum(clock, ctx).item())
@@ -296,18 +336,20 @@ class Trainer:
 
     def _record(self, metrics: dict) -> None:
         """Keep an evaluation's metrics: best weights, early stopping, history, callbacks."""
-        self.improved = "val_loss" in metrics and metrics["val_loss"] < self.best_val
+        key = f"{self.label}_loss"
+        self.improved = key in metrics and metrics[key] < self.best_val
         if self.improved:
-            self.best_val = metrics["val_loss"]
+            self.best_val = metrics[key]
             self.evals_since_best = 0
             if self.run.restore_best:
                 self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        elif "val_loss" in metrics:
+        elif key in metrics:
             self.evals_since_best += 1
             if self.run.patience and self.evals_since_best >= self.run.patience:
                 self._plateau()
         if self.anneal is not None and self.elapsed >= self.anneal[0] + ANNEAL * self.run.budget:
             self.early_stopped = True  # the final decay is over: nothing more to gain at min_lr
+            self.stop_reason = "the final decay after the plateau is done"
         self.next_eval = self.elapsed + self.run.eval_every if self.run.eval_every else float("inf")
         self.history.append(metrics)
         for cb in self.callbacks:
@@ -328,6 +370,7 @@ class Trainer:
             return
         if self.anneal is None:
             self.early_stopped = True
+            self.stop_reason = f"early stop: {self.evals_since_best} evaluations without a better {self.label} loss"
 
     def _evaluation_point(self, loss_sum: torch.Tensor, n_tokens: int, compute: float, elapsed0: float,
                           wall0: float) -> None:
@@ -348,6 +391,26 @@ class Trainer:
                    "lr": self.optimizer.param_groups[0]["lr"]}
         self._validate(metrics, elapsed0, wall0)
         self._record(metrics)
+
+    def _snapshot_point(self, state, loss_sum: torch.Tensor, n_tokens: int, compute: float) -> None:
+        """A resumable position inside an epoch (after an evaluation point): the carried state, the
+        epoch's sums and every rank's RNG, as an interruption would keep them, for the snapshot
+        callbacks (a run killed later resumes from here exactly). A collective under DDP."""
+        self.next_snapshot = self.elapsed + self.run.save_seconds if self.run.save_seconds else float("inf")
+        if not self.snapshot_callbacks and not self.dist.enabled:
+            return
+        ctx = self.dist
+        sums = torch.tensor([loss_sum.item(), n_tokens, compute if ctx.is_main else 0.0], dtype=torch.float64,
+                            device=self.model.device)
+        if ctx.enabled:
+            all_reduce_sum(sums, ctx)
+        self.partial = [sums[0].item(), int(sums[1].item()), sums[2].item()]
+        self.carry = None
+        if self.cfg.sampling == "sequential" and state is not None:  # every rank's rows: (L, B/W, H) -> (L, B, H)
+            self.carry = tuple(all_gather_rows(s, ctx, dim=1) for s in detach_state(state))
+        self._gather_rng()
+        for cb in self.snapshot_callbacks:
+            cb(self, self.history[-1] if self.history else {})
 
     # -- saving and restoring --------------------------------------------------------------
     def _gather_rng(self) -> None:
@@ -395,6 +458,7 @@ class Trainer:
             "evals_since_best": self.evals_since_best, "early_stopped": self.early_stopped,
             "anneal": list(self.anneal) if self.anneal is not None else None,
             "next_eval": self.next_eval if math.isfinite(self.next_eval) else None,
+            "setup_seconds": self.setup_seconds, "stop_reason": self.stop_reason,
         }
         return tensors, meta
 
@@ -404,8 +468,11 @@ class Trainer:
         self.best_val, self.history = meta["best_val"], meta["history"]
         self.evals_since_best = int(meta.get("evals_since_best", 0))  # absent before rnnlab 0.2
         self.early_stopped = bool(meta.get("early_stopped", False))
+        self.setup_seconds = float(meta.get("setup_seconds", 0.0))
+        self.stop_reason = str(meta.get("stop_reason", ""))
         anneal = meta.get("anneal")
         self.anneal = (float(anneal[0]), float(anneal[1])) if anneal else None
+        self.next_snapshot = self.elapsed + self.run.save_seconds if self.run.save_seconds else float("inf")
         nxt = meta.get("next_eval")
         self.next_eval = float(nxt) if nxt is not None else (self.run.eval_every or float("inf"))
         best = {k[len("best."):]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}

@@ -118,10 +118,10 @@ def test_early_stopping_through_the_cli_keeps_best_and_final_alike(tmp_path):
                         "--batch-size", "8", "--num-steps", "16", "--out", str(tmp_path / "run"), "--quiet",
                         "--predict-every", "0"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "early stop" in r.stdout and "best validation weights restored" in r.stdout
+    assert "early stop" in r.stdout and "best selection weights restored" in r.stdout
     final, best = load_file(str(tmp_path / "run" / "model.safetensors")), load_file(str(tmp_path / "run" / "best" / "model.safetensors"))
     assert all(torch.equal(final[k], best[k]) for k in final)
-    assert math.isfinite(float(r.stdout.split("validation loss ")[1].split()[0]))
+    assert math.isfinite(float(r.stdout.split("test loss ")[1].split()[0]))
 
 
 def test_a_plateau_under_a_budget_starts_the_final_decay_before_stopping(monkeypatch):

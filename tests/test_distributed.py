@@ -9,7 +9,9 @@ import random
 import socket
 import subprocess
 import sys
+import signal
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -247,3 +249,73 @@ def test_nproc_launches_the_ranks_and_checks_settings_first(tmp_path):
                             str(tmp_path / "bad")], env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
         assert "ChildFailedError" not in r.stderr and r.stderr.count("\n") == 1, (bad, r.stderr)
+
+
+def _children(pid):
+    """The live processes whose parent is ``pid`` (Linux /proc)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _start_budget_run(tmp_path):
+    from rnnlab.speed import SIMULATED_CLOCK_ENV
+
+    src = tmp_path / "text.txt"
+    src.write_text(TEXT * 3)
+    env = dict(os.environ, OMP_NUM_THREADS="1", **{SIMULATED_CLOCK_ENV: "0.01"})
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "rnnlab", "train", str(src), "--nproc", "2", "--budget", "2h", "--save-seconds", "1",
+                          "--hidden-size", "8", "--batch-size", "4", "--num-steps", "8", "--quiet", "--out", str(out)],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and p.poll() is None and not list((out / "checkpoints").glob("step-*")):
+        time.sleep(0.1)
+    assert p.poll() is None, p.communicate()
+    ranks = [k for k in _children(p.pid)]
+    assert len(ranks) >= 2, ranks
+    return p, ranks, out
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_to_the_launcher_saves_and_exits_with_its_code(tmp_path, sig, code):
+    p, ranks, out = _start_budget_run(tmp_path)
+    p.send_signal(sig)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == code, (stdout, stderr)
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) <= 1, stderr
+    assert "continue with: rnnlab train --resume" in stdout
+    assert not any(_alive(r) for r in ranks)
+
+
+def test_killing_the_launcher_leaves_no_rank_alive(tmp_path):
+    p, ranks, out = _start_budget_run(tmp_path)
+    p.kill()
+    p.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(_alive(r) for r in ranks):
+        time.sleep(0.1)
+    assert not any(_alive(r) for r in ranks)
+
+
+def test_nproc_is_checked_after_the_recipe_sets_the_batch(tmp_path):
+    src = tmp_path / "text.txt"
+    src.write_text(TEXT)
+    r = subprocess.run([sys.executable, "-m", "rnnlab", "train", str(src), "--nproc", "32", "--epochs", "1",
+                        "--hidden-size", "8", "--out", str(tmp_path / "run")],
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "divisible by the 32 processes" in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and not (tmp_path / "run").exists()

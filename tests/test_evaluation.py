@@ -43,3 +43,34 @@ def test_eval_dynamic_through_the_cli_leaves_the_checkpoint_on_disk_unchanged(tm
     out = json.loads(r.stdout)
     assert out["dynamic"]["loss"] < out["static_1row"]["loss"] and out["dynamic"]["method"] == "rms"
     assert _sha(ckpt) == before
+
+
+def test_dynamic_evaluation_scores_each_chunk_before_it_learns_from_it():
+    """A reference written here: chunk k is scored by the weights after steps on chunks 0..k-1
+    only. Adapting on a chunk before scoring it (peeking) fails this test."""
+    import copy
+
+    from torch.nn import functional as F
+
+    ck = load_checkpoint(tiny_checkpoint())
+    ids = torch.tensor(ck.vocab.encode(list(REPEATED)))[:161]
+    lr, chunk = 0.5, 20
+    m = copy.deepcopy(ck.model)
+    m.eval()
+    params = [p for p in m.parameters() if p.requires_grad]
+    state, per_chunk = m.begin_state(1, m.device), []
+    for i in range(0, len(ids) - 1, chunk):
+        x, y = ids[i:min(i + chunk, len(ids) - 1)][None], ids[i + 1:min(i + chunk, len(ids) - 1) + 1][None]  # (1, <=chunk)
+        logits, state = m(x, tuple(s.detach() for s in state))
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        per_chunk.append((loss.item(), y.numel()))
+        with torch.no_grad():
+            for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True)):
+                if g is not None:
+                    p -= lr * g
+    want = sum(l * n for l, n in per_chunk) / sum(n for _, n in per_chunk)
+    got = dynamic_evaluate(ck.model, ids, lr=lr, chunk=chunk, method="sgd")
+    assert got["loss"] == pytest.approx(want, rel=1e-5)
+    # the first chunk is scored by the unadapted model: its loss is the static model's on it
+    first = dynamic_evaluate(ck.model, ids[:chunk + 1], lr=lr, chunk=chunk, method="sgd")
+    assert first["loss"] == pytest.approx(evaluate(ck.model, ids[:chunk + 1], 1, chunk)["loss"], rel=1e-6)

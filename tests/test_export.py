@@ -139,41 +139,113 @@ def test_load_quantized_checkpoint(tmp_path):
     assert logits.shape == (1, 3, len(VOCAB)) and state[0].shape == (1, 1, 24)
 
 
-def test_export_and_int8_through_the_cli(tmp_path):
-    """`rnnlab export DIR --int8`, and `--int8` for generate, suggest and serve's app."""
-    import subprocess
-    import sys
+def _main(capsys, *args) -> tuple[int, str, str]:
+    """``rnnlab ARGS`` in this process (the CLI's parsing, command and one-line errors): (code, stdout, stderr)."""
+    from rnnlab.cli import main
 
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_int8_keeps_what_the_model_learnt_and_refuses_what_it_cannot_do(capsys):
+    """(Export and --int8 run for every cell in tests/test_every_cell.py.) An int8 copy of a model
+    that knows its sentences still completes them; what an int8 copy cannot do is a usage error."""
     from fastapi.testclient import TestClient
 
-    from rnnlab.checkpoint import load_for_inference
     from rnnlab.serve import create_app
     from tiny_keyboard_model import tiny_checkpoint
 
     ckpt = tiny_checkpoint()
-
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "rnnlab", *map(str, args)], capture_output=True, text=True,
-                              timeout=300)
-
-    r = cli("export", ckpt, "--int8", "--out", tmp_path / "onnx")
-    assert r.returncode == 0 and "model.int8.onnx" in r.stdout, r.stderr
-    meta = json.loads((tmp_path / "onnx" / "export.json").read_text())
-    assert meta["checks"]["float32_max_abs_logit_diff"] <= 1e-4 and meta["state"][1]["input"] == "c"
-    r = cli("generate", ckpt, "--int8", "--prefix", "the time", "--length", "30")
-    assert r.returncode == 0 and r.stdout.startswith("the time") and len(r.stdout.strip()) == 38, r.stderr
-    r = cli("suggest", ckpt, "the time trav", "--int8", "--json")
-    assert r.returncode == 0 and json.loads(r.stdout)["completions"][0]["word"] == "traveller", r.stderr
-    corpus = Path(ckpt).parent / "corpus.txt"  # eval --int8: the int8 copy's loss, close to float32's
-    losses = []
-    for flags in ([], ["--int8"]):
-        r = cli("eval", ckpt, corpus, "--json", *flags)
-        assert r.returncode == 0, r.stderr
-        losses.append(json.loads(r.stdout)["loss"])
-    assert losses[0] != losses[1] and abs(losses[0] - losses[1]) < 0.05
-    r = cli("eval", ckpt, corpus, "--int8", "--dynamic")
-    assert r.returncode == 2 and "int8" in r.stderr
-    r = cli("generate", ckpt, "--int8", "--device", "cuda")
-    assert r.returncode == 2 and "--int8 runs on the CPU" in r.stderr or "CUDA is not available" in r.stderr
-    with TestClient(create_app(load_for_inference(ckpt, int8=True))) as c:
+    code, out, err = _main(capsys, "suggest", ckpt, "the time trav", "--int8", "--json")
+    assert code == 0 and json.loads(out)["completions"][0]["word"] == "traveller", err
+    with TestClient(create_app(load_quantized(ckpt))) as c:
         assert c.post("/v1/suggest", json={"text": "the time trav", "k": 3}).json()["completions"][0]["word"] == "traveller"
+    code, _, err = _main(capsys, "eval", ckpt, Path(ckpt).parent / "corpus.txt", "--int8", "--dynamic")
+    assert code == 2 and "int8" in err
+    code, _, err = _main(capsys, "generate", ckpt, "--int8", "--device", "cuda")
+    assert code == 2 and ("--int8 runs on the CPU" in err or "CUDA is not available" in err)
+
+
+def _left(root: Path) -> list[str]:
+    """Every path under ``root``, hidden ones included."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_an_export_that_fails_leaves_nothing_and_says_one_line(tmp_path, capsys, monkeypatch):
+    import rnnlab.export as export
+
+    ckpt = _checkpoint(tmp_path, "gru", 8, 1)
+    before = _left(tmp_path)
+    # no checkpoint there: nothing is created (not even DIR/onnx), exit 1
+    (tmp_path / "empty").mkdir()
+    for missing in (tmp_path / "nope", tmp_path / "empty"):
+        code, out, err = _main(capsys, "export", missing)
+        assert code == 1 and err.count("\n") == 1 and err.startswith("rnnlab: error:") and out == ""
+    assert _left(tmp_path) == sorted([*before, "empty"])
+    # the check fails (onnxruntime disagrees with PyTorch): no new folder, parents made for it removed
+    monkeypatch.setattr(export, "check_onnx", lambda *a, **k: 1.0)
+    code, _, err = _main(capsys, "export", ckpt, "--out", tmp_path / "new" / "deep" / "onnx")
+    assert code == 1 and "disagree" in err and err.count("\n") == 1
+    assert _left(tmp_path) == sorted([*before, "empty"])
+    monkeypatch.undo()
+    # an earlier export survives a failed one whole; a good one replaces it (no stale int8 file)
+    out = tmp_path / "onnx"
+    assert _main(capsys, "export", ckpt, "--int8", "--out", out)[0] == 0
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    for failure in (RuntimeError("boom"), KeyboardInterrupt()):
+        def fail(*a, failure=failure, **k):
+            raise failure
+        monkeypatch.setattr(export, "_quantize_graph", fail)
+        code, _, err = _main(capsys, "export", ckpt, "--int8", "--out", out)
+        assert (code, err.count("\n")) == ((1, 1) if isinstance(failure, RuntimeError) else (130, 1))
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    monkeypatch.undo()
+    code, _, err = _main(capsys, "export", ckpt, "--out", out)
+    assert code == 0 and sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx", "vocab.json"]
+    # an --out that holds anything else is refused before any work (exit 2), and left alone
+    (out / "notes.txt").write_text("mine")
+    code, _, err = _main(capsys, "export", ckpt, "--out", out)
+    assert code == 2 and "holds other files (notes.txt)" in err and (out / "notes.txt").read_text() == "mine"
+    code, _, err = _main(capsys, "export", ckpt, "--out", out / "notes.txt")
+    assert code == 2 and "not a folder" in err
+
+
+def test_an_exporter_error_is_one_line(tmp_path, capsys, monkeypatch):
+    ckpt = _checkpoint(tmp_path, "lstm", 0, 1)
+
+    def broken(*a, **k):
+        raise RuntimeError("the exporter broke\nwith a long story")
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    code, _, err = _main(capsys, "export", ckpt)
+    assert code == 1 and err == (f"rnnlab: error: exporting {ckpt} (concise lstm) to ONNX failed: RuntimeError: "
+                                 f"the exporter broke\n")
+    assert not (ckpt / "onnx").exists() and not [p for p in ckpt.iterdir() if p.name.startswith(".onnx")]
+
+
+def test_without_onnx_the_export_is_one_line_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    ckpt = _checkpoint(tmp_path, "gru", 0, 1)
+    code = "import sys; sys.modules['onnx'] = None; from rnnlab.cli import main; sys.exit(main(sys.argv[1:]))"
+    r = subprocess.run([sys.executable, "-c", code, "export", str(ckpt)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "pip install 'rnnlab[export]'" in r.stderr
+    assert not (ckpt / "onnx").exists()
+
+
+def test_a_graph_that_loses_its_state_is_refused(tmp_path, monkeypatch):
+    """The bug this guards: a minGRU traced through its C++ scan, whose graph drops the state ``h``."""
+    from rnnlab.errors import RnnlabError
+    from rnnlab.models import native
+    from rnnlab.models.cells import get_cell
+
+    if not native.available():
+        pytest.skip("the C++ loops are not built here")
+    ckpt = _checkpoint(tmp_path, "mingru", 16, 1, impl="fast", hidden_size=16)
+    monkeypatch.setattr(type(get_cell("mingru")), "onnx_graph", property(lambda self: "fast"))
+    with pytest.raises(RnnlabError, match=r"lost its input\(s\) h \(an operation"):
+        export_onnx(ckpt, tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()

@@ -82,8 +82,8 @@ def test_snapshots_are_kept_by_training_position_not_by_name(text, tmp_path):
 
 def test_overwrite_clears_the_previous_run(text, tmp_path):
     out = tmp_path / "run"
-    assert run("train", text, "--epochs", "3", "--val-fraction", "0.2", "--save-every", "1", "--out", out,
-               *TINY).returncode == 0
+    assert run("train", text, "--epochs", "3", "--val-fraction", "0.2", "--select-fraction", "0.1", "--save-every", "1",
+               "--out", out, *TINY).returncode == 0
     assert (out / "best").is_dir() and len(list((out / "checkpoints").iterdir())) == 2
     (out / "notes.txt").write_text("mine")  # not the run's: left alone
     r = run("train", text, "--epochs", "1", "--out", out, "--overwrite", *TINY)

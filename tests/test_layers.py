@@ -13,12 +13,14 @@ LAYERS = [  # bottom first
     ["models"],
     ["config"],
     ["data"],
+    ["precision"],
     ["decoding", "evaluation", "distributed", "callbacks", "training", "checkpoint"],
-    ["runs", "recipes"],
+    ["runs", "recipes", "speed"],
+    ["plan"],
     ["suggest", "export"],
     ["keyboard"],
     ["pipeline"],
-    ["cli_args", "serve", "cli", "__main__", "__init__"],
+    ["cli_args", "serve", "cli_chats", "cli", "__main__", "__init__"],
 ]
 LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}
 

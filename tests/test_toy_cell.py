@@ -1,5 +1,5 @@
 """A cell is one module: a toy cell written and registered in this file alone (nothing else in
-rnnlab edited) trains, generates, suggests, resumes and is served — and the registry refuses what
+rnnlab edited) trains, generates, suggests, resumes, is served and exported — and the registry refuses what
 a cell does not have instead of running another cell's code."""
 import json
 
@@ -80,6 +80,16 @@ def test_a_cell_registered_in_a_test_trains_generates_suggests_resumes_and_serve
         assert c.post("/v1/suggest", json={"text": "the leaky ce", "k": 3}).json()["completions"]
         lines = [json.loads(x) for x in c.post("/v1/generate/stream", json={"prefix": "the ", "length": 8}).text.splitlines()]
         assert lines[-1] == {"done": True, "tokens": 8}
+    # export: the traced reference step (the cell has no torch layer), its state in the graph, float32 and int8;
+    # int8 in PyTorch is the cell's to offer (``Cell.quantized_layer``), and this one does not
+    pytest.importorskip("onnxruntime")
+    from rnnlab.export import export_onnx
+
+    meta = export_onnx(tmp_path / "full", tmp_path / "onnx", int8=True, steps=50)
+    assert [i["name"] for i in meta["inputs"]] == ["ids", "h"] and meta["checks"]["float32_max_abs_logit_diff"] <= 1e-4
+    assert 0 < meta["checks"]["int8_max_abs_logit_diff"] < 1
+    with pytest.raises(UsageError, match="int8 is not available for --model leaky"):
+        ck.model.quantized()
 
 
 def test_what_a_cell_does_not_have_fails_loudly():

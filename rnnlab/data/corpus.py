@@ -7,6 +7,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
 from ..errors import RnnlabError, UsageError
 from ..io import check_fits_in_memory, os_error_hint
@@ -107,16 +108,28 @@ def tokenize(text: str, token: str) -> list[str]:
 @dataclass
 class Corpus:
     """A tokenised corpus: ``tokens`` is the full stream (used to build the vocabulary) and
-    ``source`` says where it came from."""
+    ``source`` says where it came from; ``chat`` is the chat export it was read from, if any
+    (``rnnlab.data.chats.ChatText``: the cleaned messages and the reader's report)."""
 
     tokens: list[str]
     source: str
+    chat: Any = None
 
 
 def load_corpus(path: str | Path, preset: str = "raw", token: str = "char",
-                encoding: str = "utf-8", errors: str = "strict") -> Corpus:
-    text = preprocess(read_text(path, encoding=encoding, errors=errors), preset)
-    tokens = tokenize(text, token)
+                encoding: str = "utf-8", errors: str = "strict", chat: str | None = None,
+                speakers: Sequence[str] = ()) -> Corpus:
+    """The tokens of a text file, or with ``chat`` (a format or "auto") of a chat export's messages
+    (``speakers``: only theirs), one message a line."""
+    chat_text = None
+    if chat is not None:
+        from .chats import read_chat
+
+        chat_text = read_chat(path, chat, speakers, encoding, errors)
+        raw = chat_text.text
+    else:
+        raw = read_text(path, encoding=encoding, errors=errors)
+    tokens = tokenize(preprocess(raw, preset), token)
     if not tokens:
         raise RnnlabError(f"{path}: no tokens left after --preset {preset}; try --preset raw")
-    return Corpus(tokens=tokens, source=str(path))
+    return Corpus(tokens=tokens, source=str(path), chat=chat_text)

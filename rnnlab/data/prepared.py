@@ -36,6 +36,7 @@ from .corpus import check_input_file, is_wide_encoding
 from .vocab import Vocab
 
 IDS, VOCAB, META = "ids.bin", "vocab.json", "prepared.json"
+CHAT = "chat.txt"  # a chat export's cleaned messages, the text the ids encode
 FORMAT = "rnnlab-prepared"
 CHUNK_BYTES = 4 << 20
 
@@ -186,11 +187,39 @@ class Prepared:
 
 def prepare_corpus(path: str | Path, out_dir: str | Path, preset: str = "raw", token: str = "char",
                    min_freq: int = 0, encoding: str = "utf-8", errors: str = "strict",
-                   chunk_bytes: int = CHUNK_BYTES, log=lambda msg: None) -> dict:
+                   chunk_bytes: int = CHUNK_BYTES, log=lambda msg: None, chat: str | None = None,
+                   speakers: Sequence[str] = ()) -> dict:
     """Encode ``path`` into ``out_dir`` (ids.bin, vocab.json, prepared.json) in two streaming
     passes; returns the metadata written to prepared.json (written last: its presence marks a
-    complete directory)."""
-    src, out = Path(path), Path(out_dir)
+    complete directory).
+
+    With ``chat`` (a format or "auto"), ``path`` is a chat export: its cleaned messages
+    (``speakers``' only) are written to ``out_dir/chat.txt`` and encoded from there; prepared.json
+    records the reader's report."""
+    if chat is None:
+        return _prepare(Path(path), Path(out_dir), preset, token, min_freq, encoding, errors, chunk_bytes, log)
+    from .chats import read_chat
+
+    out, created = Path(out_dir), not Path(out_dir).exists()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a directory for the prepared corpus")
+    found = read_chat(path, chat, speakers, encoding, errors)  # a bad export stops here, before anything is written
+    log(found.report.describe())
+    text_file = out / CHAT
+    atomic_write(text_file, found.text.encode("utf-8"))
+    try:
+        meta = _prepare(text_file, out, preset, token, min_freq, "utf-8", "strict", chunk_bytes, log,
+                        {"source": str(path), "chat": found.report.to_dict()})
+    except BaseException:
+        text_file.unlink(missing_ok=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    return meta
+
+
+def _prepare(src: Path, out: Path, preset: str, token: str, min_freq: int, encoding: str, errors: str,
+             chunk_bytes: int, log, extra: dict | None = None) -> dict:
     if min_freq < 0:
         raise UsageError(f"--min-freq must be >= 0, got {min_freq}")
     sha1 = hashlib.sha1()
@@ -235,7 +264,7 @@ def prepare_corpus(path: str | Path, out_dir: str | Path, preset: str = "raw", t
     atomic_write(out / VOCAB, (vocab.to_json() + "\n").encode("utf-8"))
     meta = {"format": FORMAT, "dtype": dtype.name, "tokens": total, "vocab_size": len(vocab), "preset": preset,
             "token": token, "min_freq": min_freq, "encoding": encoding, "source": str(src),
-            "source_bytes": src.stat().st_size, "sha1": sha1.hexdigest()}
+            "source_bytes": src.stat().st_size, "sha1": sha1.hexdigest(), **(extra or {})}
     atomic_write_json(out / META, meta)
     return meta
 

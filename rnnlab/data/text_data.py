@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,6 +37,7 @@ class PreparedData:
     unknown: dict[str, int] = field(default_factory=dict)  # tokens a given vocabulary lacks -> count in the text
     select_ids: Ids | None = None  # (N_select,): the selection slice just before the test split, or None
     ranges: dict[str, list[int]] = field(default_factory=dict)  # {"train": [0, a], "select": [a, b], "test": [b, n]}
+    chat: Any = None  # the chat export's cleaned messages and report (``data.chats.ChatText``), with --chat
 
 
 def resolve_source(cfg: DataConfig) -> Path:
@@ -84,7 +86,7 @@ def prepare_data(cfg: DataConfig, vocab: Vocab | None = None, extend: bool = Fal
 
 def _text_data(cfg: DataConfig, vocab: Vocab | None, extend: bool = False) -> PreparedData:
     path = resolve_source(cfg)
-    corpus = load_corpus(path, cfg.preset, cfg.token, cfg.encoding, cfg.errors)
+    corpus = load_corpus(path, cfg.preset, cfg.token, cfg.encoding, cfg.errors, cfg.chat, cfg.speaker)
     unknown: dict[str, int] = {}
     if vocab is not None:
         unknown = dict(Counter(t for t in corpus.tokens if t not in vocab).most_common())
@@ -109,7 +111,7 @@ def _text_data(cfg: DataConfig, vocab: Vocab | None, extend: bool = False) -> Pr
     if cfg.preset == "letters":
         prefixes = [p.lower() for p in prefixes]
     return PreparedData(vocab, train_ids, val_ids, str(path), prefixes, unknown=unknown, select_ids=select_ids,
-                        ranges=ranges_of(len(ids), cfg.val_fraction, cfg.select_fraction))
+                        ranges=ranges_of(len(ids), cfg.val_fraction, cfg.select_fraction), chat=corpus.chat)
 
 
 def _prepared_data(cfg: DataConfig, vocab: Vocab | None) -> PreparedData:

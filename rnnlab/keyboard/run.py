@@ -29,44 +29,50 @@ from .simulate import DEFAULT_KS, RnnlabKeyboard, evaluate_keyboard, ratios, spl
 OOV_FACTOR = 0.25  # words outside the training lexicon: shown non-words were right 3-4x less often
 
 
-def _text(cfg: DataConfig) -> str:
-    """The corpus text as the model saw it (preset applied, ``max_tokens`` cut)."""
-    corpus = load_corpus(resolve_source(cfg), cfg.preset, "char", cfg.encoding, cfg.errors)
+def _text(cfg: DataConfig, log: Callable[[str], None] = lambda m: None) -> str:
+    """The corpus text as the model saw it (preset applied, ``max_tokens`` cut; a chat export's
+    messages with ``cfg.chat``)."""
+    corpus = load_corpus(resolve_source(cfg), cfg.preset, "char", cfg.encoding, cfg.errors, cfg.chat, cfg.speaker)
+    if corpus.chat is not None:
+        log(corpus.chat.report.describe())
     tokens = corpus.tokens[:cfg.max_tokens] if cfg.max_tokens else corpus.tokens
     return "".join(tokens)
 
 
-def keyboard_texts(own: DataConfig, given: DataConfig | None) -> tuple[str, str, str, str]:
-    """(bigram training text, typed text, history before it, what is typed) by the module's rules."""
+def keyboard_texts(own: DataConfig, given: DataConfig | None,
+                   log: Callable[[str], None] = lambda m: None) -> tuple[str, str, str, str]:
+    """(bigram training text, typed text, history before it, what is typed) by the module's rules
+    (the run's own chat export read with other ``--chat``/``--speaker`` settings is another text)."""
     if own.prepared is not None:
         raise UsageError("this run was trained on a prepared corpus; give a FILE or --dataset for the keyboard "
                          "to type, and the bigram is built from it")
     same = given is None or (given.dataset is not None and given.dataset == own.dataset) or (
-        given.path is not None and own.path is not None and Path(given.path).resolve() == Path(own.path).resolve())
-    train, held = split_heldout(_text(own), own.val_fraction)
+        given.path is not None and own.path is not None and Path(given.path).resolve() == Path(own.path).resolve()
+        and (given.chat is None or (given.chat, given.speaker) == (own.chat, own.speaker)))
+    train, held = split_heldout(_text(own, log), own.val_fraction)
     source = own.path or own.dataset
     if same:
         if not held:
             raise UsageError(f"the run was trained on all of {source} (no --val-fraction), so nothing of it is "
                              f"held out for the keyboard to type; give another FILE or --dataset")
         return train, held, train, f"the held-out {own.val_fraction:g} of {source}"
-    typed = _text(dataclasses.replace(given, preset=own.preset, token="char", max_tokens=0, val_fraction=0.0))
+    typed = _text(dataclasses.replace(given, preset=own.preset, token="char", max_tokens=0, val_fraction=0.0), log)
     return train, typed, "", str(given.path or given.dataset)
 
 
 def evaluate_keyboards(ckpt_dir: str | Path, given: DataConfig | None = None, settings: KeyboardEval | None = None,
                        device: str = "cpu", log: Callable[[str], None] = lambda m: None,
-                       int8: bool = False) -> dict[str, Any]:
+                       int8: bool = False, precision: str = "fp32") -> dict[str, Any]:
     """rnnlab's engine, its word re-ranker (unless ``settings.mix`` is off) and the word bigram, each
     typing the same text: ``{"source", "keyboards": {name: figures}, "ratios": {name: over bigram}}``.
-    ``int8``: the model's int8 CPU copy (``checkpoint.load_for_inference``)."""
+    ``int8``: the model's int8 CPU copy, ``precision`` bf16 its bfloat16 copy (``checkpoint.load_for_inference``)."""
     settings = settings or KeyboardEval()
     settings.validate()
-    ck = load_for_inference(ckpt_dir, device, int8)
+    ck = load_for_inference(ckpt_dir, device, int8, precision, log=log)
     if ck.tokenizer.word_level:
         raise UsageError(f"{ckpt_dir} is a word-level model; the keyboard simulation types characters "
                          f"(train with --token char)")
-    train, typed, history, source = keyboard_texts(ck.data_config, given)
+    train, typed, history, source = keyboard_texts(ck.data_config, given, log)
     if not word_spans(typed):
         raise UsageError(f"{source} has no words to type (a word is a run of letters or digits); give a text with "
                          f"words")

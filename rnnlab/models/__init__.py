@@ -7,9 +7,19 @@ the AWS post's many-to-one network, ``native.py`` builds the C++ loops the cells
 from __future__ import annotations
 
 from .base import LanguageModel, State, detach_state, grow_vocabulary
+from .cells import get_cell
 from .config import ModelConfig, model_names
 from .rnnlm import RNNLM
 from .unrolled import UnrolledRNN, window_dataset
+
+
+def precision_notes(cfg: ModelConfig, device_type: str) -> list[str]:
+    """What of the model ``cfg`` builds stays float32 under bfloat16 autocast on ``device_type``,
+    and why (one sentence each; the cell says it: ``Cell.bf16_note``)."""
+    if cfg.model == "unrolled":
+        return []
+    note = get_cell(cfg.model).bf16_note(cfg, device_type)
+    return [note] if note else []
 
 
 def build_model(cfg: ModelConfig) -> LanguageModel:
@@ -21,4 +31,4 @@ def build_model(cfg: ModelConfig) -> LanguageModel:
 
 
 __all__ = ["LanguageModel", "ModelConfig", "RNNLM", "State", "UnrolledRNN", "build_model", "detach_state", "grow_vocabulary",
-           "model_names", "window_dataset"]
+           "model_names", "precision_notes", "window_dataset"]

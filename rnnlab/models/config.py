@@ -59,20 +59,12 @@ class ModelConfig(Settings):
         cell.check(self)
 
     def parameter_count(self) -> int:
-        """Parameters of the model this config builds (before building it: sizes are checked
-        against memory and against a checkpoint's weights first)."""
-        V, E, H, L = self.vocab_size, self.embedding_dim, self.hidden_size, self.num_layers
-        emb = V * E
-        inp = E if E > 0 else V
-        if self.model == "unrolled":
-            return emb + inp * H + H + H * H + H + H * V + V
-        cell = get_cell(self.model)
-        rec = sum(_numel(shape) for k in range(L) for _, shape in cell.parameters(inp if k == 0 else H, H))
-        return emb + rec + H * V + V
+        """Parameters of the model this config builds, before building it (sizes are checked against
+        memory and against a checkpoint's weights first): the model is built on the meta device,
+        which allocates nothing, so the count is the real one for every cell and its stack."""
+        import torch
 
+        from . import build_model  # models/__init__ imports this module
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
+        with torch.device("meta"):
+            return sum(p.numel() for p in build_model(self).parameters())

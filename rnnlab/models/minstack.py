@@ -29,6 +29,10 @@ token shift), each (L, B, D). ``impl``:
 
 Nothing looks at a later position: the shift reads the previous position, the scan the past
 (tested: changing a future token never changes an earlier output).
+
+Under bfloat16 autocast the products (projections, MLP) run in bfloat16 and the scan in float32:
+the C++ scan is float32 only, and ``h_t`` is a product of up to T gates, where bfloat16's 8 bits
+would drift.
 """
 from __future__ import annotations
 
@@ -99,6 +103,11 @@ class NativeScan(torch.autograd.Function):
         return da, db, dh0
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 if it is in a narrower format (bfloat16 under autocast or in a bfloat16 copy)."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 def g(x: torch.Tensor) -> torch.Tensor:
     """The paper's positive activation for the candidate state: x + 1/2 for x >= 0, sigmoid(x) below."""
     return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
@@ -127,7 +136,8 @@ class MinBlock(nn.Module):
         u = self.norm1(x)  # (T, B, D)
         prev = torch.cat([u0[None], u[:-1]])  # (T, B, D): each position's previous normalised input
         mixed = torch.lerp(u, prev, self.shift_mix)  # (1 - mix) * u + mix * prev
-        pre = self.in_proj(mixed)  # (T, B, G*D): one product over T*B rows
+        pre = _wide(self.in_proj(mixed))  # (T, B, G*D): one product over T*B rows; the scan: float32 at least
+        h0 = _wide(h0)
         if parallel and native.use(pre):  # CPU float32: the recurrence in C++, linear space (exact)
             a, b = self.cell.coefficients(pre)
             h = NativeScan.apply(a, b, h0)
@@ -137,6 +147,7 @@ class MinBlock(nn.Module):
         else:
             a, b = self.cell.coefficients(pre)
             h = linear_scan(a, b, h0)
+        h = h.to(x.dtype)  # back to the stream's dtype (float32 under autocast; a bfloat16 copy's own)
         return self.out_proj(h), h[-1], u[-1]
 
     def forward(self, x: torch.Tensor, h0: torch.Tensor, u0: torch.Tensor, parallel: bool):

@@ -86,6 +86,8 @@ class RNNLM(LanguageModel):
         elif not getattr(self.rnn, "accepts_ids", False):
             x = F.one_hot(x, cfg.vocab_size).to(self.dtype)  # (T, B, V)
         out, state = self.rnn(x, state)  # (T, B, H)
+        dtype = self.dtype  # under bfloat16 autocast a fused layer returns a bfloat16 state: the carried state
+        state = tuple(s if s.dtype == dtype else s.to(dtype) for s in state)  # stays the weights' (exactly)
         out = self._dropout(out, cfg.dropout)
         if getattr(self.rnn, "accepts_ids", False):
             return self.head(out).transpose(0, 1), state  # one product over T*B rows -> (B, T, V) view

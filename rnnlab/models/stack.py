@@ -9,6 +9,8 @@ into ``torch.nn.RNN/GRU/LSTM`` (``impl concise``). Two ways to run them:
 * ``fast`` — the same maths with fewer, larger ops: the cell's whole-stack kernel where one
   applies (``Cell.fast_stack``), else its whole-sequence kernel per layer (``Cell.fast_layer``).
   One-hot inputs never materialise: token ids come in and the input term is a row gather.
+  Under bfloat16 autocast the per-layer kernels (hand-written BPTT, C++ loops: float32 only) run
+  in float32, autocast off; a whole-stack library kernel runs as autocast makes it.
 
 Dropout (training only) is applied to each layer's output except the last, as in torch.
 """
@@ -63,6 +65,9 @@ class RecurrentStack(nn.Module):
                                     self.training)
             if whole is not None:
                 return whole
+        if self.impl == "fast" and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):  # the kernels are float32 (see above)
+                return self.forward(x.float() if x.is_floating_point() else x, tuple(s.float() for s in state))
         layers = list(zip(*(s.unbind(0) for s in state)))  # L x (each (B, H),)
         layer_in = x  # (T, B, I)
         for k in range(self.num_layers):

@@ -8,9 +8,10 @@ import argparse
 import sys
 
 from ..cli_args import add_settings, build
-from ..config import AdaptConfig, ServeConfig, SuggestConfig, Threads
+from ..config import AdaptConfig, Precision, ServeConfig, SuggestConfig, Threads
 from ..errors import RnnlabError, UsageError
 from ..io import json_text
+from ..precision import SERVING
 
 
 def add_parsers(sub) -> None:
@@ -26,6 +27,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--int8", action="store_true", help="run an int8 copy of the model on the CPU (about 4x less memory)")
     add_settings(p, Threads)
+    add_settings(p, Precision)
     p.set_defaults(func=cmd_suggest)
 
     p = sub.add_parser("serve", help="serve suggestions and generation over HTTP, with a web page",
@@ -35,6 +37,7 @@ def add_parsers(sub) -> None:
     p.add_argument("checkpoint", metavar="DIR", help="a run directory written by `rnnlab train --out DIR`")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (the default serves this machine only)")
     p.add_argument("--int8", action="store_true", help="serve an int8 copy of the model on the CPU (about 4x less memory)")
+    add_settings(p, Precision, help_default={"precision": SERVING})
     p.add_argument("--device", default="auto")
     add_settings(p, Threads)
     add_settings(p, ServeConfig)
@@ -66,7 +69,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     threads.validate()
     check_text(args.text)
     args.threads_note = use_threads(threads.threads, small_steps=True)  # said by rnnlab.cli.main on success
-    ckpt = load_for_inference(args.checkpoint, select_device("cpu" if args.int8 and args.device == "auto" else args.device), args.int8)
+    device = select_device("cpu" if args.int8 and args.device == "auto" else args.device)
+    ckpt = load_for_inference(args.checkpoint, device, args.int8, build(args, Precision).precision, log=_say)
     engine = SuggestEngine(ckpt.model, ckpt.tokenizer, scfg)
     s = engine.suggest_batch([SuggestRequest(args.text, scfg.k)])[0]  # in this thread: no worker to stop
     if args.json:
@@ -109,7 +113,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise UsageError("--adapt trains each client's copy of the model; an int8 copy cannot be trained "
                              "(drop --int8 or --adapt)")
     note = use_threads(threads.threads, small_steps=True)
-    ckpt = load_for_inference(args.checkpoint, select_device("cpu" if args.int8 and args.device == "auto" else args.device), args.int8)
+    precision, int8 = serving_precision(args, adapt is not None)
+    device = select_device("cpu" if int8 and args.device == "auto" else args.device)
+    ckpt = load_for_inference(args.checkpoint, device, int8, precision, log=_say)
     sock = _bind(args.host, serve.port)
     app = create_app(ckpt, max_body_bytes=serve.max_body_bytes, max_batch=serve.max_batch, suggest=scfg,
                      suggest_process=args.suggest_worker == "process", suggest_threads=torch.get_num_threads(),
@@ -125,6 +131,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"{note or f'{torch.get_num_threads()} torch threads'})", flush=True)
     server.run(sockets=[sock])
     return 0
+
+
+def serving_precision(args: argparse.Namespace, adapting: bool) -> tuple[str, bool]:
+    """(precision, int8) the server runs: ``--precision`` / ``--int8`` as given, else the measured
+    default (``precision.SERVING``: fp32, bf16, auto or int8); float32 with ``--adapt`` (each
+    client's copy takes steps too small for bfloat16 weights, and an int8 copy cannot learn)."""
+    given = "precision" in vars(args)
+    if adapting and given and args.precision == "bf16":
+        raise UsageError("--adapt trains each client's copy of the model in float32 (its small steps vanish in "
+                         "bfloat16 weights); drop --precision bf16 or --adapt")
+    if adapting or args.int8:
+        return "fp32" if adapting or not given else args.precision, args.int8
+    if given:
+        return args.precision, False
+    return ("fp32", True) if SERVING == "int8" else (SERVING, False)
+
+
+def _say(msg: str) -> None:
+    print(f"rnnlab: {msg}", file=sys.stderr, flush=True)
 
 
 def allowed_hosts(host: str, extra: list[str]) -> list[str] | None:

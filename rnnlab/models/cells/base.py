@@ -50,6 +50,7 @@ class Cell:
     fold_hidden_bias: bool = True  # the input term holds bias_hh too (GRU: no, it sits inside r * (...))
     native_greedy: str | None = None  # the C++ greedy loop's name for this cell (csrc/loops.cpp), if any
     recurrent_weight: str | None = "weight_hh"  # the parameter --weight-drop drops (None: the cell has none)
+    width_is_embedding: bool = False  # its blocks add their output to their input: --embedding-dim == --hidden-size
 
     # -- declaration ----------------------------------------------------------------------------
     def parameters(self, input_size: int, hidden_size: int) -> list[tuple[str, tuple[int, ...]]]:
@@ -68,6 +69,9 @@ class Cell:
             if value not in allowed:
                 raise UsageError(f"unknown --{name.replace('_', '-')} {value!r} for --model {self.name}; "
                                  f"choose one of: {', '.join(map(str, allowed))}")
+        if self.width_is_embedding and cfg.embedding_dim != cfg.hidden_size:
+            raise UsageError(f"--model {self.name} adds each block's output to its input: give --embedding-dim "
+                             f"equal to --hidden-size ({cfg.hidden_size})")
 
     def make_stack(self, impl: str, input_size: int, cfg: Config) -> nn.Module:
         """The module that runs ``cfg.num_layers`` layers of this cell in ``impl``: (T, B, I) (or
@@ -103,7 +107,24 @@ class Cell:
         of size I) -> out (T, B, H), the last state."""
         raise UsageError(f"--impl fast is not available for --model {self.name}")
 
+    # -- bfloat16 ---------------------------------------------------------------------------------
+    def bf16_note(self, cfg: Config, device_type: str) -> str:
+        """What of this cell stays float32 under bfloat16 autocast on ``device_type``, and why ('':
+        nothing worth saying). ``fast``'s per-layer kernels are float32 only (``stack.py`` runs them
+        with autocast off)."""
+        if cfg.impl == "fast":
+            return (f"--impl fast {self.name}: the recurrence runs rnnlab's float32 kernels (the C++ loops are float32 "
+                    f"only); the output layer runs in bfloat16")
+        return ""
+
     # -- export and int8 -------------------------------------------------------------------------
+    @property
+    def onnx_graph(self) -> str:
+        """Which implementation torch's ONNX exporter traces for the float graph: torch's layer
+        where the cell has one (ONNX's own RNN/GRU/LSTM operators), else the reference step (plain
+        tensor operations; the fast kernels' C++ calls are invisible to the tracer)."""
+        return "concise" if "concise" in self.impls else "scratch"
+
     #: which implementation's ONNX graph onnxruntime can quantise to int8 (its own recurrent
     #: operators where it has an int8 kernel for them, else the scratch graph's plain MatMuls)
     int8_onnx_graph: str = "scratch"

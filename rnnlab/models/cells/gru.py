@@ -56,6 +56,12 @@ class GRUCell(Cell):
         out, h = seq.apply(xw, state[0], w_hh, b_hh)
         return out, (h,)
 
+    def bf16_note(self, cfg, device_type):
+        if cfg.impl == "concise" and device_type == "cpu":
+            return ("torch's GRU has no bfloat16 kernel on the CPU (autocast leaves it float32): the recurrence runs "
+                    "in float32, the output layer in bfloat16")
+        return super().bf16_note(cfg, device_type)
+
     def quantized_layer(self, input_size, cfg, weights):
         from ..quantized import QuantizedRecurrent, with_qconfig
 

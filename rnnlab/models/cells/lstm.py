@@ -5,8 +5,9 @@
     h' = sigmoid(o) * tanh(c')
 
 ``fast`` on CPU float32 trains through oneDNN's fused LSTM (``torch.lstm``, the kernel behind
-``nn.LSTM``: measured 1.4x the C++ loop and 1.5x the Python loop per minibatch at H=256); float64,
-CUDA and torch builds without oneDNN run a loop (C++ where it applies). Inside the Python loop the
+``nn.LSTM``: measured 1.4x the C++ loop and 1.5x the Python loop per minibatch at H=256; under
+bfloat16 autocast it runs oneDNN's bfloat16 LSTM); float64, CUDA and torch builds without oneDNN
+run a loop (C++ where it applies). Inside the Python loop the
 gate rows are rotated to ``o, i, f, g`` so the three sigmoids are one op (autograd rotates the
 gradients back); the g rows are doubled so one sigmoid serves all four gates:
 ``tanh(x) = 2 sigmoid(2x) - 1`` (a CPU sigmoid is several times cheaper than a tanh).
@@ -82,6 +83,11 @@ class LSTMCell(Cell):
             out, h, c = LSTMSequence.apply(input_term(x, _rotated(w_ih), _rotated(b_ih + b_hh)), h0, c0,
                                            _rotated(w_hh))
         return out, (h, c)
+
+    def bf16_note(self, cfg, device_type):
+        if cfg.impl == "fast" and device_type == "cpu" and FUSED and torch.backends.mkldnn.is_available():
+            return ""  # oneDNN's fused LSTM runs in bfloat16 under autocast
+        return super().bf16_note(cfg, device_type)
 
     def quantized_layer(self, input_size, cfg, weights):
         from ..quantized import QuantizedRecurrent, with_qconfig

@@ -10,9 +10,9 @@ which also holds the block around the cell: norms, token shift, projections, a s
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
-from ...errors import UsageError
 from .base import Cell, register
 
 
@@ -23,17 +23,26 @@ class MinGRUCell(Cell):
     state_names = ("h", "shift")
     impls = ("scratch", "fast")
     recurrent_weight = None  # its gates read the input only
-
-    def check(self, cfg) -> None:
-        super().check(cfg)
-        if cfg.embedding_dim != cfg.hidden_size:
-            raise UsageError(f"--model {self.name} adds each block's output to its input: give --embedding-dim "
-                             f"equal to --hidden-size ({cfg.hidden_size})")
+    width_is_embedding = True  # residual blocks (minstack.py)
 
     def make_stack(self, impl, input_size, cfg):
         from ..minstack import MinStack
 
         return MinStack(self, impl, input_size, cfg)
+
+    def quantized_layer(self, input_size, cfg, weights):
+        """The block stack with every Linear layer (gate, output and MLP projections) int8; the
+        norms, the token shift and the scan stay float32."""
+        from ..minstack import MinStack
+        from ..quantized import quantize_linears
+
+        stack = MinStack(self, "fast", input_size, cfg)
+        stack.load_state_dict(weights)
+        return quantize_linears(stack, {n for n, m in stack.named_modules() if isinstance(m, nn.Linear)})
+
+    def bf16_note(self, cfg, device_type):
+        return ("the scan runs in float32 (its C++ loop is float32 only, and a product of many gates needs float32's "
+                "precision); the products of every block run in bfloat16")
 
     def coefficients(self, pre: torch.Tensor):
         """pre (T, B, 2D) -> a, b (T, B, D) in linear space (the reference)."""
