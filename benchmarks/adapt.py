@@ -3,9 +3,9 @@
 A model trained on one text (e.g. tinyshakespeare) meets a new user who types another (e.g. the
 held-out last 10% of *The Time Machine*). The simulated user (``rnnlab.keyboard``: top-k word
 completions before each keystroke, one key accepts) types the first ``--chars`` characters of it
-as one session, once with the plain keyboard and once with ``rnnlab serve --adapt``'s
-``AdaptiveSuggester`` (the client's own copy of the model takes a dynamic-evaluation step per 20
-finished characters). Keystroke savings are reported over the whole session and over its second
+as one session, once with the served keyboard (the word search with the checkpoint's word model)
+and once with ``rnnlab serve --adapt``'s ``AdaptiveSuggester`` (the same word search, with the
+client's own copy of the model taking a dynamic-evaluation step per 20 finished characters). Keystroke savings are reported over the whole session and over its second
 half (after the keyboard has had the first half to learn from).
 
     RNNLAB_DATA_DIR=../shared/data python benchmarks/adapt.py runs/shakespeare --dataset timemachine
@@ -24,7 +24,7 @@ from rnnlab.data.corpus import read_text
 from rnnlab.data.registry import dataset_path
 from rnnlab.data.text_data import prepare_data
 from rnnlab.keyboard import AdaptiveKeyboard, RnnlabKeyboard, evaluate_keyboard
-from rnnlab.suggest import AdaptiveSuggester, SuggestEngine, word_spans
+from rnnlab.suggest import AdaptiveSuggester, checkpoint_words, load_engine, word_spans
 
 KS = (1, 3, 5)
 
@@ -68,9 +68,11 @@ def main() -> None:
     half = next(s for s, _ in spans if s >= len(text) // 2)
     ck = load_checkpoint(a.checkpoint)
     train_ids = prepare_data(dataclasses.replace(ck.data_config), vocab=ck.vocab).train_ids
-    plain = RnnlabKeyboard(SuggestEngine(ck.model, ck.tokenizer, SuggestConfig()))
+    # both as `rnnlab serve` runs them: the word search with the checkpoint's word model (when it has one)
+    words = checkpoint_words(ck, SuggestConfig(), log=print)
+    plain = RnnlabKeyboard(load_engine(ck, SuggestConfig()))
     adapt = AdaptiveKeyboard(AdaptiveSuggester(ck.model, ck.tokenizer, SuggestConfig(),
-                                               AdaptConfig(lr=a.lr, chunk=a.chunk), train_ids))
+                                               AdaptConfig(lr=a.lr, chunk=a.chunk), train_ids, words=words))
     report = {}
     for kb in (plain, adapt):
         r = evaluate_keyboard(kb, text, KS, segments=1, preamble_chars=0, record=True)

@@ -7,7 +7,14 @@ cache is exercised as a real keyboard would). Each client sends at most M reques
 at the time limit whatever is left. Reports latency percentiles, throughput and errors.
 
     python benchmarks/load_suggest.py runs/tm-lstm256 --clients 16 --requests 500 --time-limit 300
-    python benchmarks/load_suggest.py runs/tm-lstm256 --clients 16 --requests 500 --mixed 4
+    python benchmarks/load_suggest.py runs/tm-lstm256 --clients 16 --requests 500 --words on --mixed 4
+
+``--words compare`` (the default) starts two servers of the same checkpoint, the served word search
+(``rnnlab serve DIR``) and the plain character beam (``rnnlab serve DIR --words off``), and lets the
+same typists type the same passages on both, alternating every ``--chunk`` keystrokes (which goes
+first alternates too), so that both are measured under the same machine load; it reports both
+and the ratio of their p95 latencies (the target: at most 1.5x, and at most 25 ms where the plain
+beam's p95 is at most 15 ms). ``--words on`` / ``off`` measures one server.
 
 ``--mixed N`` adds N clients that, while the typists type, keep sending the largest valid requests
 (4,000 characters of ASCII, CJK, emoji or corpus text, k = 20, each a new text): errors are
@@ -85,11 +92,14 @@ class Connection:
                 pass
 
 
-async def typist(i: int, passage: str, args, port: int, deadline: float, out: dict) -> None:
+async def typist(i: int, passage: str, args, port: int, deadline: float, out: dict, lo: int = 1,
+                 hi: int | None = None) -> None:
+    """Type keystrokes ``lo..hi`` of ``passage`` (one request each, the whole text so far)."""
     conn = Connection("127.0.0.1", port)
     await conn.open()
+    hi = min(args.requests, len(passage)) if hi is None else min(hi, args.requests, len(passage))
     try:
-        for n in range(1, min(args.requests, len(passage)) + 1):
+        for n in range(lo, hi + 1):
             if time.perf_counter() > deadline:
                 out["stopped_by_time"] = True
                 break
@@ -153,15 +163,23 @@ def passages(text: str, n: int, length: int, seed: int) -> list[str]:
     return [text[s:s + length] for s in rng.sample(starts, n)]
 
 
-def start_server(args) -> tuple[subprocess.Popen, int]:
+def start_server(args, words: str = "on") -> tuple[subprocess.Popen, int]:
     cmd = [sys.executable, "-m", "rnnlab", "serve", str(args.checkpoint), "--host", "127.0.0.1", "--port", "0",
-           "--threads", str(args.threads), "--max-batch", str(args.max_batch), "--suggest-worker", args.suggest_worker]
+           "--threads", str(args.threads), "--max-batch", str(args.max_batch), "--suggest-worker", args.suggest_worker,
+           "--words", words]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    line = proc.stdout.readline()
-    m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+    seen = ""
+    for _ in range(20):  # notices (e.g. no word model) may come first
+        line = proc.stdout.readline()
+        seen += line
+        m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        if m or not line:
+            break
     if not m:
         proc.kill()
-        raise SystemExit(f"the server did not start: {line}{proc.stdout.read()}")
+        raise SystemExit(f"the server did not start: {seen}{proc.stdout.read()}")
+    if seen.count("\n") > 1:
+        print(seen.rsplit("\n", 2)[0], file=sys.stderr)
     port = int(m.group(1))
     for _ in range(100):
         try:
@@ -215,6 +233,47 @@ async def run(args, port: int, texts: list[str], corpus_text: str = "") -> dict:
     }
 
 
+def summary(lat: list[float]) -> dict:
+    return {"requests": len(lat), "p50": round(percentile(lat, 50), 2), "p95": round(percentile(lat, 95), 2),
+            "p99": round(percentile(lat, 99), 2), "max": round(max(lat, default=float("nan")), 2)}
+
+
+async def compare(args, ports: dict[str, int], texts: list[str]) -> dict:
+    """The same typists on both servers, ``args.chunk`` keystrokes at a time, alternating."""
+    results = {name: [{"latency_ms": [], "server_ms": [], "beam_steps": [], "context_tokens": [], "errors": []}
+                      for _ in texts] for name in ports}
+    for name, port in ports.items():  # warm-up (not measured), one client id that will not be reused
+        warm = Connection("127.0.0.1", port)
+        await warm.open()
+        for n in range(1, 30):
+            await warm.post("/v1/suggest", {"text": texts[0][:n], "k": args.k, "client": "warm-up"})
+        await warm.close()
+    start = time.perf_counter()
+    deadline = start + args.time_limit
+    names = list(ports)
+    for c, lo in enumerate(range(1, args.requests + 1, args.chunk)):
+        hi = lo + args.chunk - 1
+        for name in (names if c % 2 == 0 else names[::-1]):
+            await asyncio.gather(*(typist(i, t, args, ports[name], deadline, r, lo, hi)
+                                   for i, (t, r) in enumerate(zip(texts, results[name]))))
+        if time.perf_counter() > deadline:
+            break
+    out: dict = {"clients": args.clients, "requests_per_client": args.requests, "chunk": args.chunk, "k": args.k,
+                 "threads": args.threads, "max_batch": args.max_batch, "suggest_worker": args.suggest_worker,
+                 "wall_s": round(time.perf_counter() - start, 2)}
+    for name in names:
+        lat = [x for r in results[name] for x in r["latency_ms"]]
+        errors = [e for r in results[name] for e in r["errors"]]
+        out[name] = {**summary(lat), "errors": len(errors), "error_samples": errors[:5],
+                     "mean_beam_steps": round(statistics.fmean(x for r in results[name] for x in r["beam_steps"]), 2)
+                     if lat else None}
+    served, plain = out["served"], out["plain"]
+    out["p95_ratio"] = round(served["p95"] / plain["p95"], 3) if plain["p95"] else None
+    out["target_met"] = (served["errors"] == 0 and plain["errors"] == 0 and out["p95_ratio"] is not None
+                         and out["p95_ratio"] <= 1.5 and (plain["p95"] > 15 or served["p95"] <= 25))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -233,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="the server's --suggest-worker (a process of its own, or a thread sharing the GIL)")
     p.add_argument("--mixed", type=int, default=0,
                    help="extra clients sending the largest valid requests (4,000 characters, k = 20) meanwhile")
+    p.add_argument("--words", choices=("compare", "on", "off"), default="compare",
+                   help="compare: the served word search and the plain character beam, alternating in one run; "
+                        "on / off: one server with the word search or without it")
+    p.add_argument("--chunk", type=int, default=50, help="--words compare: keystrokes per client before switching")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
@@ -244,20 +307,33 @@ def main(argv: list[str] | None = None) -> int:
         corpus = Path(cfg["info"]["source"])
     text = corpus.read_text(encoding="utf-8")
     texts = passages(text, args.clients, args.requests, args.seed)
-    proc, port = start_server(args)
+    if args.words == "compare" and args.mixed:
+        p.error("--mixed measures one server: give --words on or --words off with it")
+    servers = {"served": "on", "plain": "off"} if args.words == "compare" else {args.words: args.words}
+    procs, ports = [], {}
     try:
-        result = asyncio.run(run(args, port, texts, text))
+        for name, words in servers.items():
+            proc, ports[name] = start_server(args, words)
+            procs.append(proc)
+        if args.words == "compare":
+            result = asyncio.run(compare(args, ports, texts))
+            ok = result["served"]["errors"] == 0 and result["plain"]["errors"] == 0
+        else:
+            result = asyncio.run(run(args, ports[args.words], texts, text))
+            result["words"] = args.words
+            ok = result["errors"] == 0
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        for proc in procs:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     result.update({"checkpoint": str(args.checkpoint), "cpu_count": os.cpu_count()})
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0 if result["errors"] == 0 else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -113,7 +113,8 @@ def block_products(dims=(152, 512), rows: int = 16384, reps: int = 5) -> list[di
                 if r:
                     times[p].append(time.perf_counter() - t0)
         fp32, bf16 = (statistics.median(times[p]) for p in PRECISIONS)
-        out.append({"work": f"all-rows products (minGRU-style block), D={d}, {rows // 1024}k rows", "gain": fp32 / bf16})
+        out.append({"work": f"all-rows products (minGRU-style block), D={d}, {rows // 1024}k rows",
+                    "gain": fp32 / bf16})
         print(f"| all-rows products (minGRU-style block), D={d}, {rows // 1024}k rows | | | {fp32 / bf16:.2f}x |",
               flush=True)
     return out
@@ -198,8 +199,8 @@ def budgets(datasets: list[str], seconds: list[float], precisions: list[str], ke
                 r["precision"] = p
                 config = json.loads((Path(r["out"]) / "config.json").read_text())
                 r["hidden"] = config["model"]["hidden_size"]
-                r["median_tokens_per_s"] = statistics.median(
-                    json.loads(x)["tokens_per_sec"] for x in (Path(r["out"]) / "metrics.jsonl").read_text().splitlines())
+                metrics = (Path(r["out"]) / "metrics.jsonl").read_text().splitlines()
+                r["median_tokens_per_s"] = statistics.median(json.loads(x)["tokens_per_sec"] for x in metrics)
                 results.append(r)
                 print(f"{dataset:16s} {budget:5g} s  {p}  held-out loss {r['val_loss']:.4f}  H={r['hidden']}  "
                       f"{r['median_tokens_per_s']:,.0f} tokens/s  (wall {r['wall']:.0f} s)  [{r['plan']}]", flush=True)

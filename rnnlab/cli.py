@@ -11,7 +11,7 @@ from pathlib import Path
 from .cli_args import add_settings, build, given
 from .cli_chats import add_chat_out, write_chat_out
 from .config import (DataConfig, DynamicEval, GenerateConfig, KeyboardEval, ModelConfig, Precision, RunConfig,
-                     Threads, TrainConfig)
+                     Threads, TrainConfig, WordsConfig)
 from .errors import RnnlabError, UsageError
 from .io import json_text
 from .version import __version__
@@ -123,9 +123,10 @@ def _add_eval(sub) -> None:
                                                    "(a gradient step after scoring each chunk); the checkpoint is not changed")
     d.add_argument("--dynamic", action="store_true", help="also report the dynamic evaluation beside the static one")
     add_settings(d, DynamicEval, prefix="dynamic_")
-    k = p.add_argument_group("keyboard", "--keyboard: a simulated user types the held-out text (or FILE) with the top "
+    k = p.add_argument_group("keyboard", "--keyboard: a simulated user types the test split (or FILE) with the top "
                                          "1/3/5 word completions shown before each keystroke, one key to accept; "
-                                         "rnnlab's keyboards against a word bigram built from the training text")
+                                         "rnnlab's served keyboard against the fair n-gram keyboard and Presage, "
+                                         "both built from the training split")
     k.add_argument("--keyboard", action="store_true", help="report keystroke savings instead of perplexity")
     add_settings(k, KeyboardEval, prefix="keyboard_")
     add_settings(p, Threads)
@@ -145,6 +146,20 @@ def _add_export(sub) -> None:
     p.set_defaults(func=cmd_export)
 
 
+def _add_words(sub) -> None:
+    p = sub.add_parser("words", help="build the keyboard's word model of a checkpoint and tune the word search",
+                       allow_abbrev=False, formatter_class=Formatter,
+                       description="Build the lexicon and word n-gram of a character checkpoint from its training "
+                                   "split, tune the word search's weights, out-of-lexicon factor and candidate counts "
+                                   "on its selection slice (or the tail of its training split), and save them in "
+                                   "DIR/words.json and DIR/words.safetensors (`rnnlab train` does this at the end; "
+                                   "this is for checkpoints trained before).")
+    p.add_argument("checkpoint", metavar="DIR", help="a run directory written by `rnnlab train --out DIR`")
+    add_settings(p, WordsConfig)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_words)
+
+
 def _add_datasets(sub) -> None:
     p = sub.add_parser("datasets", help="list the named datasets and whether they are cached")
     p.add_argument("--json", action="store_true")
@@ -160,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_eval(sub)
     _add_export(sub)
+    _add_words(sub)
     _add_datasets(sub)
     from .cli_chats import add_parser
     add_parser(sub)
@@ -405,6 +421,21 @@ def _keyboard_eval(args: argparse.Namespace, dcfg: DataConfig | None, settings: 
         return 0
     r = next(iter(report["keyboards"].values()))
     print(f"{report['source']}: {r['words']:,} words, {r['characters']:,} characters typed\n{table(report)}")
+    return 0
+
+
+def cmd_words(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .keyboard.tune import build_words
+    from .runtime import select_device
+
+    settings = build(args, WordsConfig)
+    settings.validate()
+    ck = load_checkpoint(args.checkpoint, select_device(args.device))
+    if ck.tokenizer.word_level:
+        raise UsageError(f"{args.checkpoint} is a word-level model: it completes from its own vocabulary and needs no "
+                         f"word model")
+    build_words(ck.model, ck.tokenizer, ck.data_config, args.checkpoint, settings, log=print)
     return 0
 
 

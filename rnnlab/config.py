@@ -211,8 +211,14 @@ class SuggestConfig(Settings):
     """How the keyboard answers: how many suggestions, and the bounds of its completion search."""
 
     k: int = setting(5, "how many next characters and completions", min=1, max=MAX_K)
-    beam_width: int = setting(8, "open beams kept by the completion search", min=1, max=64)
+    beam_width: int = setting(8, "open beams kept by the completion search (the word search keeps at most twice "
+                                 "the beam's candidates)", min=1, max=64)
     max_word_length: int = setting(24, "longest completion searched, in characters", min=1, max=64)
+    words: str = setting("on", "on: the word search (the checkpoint's lexicon, word n-gram and the client's recent "
+                               "words, scored by the model and mixed), when the checkpoint has a word model; off: "
+                               "the character beam alone", choices=("on", "off"))
+    recent_words: int = setting(500, "the word search's cache: recent words kept per client (0 = off)", min=0,
+                                max=100_000)
 
 
 @dataclass
@@ -263,31 +269,30 @@ class Threads(Settings):
 
 @dataclass
 class KeyboardEval(Settings):
-    """The keyboard simulation (``rnnlab eval --keyboard``): what is typed and which keyboards."""
+    """The keyboard simulation (``rnnlab eval --keyboard``): what is typed and how it is reported."""
 
-    words: int = setting(3000, "type only the first N words of the held-out text (0: all of it)", min=0,
+    words: int = setting(3000, "type only the first N words of the test split (0: all of it)", min=0,
                          max=100_000_000)
-    mix: str = setting("0.5,0.3,0.2", "weights of rnnlab's word re-ranker: character model, word bigram, the "
-                                      "user's recent words ('off': the suggestion engine alone)", metavar="A,B,C")
     preamble: int = setting(2000, "characters of text before each concurrently typed piece given as its context "
                                   "(at most half of what a keyboard request may hold)",
                             min=0, max=MAX_TEXT_CHARS // 2)
+    presage: str = setting("auto", "auto: also measure Presage trained on the same training split when it is "
+                                   "installed (apt-get install presage); off: skip it", choices=("auto", "off"))
+    bootstrap: int = setting(1000, "bootstrap resamples of the words for the ratios' 95 percent intervals (0: none)",
+                             min=0, max=100_000)
+    latency_queries: int = setting(200, "queries of one typist timed one at a time for the latency row", min=0,
+                                   max=100_000)
 
-    def weights(self) -> tuple[float, float, float] | None:
-        """The re-ranker's weights, or None for the engine alone."""
-        if self.mix.strip().lower() in ("off", "", "none"):
-            return None
-        try:
-            w = tuple(float(x) for x in self.mix.split(","))
-        except ValueError:
-            w = ()
-        if len(w) != 3 or not all(math.isfinite(x) and x >= 0 for x in w) or not sum(w):
-            raise UsageError(f"--keyboard-mix {self.mix!r}: give three non-negative weights, not all 0 "
-                             f"(e.g. 0.5,0.3,0.2), or 'off'")
-        return w  # type: ignore[return-value]
 
-    def check(self) -> None:
-        self.weights()
+@dataclass
+class WordsConfig(Settings):
+    """The keyboard's word model (``rnnlab words DIR``; ``rnnlab train`` builds it at the end): the
+    training split's lexicon and word n-gram, and the word search's settings tuned on the selection slice."""
+
+    order: int = setting(3, "the word n-gram's order (Kneser-Ney smoothed)", min=1, max=3)
+    tune_words: int = setting(1500, "tune on at most this many words of the selection slice (0: keep the defaults)",
+                              min=0, max=10_000_000)
+    tune_seconds: float = setting(60.0, "stop typing the tuning text after this many seconds", min=1.0, max=1e6)
 
 
 def check_text(text: str, what: str = "the text") -> str:
@@ -353,4 +358,4 @@ def merge_resume(stored: tuple[DataConfig, ModelConfig, TrainConfig],
 
 
 __all__ = ["DataConfig", "DynamicEval", "GenerateConfig", "ModelConfig", "Precision", "RunConfig", "ServeConfig",
-           "SuggestConfig", "Threads", "TrainConfig", "check_text", "merge_init_from", "merge_resume"]
+           "SuggestConfig", "Threads", "TrainConfig", "WordsConfig", "check_text", "merge_init_from", "merge_resume"]

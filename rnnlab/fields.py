@@ -9,6 +9,7 @@ choices and default written here once).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
 from typing import Any, Callable
@@ -96,6 +97,12 @@ def _range(lo, hi, above) -> str:
     return f"between {lo:g} and {hi:g}" if lo is not None else (f"{low} and <= {hi:g}" if low else f"<= {hi:g}")
 
 
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved annotations of a settings class (resolved once: every request validates its settings)."""
+    return typing.get_type_hints(cls)
+
+
 class Settings:
     """Mixin for the config dataclasses: field checks, JSON round trip, cross-field ``check``."""
 
@@ -103,7 +110,7 @@ class Settings:
         """Check every field (type, choices, bounds), then the cross-field rules (``check``).
         ``prefix``: how the command line spells these fields' flags (``adapt_``: ``--adapt-clients``),
         so that a message names the flag the user typed."""
-        hints = typing.get_type_hints(type(self))
+        hints = _hints(type(self))
         for f in dataclasses.fields(self):
             setattr(self, f.name, check_value(prefix + f.name, hints[f.name], getattr(self, f.name), f))
         self.check()

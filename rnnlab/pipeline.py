@@ -252,6 +252,8 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
         final.update(val_loss=full["loss"], val_ppl=full["ppl"], val_bpc=full["bpc"])
     if main:
         save(trainer, f"epoch-{trainer.epoch:06d}", final)
+        from .keyboard.tune import build_for_run  # the keyboard's word model: training split, tuned on the selection slice
+        build_for_run(model, tokenizer, dcfg, out, log)
     speed = statistics.median(h["tokens_per_sec"] for h in trainer.history)
     val = f", test loss {final['val_loss']:.4f} (perplexity {final['val_ppl']:.3f})" if "val_ppl" in final else ""
     if selecting and trainer.best_val < float("inf"):

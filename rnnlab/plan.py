@@ -32,7 +32,7 @@ from .distributed import LOCAL, DistContext
 from .errors import RnnlabError, UsageError
 from .fields import flag
 from .models import precision_notes
-from .precision import Choice, check as check_precision, decide, not_worth_measuring
+from .precision import Choice, check as check_precision, decide, emulated, not_worth_measuring
 from .runs import check_chat
 from .runtime import check_memory
 from .speed import Rates, step_rates
@@ -202,7 +202,11 @@ def _measurer(tcfg: TrainConfig, rcfg: RunConfig, device: torch.device, ctx: Dis
 
 def _bf16_notes(mcfg: ModelConfig, device: torch.device) -> list[str]:
     """What of this model stays float32 under bf16 on ``device``, and why (said once, in the plan)."""
-    return [f"bf16: {note}" for note in precision_notes(mcfg, device.type)]
+    notes = precision_notes(mcfg, device.type)
+    if emulated(device):
+        notes.append("this CPU has no bfloat16 instructions: torch emulates them, slower than fp32 (auto measures "
+                     "nothing here and keeps fp32)")
+    return [f"bf16: {note}" for note in notes]
 
 
 def _fine_tuning_base(rcfg: RunConfig, dcfg: DataConfig, mcfg: ModelConfig, device, lines: list[str]):

@@ -10,13 +10,14 @@
   cost as much as the step's product.
 * ``auto`` is decided by measuring the work itself, never assumed: a machine without bfloat16
   instructions runs autocast slower than float32 (torch's own documentation warns), one with
-  AVX512-BF16 or AMX faster. Training measures its real step (``speed.step_rate``) at both
+  AVX512-BF16 or AMX faster. Training measures its real step (``speed.step_rates``) at both
   precisions and takes bf16 only if it is at least ``MARGIN`` times faster (``choose``); a CPU
   that has no bfloat16 instructions at all is not measured (fp32, at no cost). CUDA: bf16 where
   ``torch.cuda.is_bf16_supported()``.
 
 Parts of a model that stay float32 under bf16 (a C++ loop, a scan, a torch layer without a
-bfloat16 kernel) are the model's to say (``LanguageModel.precision_notes``); the run logs them once.
+bfloat16 kernel) are the cell's to say (``Cell.bf16_note``, collected by ``models.precision_notes``);
+the run's plan logs them once.
 """
 from __future__ import annotations
 
@@ -37,7 +38,6 @@ MARGIN = 1.10  # bf16 must measure at least this many times float32's rate to be
 # of float32's (benchmarks/precision.py --inference; README, Precision). Measured: float32 answered suggestions in
 # 5.3 ms, int8 in 9.0 ms, the bfloat16 copy in 25 ms (LSTM 128, AVX512-BF16 without AMX), all within 0.002.
 SERVING = "fp32"
-NAMES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 def cpu_has_bf16() -> bool | None:
@@ -120,13 +120,19 @@ def _k(rate: float) -> str:
     return f"{rate / 1000:.1f}k" if rate >= 1000 else f"{rate:.1f}"
 
 
+def emulated(device: torch.device) -> bool:
+    """Whether bfloat16 on ``device`` is emulated: a CPU known to lack bfloat16 instructions."""
+    return device.type == "cpu" and cpu_has_bf16() is False
+
+
 def not_worth_measuring(device: torch.device) -> str:
     """Why ``auto`` picks fp32 on ``device`` without measuring ('' when it should measure)."""
     why = unsupported(device)
     if why:
         return why
-    if device.type == "cpu" and cpu_has_bf16() is False:
-        return "this CPU has no bfloat16 instructions (AVX512-BF16, AMX, Arm BF16), where autocast is slower; not measured"
+    if emulated(device):
+        return ("this CPU has no bfloat16 instructions (AVX512-BF16, AMX, Arm BF16), where autocast is slower; "
+                "not measured")
     return ""
 
 
@@ -154,7 +160,7 @@ def for_inference(model, precision: str):
     raise UsageError(f"precision {precision!r} is not decided; give fp32 or bf16")
 
 
-def step_rate(model, rows: int = 1, steps: int = 32) -> float:
+def token_rate(model, rows: int = 1, steps: int = 32) -> float:
     """One-token steps per second of ``model`` for ``rows`` rows over a burst of ``steps`` steps."""
     device = next(model.parameters()).device
     ids = torch.zeros(rows, dtype=torch.long, device=device)
@@ -174,7 +180,7 @@ def inference_choice(model, device: torch.device, rounds: int = 5, margin: float
         rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
         for r in range(rounds + 1):
             for p, m in copies.items():
-                rate = step_rate(m)
+                rate = token_rate(m)
                 if r:
                     rates[p].append(rate)
         return statistics.median(rates["fp32"]), statistics.median(rates["bf16"])
@@ -228,6 +234,6 @@ def sequence_precision(model, precision: str, rows: int, steps: int, log=None, i
     return choice.precision
 
 
-__all__ = ["Choice", "MARGIN", "autocast", "check", "choose", "cpu_has_bf16", "decide", "for_inference", "forward_rate",
-           "inference_choice", "not_worth_measuring", "sequence_choice", "sequence_precision", "step_rate",
-           "unsupported"]
+__all__ = ["Choice", "MARGIN", "SERVING", "autocast", "check", "choose", "cpu_has_bf16", "decide", "emulated",
+           "for_inference", "forward_rate", "inference_choice", "not_worth_measuring", "sequence_choice",
+           "sequence_precision", "token_rate", "unsupported"]

@@ -22,6 +22,7 @@ from .io import atomic_write, os_error_hint
 LOCK = ".rnnlab-train.lock"
 CHAT = "chat.txt"  # with --chat: the cleaned messages the run trains on
 RUN_FILES = (WEIGHTS, CONFIG, VOCAB, STATE_TENSORS, STATE_JSON, "metrics.jsonl", "perplexity.png")
+WORD_FILES = ("words.json", "words.safetensors")  # the keyboard's word model (rnnlab.suggest.store), built last
 
 
 def save_run_checkpoint(run_dir: str | Path, snapshot: str, keep: int, *args, replace_run: bool = False,
@@ -56,11 +57,11 @@ def save_run_checkpoint(run_dir: str | Path, snapshot: str, keep: int, *args, re
 
 def clear_run(run_dir: str | Path, keep: Path | None = None, best: bool = True) -> None:
     """What ``--overwrite`` removes when a new run has its first snapshot: the previous run's
-    checkpoint files, snapshots and best weights (nothing else in the folder; ``keep`` — the new
-    snapshot — stays)."""
+    checkpoint files, word model, snapshots and best weights (nothing else in the folder; ``keep``
+    — the new snapshot — stays)."""
     run = Path(run_dir)
     try:
-        for name in RUN_FILES[:5]:  # the checkpoint files; metrics and plot are the new run's already
+        for name in RUN_FILES[:5] + WORD_FILES:  # the checkpoint files; metrics and plot are the new run's already
             (run / name).unlink(missing_ok=True)
         (run / CHAT).unlink(missing_ok=True)
         if best and (run / BEST).is_dir():

@@ -69,6 +69,7 @@ def _type_and_wait(page, text):
 
 def test_typing_shows_suggestions_and_tab_accepts_the_top_one(page):
     playwright.expect(page.locator("#model-info")).to_contain_text("LSTM")
+    playwright.expect(page.locator("#model-info")).to_contain_text("word search")  # the served word search
     _type_and_wait(page, "the time trav")
     top = page.locator("#completions .chip.top")
     playwright.expect(top).to_contain_text("traveller")
@@ -77,6 +78,21 @@ def test_typing_shows_suggestions_and_tab_accepts_the_top_one(page):
     playwright.expect(page.locator("#text")).to_have_value("the time traveller ")
     # the page asks again for the new text: now it is a new word's turn
     page.wait_for_function("document.getElementById('completions').dataset.for === 'the time traveller '")
+
+
+def test_the_page_shows_the_served_words(page, server_url):
+    """The page draws the words `rnnlab suggest` and the library give for the same text."""
+    from rnnlab.suggest import load_engine
+
+    engine = load_engine(tiny_checkpoint())
+    try:
+        for text in ("we sat in the ", "the psychologist looked at the m"):
+            _type_and_wait(page, text)
+            shown = page.evaluate("Array.from(document.querySelectorAll('#completions .chip'), "
+                                  "b => b.firstChild.textContent)")  # each chip: the word, then its probability
+            assert shown == [c.word for c in engine.suggest(text, 5).completions]
+    finally:
+        engine.close()
 
 
 def test_clicking_a_completion_or_a_character_edits_the_text(page):

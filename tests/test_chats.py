@@ -531,7 +531,7 @@ def test_eval_and_keyboard_read_the_chat(xena):
     assert r.returncode == 0, r.stderr
     assert "150 kept (senders: Xena)" in r.stderr and json.loads(r.stdout)["tokens"] == len(xena[2]) - 1  # every character but the first is predicted
     r = run("eval", d / "run", export, "--keyboard", "--chat", "auto", "--speaker", "Xena", "--keyboard-words", "60",
-            "--keyboard-mix", "off", "--json")
+            "--keyboard-presage", "off", "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["keyboards"]["rnnlab"]["words"] == 60 and "150 kept (senders: Xena)" in r.stderr

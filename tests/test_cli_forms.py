@@ -187,3 +187,46 @@ def test_small_step_commands_choose_one_thread_and_say_so(tiny, args, threads, s
     assert r.returncode == 0, r.stderr
     assert f"THREADS {threads}" in r.stderr
     assert ("1 torch thread (the work is one-token steps; --threads N to change)" in r.stderr) == said, r.stderr
+
+
+# -- eval --keyboard: what it may be given ----------------------------------------------------------
+
+def test_keyboard_eval_of_a_text_without_words_is_one_line_and_never_nan(tiny, tmp_path):
+    (tmp_path / "nowords.txt").write_text("... !!! ??? --- ,,, ;;; ''' \n" * 20)
+    err = _err("eval", tiny / "run", "--keyboard", tmp_path / "nowords.txt", "--json")
+    assert "has no words to type" in err, err
+
+
+def test_ratios_to_zero_are_null_not_nan_or_infinity():
+    from rnnlab.keyboard.simulate import ratios
+
+    zero = {"ksr": {1: 0.0}, "keystrokes_per_char": {1: 1.0}, "next_word_top1": 0.0, "next_word_top3": 0.0,
+            "completion_recall": {1: None}}
+    some = {"ksr": {1: 0.2}, "keystrokes_per_char": {1: 0.8}, "next_word_top1": 0.1, "next_word_top3": 0.0,
+            "completion_recall": {1: 0.5}}
+    r = ratios(some, zero)
+    assert r["ksr"][1] is None and r["next_word_top1"] is None and r["next_word_top3"] is None
+    assert r["keystrokes_per_char"][1] == pytest.approx(0.8) and r["completion_recall"][1] is None
+
+
+def test_a_long_typed_piece_never_asks_a_keyboard_more_than_a_request_holds():
+    """One piece of 30,000 characters (a long text typed as few pieces): its context restarts
+    nearer before it passes the limit of a request, so the engine never refuses it midway."""
+    from rnnlab.config import MAX_TEXT_CHARS
+    from rnnlab.keyboard.simulate import evaluate_keyboard
+
+    longest = []
+
+    class Recorder:
+        name = "recorder"
+
+        def completions_batch(self, queries, k, streams=None):
+            longest.append(max(len(c) + len(p) for c, p in queries))
+            return [[] for _ in queries]
+
+        def completions(self, context, partial, k):
+            return self.completions_batch([(context, partial)], k)[0]
+
+    text = "the time traveller smiled at us. " * 1000  # 33,000 characters
+    r = evaluate_keyboard(Recorder(), text, segments=1, preamble_chars=5000, history="x " * 3000)
+    assert r["words"] == 6000 and max(longest) <= MAX_TEXT_CHARS

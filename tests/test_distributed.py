@@ -214,7 +214,7 @@ def test_torchrun_cli_trains_resumes_and_only_rank0_writes(tmp_path, model):
     ref = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     for a, b in zip(rows, ref):
-        assert abs(a["train_loss"] - b["train_loss"]) < TOL and abs(a["val_loss"] - b["val_loss"]) < TOL
+        assert abs(a["train_loss"] - b["train_loss"]) < TOL and abs(a["select_loss"] - b["select_loss"]) < TOL
     w, w_ref = load_file(str(ddp / "model.safetensors")), load_file(str(tmp_path / "one" / "model.safetensors"))
     for k in w_ref:
         assert torch.allclose(w[k], w_ref[k], atol=TOL, rtol=0), k

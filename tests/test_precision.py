@@ -286,6 +286,8 @@ def test_the_plan_says_what_stays_float32_under_bf16(monkeypatch):
     assert not [ln for ln in plan.lines if ln.startswith("bf16:")]  # the fused LSTM runs in bfloat16
     assert precision_notes(ModelConfig(model="gru", impl="concise"), "cpu")[0].startswith("torch's GRU")
     assert "float32 kernels" in precision_notes(ModelConfig(model="rnn", impl="fast"), "cpu")[0]
+    plan = _settle(monkeypatch, FixedRates(gain=1.0), explicit={"precision"}, precision="bf16", has_bf16=False)
+    assert any("no bfloat16 instructions" in ln for ln in plan.lines if ln.startswith("bf16:"))  # said, not refused
     assert "scan runs in float32" in precision_notes(ModelConfig(model="mingru", impl="fast", hidden_size=8,
                                                                  embedding_dim=8), "cpu")[0]
 

@@ -49,7 +49,8 @@ def stop_server(proc):
 
 @pytest.fixture(scope="module")
 def server():
-    proc, url = start_server(tiny_checkpoint(), "--read-timeout", "2")
+    proc, url = start_server(tiny_checkpoint(), "--read-timeout", "2", "--allowed-host", "example.org:8080",
+                             "--allowed-host", "other.net")
     yield url
     stop_server(proc)
 
@@ -299,3 +300,60 @@ def test_long_generations_queue_boundedly_and_never_hold_up_healthz_or_the_page(
     assert len(done) == 8 and all(status == 200 for status, _, _ in done), done
     assert any('"done": true' in text for _, _, text in done) and any('"tokens":5' in text for _, _, text in done)
     _wait_for(lambda: _request(url + "/healthz")[1]["generation"]["active"] == 0, "the pool to empty")
+
+
+# -- what every request gets: one Host, this server's; JSON errors; an honest /healthz -------------
+
+def _raw(port, head: bytes) -> tuple[int, dict]:
+    """(status, JSON body) of one raw request (headers exactly as given; it asks the server to close)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=60)
+    s.sendall(head)
+    data = b""
+    while chunk := s.recv(65536):  # until the server closes the connection
+        data += chunk
+    s.close()
+    return int(data.split(b" ", 2)[1]), json.loads(data.split(b"\r\n\r\n", 1)[1])
+
+
+@pytest.mark.parametrize("hosts, status", [
+    ([b"127.0.0.1"], 200), ([b"127.0.0.1", b"evil.example"], 400), ([b"evil.example", b"127.0.0.1"], 400), ([], 400),
+    ([b"example.org:8080"], 200), ([b"example.org:9999"], 400), ([b"example.org"], 400),
+    ([b"other.net"], 200), ([b"other.net:1234"], 200), ([b"localhost:5"], 200),
+])
+def test_exactly_one_host_header_and_allowed_hosts_with_ports(server, hosts, status):
+    head = b"GET /healthz HTTP/1.1\r\n" + b"".join(b"Host: %s\r\n" % h for h in hosts) + b"Connection: close\r\n\r\n"
+    got, body = _raw(_port(server), head)
+    assert got == status, body
+    if status == 400:
+        assert "Host" in body["error"], body
+
+
+@pytest.mark.parametrize("method, path, body, status, fragment", [
+    ("GET", "/nope", None, 404, "no such endpoint: GET /nope"),
+    ("GET", "/v1/suggest", None, 405, "GET is not allowed on /v1/suggest"),
+    ("DELETE", "/healthz", None, 405, "DELETE is not allowed on /healthz"),
+    ("GET", "/static/missing.js", None, 404, "no such endpoint"),
+    ("POST", "/v1/suggest", b"{not json", 400, "malformed JSON"),
+    ("POST", "/v1/generate", b"[1, 2]", 422, "invalid request"),
+])
+def test_errors_are_the_api_s_json_never_the_framework_s(server, method, path, body, status, fragment):
+    req = urllib.request.Request(server + path, data=body, method=method, headers={"content-type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=60)
+    answer = json.loads(e.value.read())
+    assert e.value.code == status and fragment in answer["error"], answer
+    assert set(answer) <= {"error", "detail"} and isinstance(answer.get("detail", []), list)
+
+
+def test_a_stopped_suggestion_process_is_not_reported_ready(server):
+    health = _request(server + "/healthz")[1]
+    pid = health["suggest_worker"]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        status, health = _request(server + "/healthz")
+        assert status == 503 and health["status"] == "degraded" and health["suggest_worker"]["state"] == "stopped"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    status, health = _request(server + "/healthz")
+    assert status == 200 and health["suggest_worker"]["state"] == "ready"
+    assert _request(server + "/v1/suggest", {"text": "the time trav", "k": 3})[0] == 200

@@ -122,3 +122,51 @@ def test_requests_sent_while_the_process_restarts_are_answered_or_refused_never_
     assert set(statuses) <= {200, 503}
     _wait_for(lambda: _request(server + "/healthz")[0] == 200, "the restart")
     assert _request(server + "/v1/suggest", {"text": "the psy", "k": 2})[0] == 200
+
+
+# -- one word search: the same words from every entry point -----------------------------------------------
+
+TEXTS = ["the time trav", "we sat in the ", "the psychologist looked at the m", "", "at dinner time. the tr"]
+
+
+def test_suggest_serve_the_library_and_eval_give_the_same_words(server):
+    """`rnnlab suggest`, `rnnlab serve` (the page asks the same endpoint), the library's engine and the
+    keyboard `eval --keyboard` measures all answer with the served word search: the same words."""
+    from rnnlab.keyboard import RnnlabKeyboard
+    from rnnlab.suggest import load_engine, split_partial_word
+
+    health = _request(server + "/healthz")[1]
+    assert health["words"]["lexicon"] > 20 and health["words"]["order"] == 3  # the word search is on
+    engine = load_engine(tiny_checkpoint())
+    keyboard = RnnlabKeyboard.from_checkpoint(tiny_checkpoint())
+    try:
+        for i, text in enumerate(TEXTS):
+            cli = subprocess.run([sys.executable, "-m", "rnnlab", "suggest", str(tiny_checkpoint()), text, "--json"],
+                                 capture_output=True, text=True, timeout=120)
+            said = [line for line in cli.stderr.splitlines() if "torch thread" not in line]  # the thread choice is said
+            assert cli.returncode == 0 and said == [], cli.stderr
+            by_cli = [c["word"] for c in json.loads(cli.stdout)["completions"]]
+            status, body = _request(server + "/v1/suggest", {"text": text, "k": 5, "client": f"same-{i}"})
+            assert status == 200
+            by_http = [c["word"] for c in body["completions"]]
+            by_library = [c.word for c in engine.suggest(text, 5).completions]
+            context, partial = split_partial_word(text)
+            by_eval = keyboard.completions_batch([(context, partial)], 5, [f"s{i}"])[0]
+            assert by_cli == by_http == by_library == by_eval and by_cli, text
+            assert [c["prob"] for c in json.loads(cli.stdout)["completions"]] == pytest.approx(
+                [c["prob"] for c in body["completions"]], rel=1e-4)
+    finally:
+        engine.close()
+        keyboard.close()
+
+
+def test_each_client_has_its_own_recent_words_by_default(server):
+    def words(text, client):
+        status, body = _request(server + "/v1/suggest", {"text": text, "k": 20, "client": client})
+        assert status == 200
+        return [c["word"] for c in body["completions"]]
+
+    words("we met the zeppelin crew. ", "alice")  # a message alice sent...
+    assert "zeppelin" in words("the z", "alice")  # ...is remembered when she starts the next one
+    assert "zeppelin" not in words("the z", "bob")
+    assert "zeppelin" not in words("the z", "")  # anonymous requests see their own text only

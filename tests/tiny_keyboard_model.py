@@ -42,3 +42,39 @@ def tiny_checkpoint(preset: str = "raw", token: str = "char") -> Path:
     finally:
         torch.set_num_threads(threads)
     return out
+
+
+# A corpus whose three ranges each hold words of their own: training (the sentences above), the
+# selection slice ("quagmire") and the test split ("zeppelin"), for the tests that the keyboard's
+# word model, its tuning and its baselines never read what they must not.
+SELECT_PART = "we sat in the quagmire and talked about the machine.\n" * 4
+TEST_PART = "the zeppelin traveller smiled at the zeppelin machine.\n" * 4
+SPLIT_CORPUS = CORPUS + SELECT_PART + TEST_PART
+
+
+@functools.lru_cache(maxsize=None)
+def split_checkpoint() -> Path:
+    """Train (once) a small LSTM on ``SPLIT_CORPUS`` with its selection slice and test split set to
+    the two last parts (``rnnlab.data.split_points``); returns the run directory."""
+    import torch
+
+    from rnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from rnnlab.pipeline import train_run
+
+    root = Path(tempfile.mkdtemp(prefix="rnnlab-keyboard-split-"))
+    atexit.register(shutil.rmtree, root, True)
+    (root / "corpus.txt").write_text(SPLIT_CORPUS, encoding="utf-8")
+    n = len(SPLIT_CORPUS)
+    # each range begins a few characters before its part, so that each sentinel word lies inside its own range
+    dcfg = DataConfig(path=str(root / "corpus.txt"), val_fraction=(len(TEST_PART) + 5) / n,
+                      select_fraction=(len(SELECT_PART) + 5) / n)
+    mcfg = ModelConfig(model="lstm", hidden_size=64)
+    tcfg = TrainConfig(batch_size=8, num_steps=16, lr=4.0, seed=0)
+    rcfg = RunConfig(epochs=40, device="cpu", predict_every=0, log_every=1000)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_run(dcfg, mcfg, tcfg, rcfg, root / "run", log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+    return root / "run"

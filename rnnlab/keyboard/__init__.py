@@ -1,13 +1,14 @@
-"""How good the predictive keyboard is, measured as a user feels it: keystrokes saved.
+"""How good the predictive keyboard is, measured as a user feels it: keystrokes saved. This
+package only simulates and measures; the keyboard itself (the word search) is ``rnnlab.suggest``.
 
-    simulate.py  the simulated user (protocol in its docstring), rnnlab's engine as a keyboard,
-                 rnnlab against a baseline on one text (``rnnlab eval DIR --keyboard``)
-    ngram.py     the baseline: a word bigram with interpolated Kneser-Ney, built from training text
-    mix.py       the word-level re-ranker: the engine's candidates, the training text's lexicon and
-                 bigram, and the user's recent words, scored exactly by the character model
+    simulate.py  the simulated user (protocol in its docstring), rnnlab's served engine as a keyboard
+    ngram.py     the fair n-gram baseline: rnnlab's word search without the character model
+    presage.py   Presage (the open-source predictive-text engine) trained on the same text
+    stats.py     bootstrap confidence intervals on the ratios (resampling words)
+    tune.py      the word search's settings, tuned on the selection slice; builds the word model
+    run.py       ``rnnlab eval DIR --keyboard``: every keyboard on the held-out test split
 """
-from .mix import DropTyped, LexiconFilter, MixKeyboard, WordScorer
-from .ngram import BOS, BigramKeyboard, BigramModel, last_word
+from .ngram import BASELINE, NgramKeyboard
 from .simulate import (
     DEFAULT_KS,
     AdaptiveKeyboard,
@@ -15,12 +16,9 @@ from .simulate import (
     Keyboard,
     RnnlabKeyboard,
     compare,
-    compare_checkpoint,
     evaluate_keyboard,
     ratios,
-    split_heldout,
 )
 
-__all__ = ["AdaptiveKeyboard", "BOS", "BigramKeyboard", "BigramModel", "DEFAULT_KS", "DropTyped", "FixedKeyboard", "Keyboard",
-           "LexiconFilter", "MixKeyboard", "RnnlabKeyboard", "WordScorer", "compare", "compare_checkpoint",
-           "evaluate_keyboard", "last_word", "ratios", "split_heldout"]
+__all__ = ["AdaptiveKeyboard", "BASELINE", "DEFAULT_KS", "FixedKeyboard", "Keyboard", "NgramKeyboard", "RnnlabKeyboard",
+           "compare", "evaluate_keyboard", "ratios"]

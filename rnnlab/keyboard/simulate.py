@@ -56,7 +56,8 @@ line break), so the figures hardly depend on the number of pieces.
 Keyboards (``Keyboard``): anything with ``completions(context, partial, k) -> list[str]`` (the
 whole words shown, best first) and ``completions_batch(queries, k, streams) -> list[list[str]]``
 (``queries`` a list of ``(context, partial)``). ``RnnlabKeyboard`` wraps a ``SuggestEngine``;
-``rnnlab.ngram.BigramKeyboard`` is the word-bigram baseline; ``compare`` runs both on one text.
+``ngram.NgramKeyboard`` is the fair n-gram baseline, ``presage.PresageKeyboard`` Presage;
+``compare`` runs two keyboards on one text.
 """
 from __future__ import annotations
 
@@ -68,8 +69,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ..config import MAX_TEXT_CHARS, SuggestConfig
-from ..suggest import SuggestEngine, SuggestRequest, word_spans
-from .ngram import BigramKeyboard
+from ..suggest import SuggestEngine, SuggestRequest, load_engine, word_spans
 
 DEFAULT_KS = (1, 3, 5)
 RECALL_CHARS = (1, 2, 3)
@@ -120,7 +120,9 @@ class FixedKeyboard:
 class RnnlabKeyboard:
     """rnnlab's ``SuggestEngine`` as a keyboard: the words of its completions (``Completion.word``:
     the typed part plus the appended characters; at a word start, the next word), one engine
-    client per stream, every batch of queries answered by ``engine.suggest_batch``."""
+    client per stream, every batch of queries answered by ``engine.suggest_batch``. ``from_checkpoint``
+    is the engine as it is served (``rnnlab.suggest.load_engine``: with the word search when the
+    checkpoint has a word model)."""
 
     name = "rnnlab"
 
@@ -128,19 +130,18 @@ class RnnlabKeyboard:
         self.engine, self.client_prefix = engine, client_prefix
 
     @classmethod
-    def from_checkpoint(cls, ckpt_dir: str | Path, device: str = "cpu", **search) -> RnnlabKeyboard:
-        """The engine of a checkpoint; ``search``: ``SuggestConfig`` fields (``beam_width``,
-        ``max_word_length``)."""
+    def from_checkpoint(cls, checkpoint, device: str = "cpu", log=None, **search) -> RnnlabKeyboard:
+        """The served engine of a checkpoint (a directory or a loaded ``Checkpoint``); ``search``:
+        ``SuggestConfig`` fields (``beam_width``, ``words``, ...)."""
         from ..checkpoint import load_checkpoint
 
-        ck = load_checkpoint(ckpt_dir, device)
-        return cls(SuggestEngine(ck.model, ck.tokenizer, SuggestConfig(**search)))
+        ck = load_checkpoint(checkpoint, device) if isinstance(checkpoint, (str, Path)) else checkpoint
+        return cls(load_engine(ck, SuggestConfig(**search), log=log))
 
     def suggestions(self, queries: Sequence[tuple[str, str]], k: int, streams: Sequence[str] | None = None):
         """The engine's ``Suggestions`` for each query (its completions with probabilities)."""
-        streams = streams if streams is not None else [""] * len(queries)
-        return self.engine.suggest_batch([SuggestRequest(c + p, k, f"{self.client_prefix}:{s}")
-                                          for (c, p), s in zip(queries, streams)])
+        clients = [f"{self.client_prefix}:{s}" for s in streams] if streams is not None else [""] * len(queries)
+        return self.engine.suggest_batch([SuggestRequest(c + p, k, client) for (c, p), client in zip(queries, clients)])
 
     def completions(self, context: str, partial: str, k: int) -> list[str]:
         return self.completions_batch([(context, partial)], k)[0]
@@ -217,16 +218,20 @@ def evaluate_keyboard(keyboard: Keyboard, text: str, ks: Sequence[int] = DEFAULT
                       segments: int = 48, preamble_chars: int = 300, recall_chars: Sequence[int] = RECALL_CHARS,
                       recall_k: int = 3, full_scan: bool = False, max_words: int | None = None,
                       record: bool = False, progress: Callable[[int, int], None] | None = None,
-                      observe: Callable[[int, str, str, str, list[str]], None] | None = None) -> dict[str, Any]:
+                      observe: Callable[[int, int, int, str, list[str]], None] | None = None,
+                      deadline: float | None = None) -> dict[str, Any]:
     """Type ``text`` with ``keyboard`` by the protocol of the module docstring; the figures as a dict.
 
     ``history``: text typed before ``text`` (context only, not counted). ``segments``: pieces typed
     concurrently. ``max_words``: type only the text up to the end of its first ``max_words`` words
     (the characters after them are not counted). ``record``: add ``details``, per word
     ``(word, start in text, ranks by position)`` (rank 0 = top-1, None = not among the ``max(ks)``
-    shown; positions not asked are absent). ``progress(words done, words)`` is called every round;
-    ``observe(j, context, partial, target word, words shown)`` after every batch, for each of its
-    queries j in order (for diagnostics).
+    shown; positions not asked are absent), and ``separators_before`` (per word, the separator
+    characters between it and the word before it in the text) and ``trailing`` (after the last word).
+    ``progress(words done, words)`` is called every round; ``observe(j, word start in text, typed
+    characters, target word, words shown)`` after every batch, for each of its queries j in order.
+    ``deadline`` (a ``time.perf_counter()`` value): stop asking once it passes; the figures are
+    then those of the words settled by then (with the separators before each), ``complete`` False.
     """
     ks = tuple(sorted(set(ks)))
     if not ks or ks[0] < 1:
@@ -258,7 +263,7 @@ def evaluate_keyboard(keyboard: Keyboard, text: str, ks: Sequence[int] = DEFAULT
     words_done = queries = 0
     t0 = time.perf_counter()
     active = [p for p in pieces if p.words]
-    while active:
+    while active and (deadline is None or time.perf_counter() < deadline):
         batch = []
         for p in active:
             s, e = p.words[p.w]
@@ -276,7 +281,7 @@ def evaluate_keyboard(keyboard: Keyboard, text: str, ks: Sequence[int] = DEFAULT
             rank = shown.index(word) if word in shown else None
             p.ranks.append(rank)
             if observe is not None:
-                observe(j, batch[j][0], batch[j][1], word, shown)
+                observe(j, s - off, p.i, word, shown)
             if rank == 0 and p.top1_at is None:
                 p.top1_at = p.i
             done = p.i + 1 >= L or (not full_scan and p.top1_at is not None and p.i >= min(need_until, L - 1))
@@ -296,8 +301,7 @@ def evaluate_keyboard(keyboard: Keyboard, text: str, ks: Sequence[int] = DEFAULT
                     rec_total[n] += 1
                     r = p.ranks[n]
                     rec_hits[n] += r is not None and r < recall_k
-            if record:
-                details.append((word, s - off, p.ranks))
+            details.append((word, s - off, p.ranks))
             words_done += 1
             p.w, p.i, p.top1_at, p.ranks = p.w + 1, 0, None, []
             if p.w < len(p.words):
@@ -306,14 +310,22 @@ def evaluate_keyboard(keyboard: Keyboard, text: str, ks: Sequence[int] = DEFAULT
         if progress is not None:
             progress(words_done, len(spans))
     seconds = time.perf_counter() - t0
-    word_chars = sum(e - s for s, e in spans)
-    sep_chars = n_chars - word_chars
-    n_words = len(spans)
+    # the text typed: every settled word with the separators before it (all of the text when complete)
+    details.sort(key=lambda d: d[1])
+    ends = {s: e for s, e in spans}
+    prev_end = dict(zip((s for s, _ in spans), [0] + [e for _, e in spans[:-1]]))
+    seps = [start - prev_end[start] for _, start, _ in details]
+    complete = len(details) == len(spans)
+    trailing = n_chars - (spans[-1][1] if spans else 0) if complete else 0
+    word_chars = sum(ends[start] - start for _, start, _ in details)
+    sep_chars = sum(seps) + trailing
+    n_chars = word_chars + sep_chars
+    n_words = len(details)
     keystrokes = {k: sep_chars + word_cost[k] for k in ks}
     out: dict[str, Any] = {
         "keyboard": getattr(keyboard, "name", type(keyboard).__name__),
         "words": n_words, "characters": n_chars, "word_chars": word_chars, "separator_chars": sep_chars,
-        "keystrokes": keystrokes,
+        "keystrokes": keystrokes, "complete": complete,
         "ksr": {k: 1 - keystrokes[k] / n_chars if n_chars else 0.0 for k in ks},
         "keystrokes_per_char": {k: keystrokes[k] / n_chars if n_chars else 0.0 for k in ks},
         "next_word_top1": nw_hits[1] / n_words if n_words else 0.0,
@@ -323,8 +335,7 @@ def evaluate_keyboard(keyboard: Keyboard, text: str, ks: Sequence[int] = DEFAULT
         "recall_k": recall_k, "queries": queries, "seconds": seconds, "segments": len(pieces),
     }
     if record:
-        details.sort(key=lambda d: d[1])
-        out["details"] = details
+        out.update(details=details, separators_before=seps, trailing=trailing)
     return out
 
 
@@ -352,25 +363,3 @@ def compare(keyboard: Keyboard, baseline: Keyboard, text: str, **kwargs) -> dict
     a = evaluate_keyboard(keyboard, text, **kwargs)
     b = evaluate_keyboard(baseline, text, **kwargs)
     return {"rnnlab": a, "baseline": b, "ratios": ratios(a, b)}
-
-
-def split_heldout(text: str, fraction: float = 0.1) -> tuple[str, str]:
-    """(training part, held-out part): the last ``fraction`` of the characters are held out, as
-    ``rnnlab train --val-fraction`` does for a character model on the ``raw`` preset."""
-    n_val = int(len(text) * fraction)
-    return text[:len(text) - n_val], text[len(text) - n_val:]
-
-
-def compare_checkpoint(ckpt_dir: str | Path, corpus_text: str, fraction: float = 0.1, device: str = "cpu",
-                       search: dict | None = None, bigram_kwargs: dict | None = None,
-                       **kwargs) -> dict[str, Any]:
-    """rnnlab (a character checkpoint) against the word-bigram keyboard built from the first
-    ``1 - fraction`` of ``corpus_text``, both typing its held-out last ``fraction`` (with the
-    training part as history)."""
-    train, held = split_heldout(corpus_text, fraction)
-    nn = RnnlabKeyboard.from_checkpoint(ckpt_dir, device, **(search or {}))
-    bg = BigramKeyboard.from_text(train, **(bigram_kwargs or {}))
-    try:
-        return compare(nn, bg, held, history=train, **kwargs)
-    finally:
-        nn.close()

@@ -39,7 +39,7 @@ from ..checkpoint import Checkpoint, load_checkpoint
 from ..config import MAX_TEXT_CHARS, AdaptConfig, GenerateConfig, SuggestConfig
 from ..decoding import decode, generate_ids
 from ..errors import RnnlabError
-from ..suggest import AdaptiveSuggester, StateCache, SuggestEngine
+from ..suggest import AdaptiveSuggester, StateCache, checkpoint_words, load_engine, words_summary
 from ..version import __version__
 from .backend import AdaptiveBackend, ProcessBackend, ThreadBackend, WorkerUnavailable
 from .middleware import BodyLimit, HeaderLimit, HostCheck, SuggestFastPath, error_json
@@ -188,15 +188,22 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
     model.eval()
     scfg = suggest if suggest is not None else SuggestConfig()
     scfg.validate()
+    # the word search (the checkpoint's word model, every client's recent words) unless --words off
     if adapt is not None:
+        words = checkpoint_words(ckpt, scfg, log)
         backend = AdaptiveBackend(AdaptiveSuggester(model, tokenizer, scfg, adapt, _training_ids(ckpt, log),
-                                                    StateCache(cache_clients, cache_per_client)))
+                                                    StateCache(cache_clients, cache_per_client), words=words))
+        summary = words_summary(words)
     elif suggest_process:
         backend = ProcessBackend(ckpt, threads=suggest_threads, config=scfg, cache_clients=cache_clients,
                                  cache_per_client=cache_per_client, max_batch=max_batch)
+        for note in backend.notes:
+            log(note)
+        summary = backend.words
     else:
-        backend = ThreadBackend(SuggestEngine(model, tokenizer, scfg, StateCache(cache_clients, cache_per_client),
-                                              max_batch))
+        engine = load_engine(ckpt, scfg, StateCache(cache_clients, cache_per_client), max_batch, log=log)
+        backend = ThreadBackend(engine)
+        summary = words_summary(engine.words)
     generation = WorkPool(generate_workers, generate_queue, "rnnlab-generate", "generations")
     source = ckpt.info.get("source")
     info = {
@@ -206,6 +213,7 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
                   "vocab_size": len(tokenizer.vocab)},
         "data": {"source": Path(str(source)).name if source else None, "preset": tokenizer.preset,
                  "token": tokenizer.token},
+        "words": summary,  # the word search's word model and settings (None: the character beam alone)
         "limits": {"max_text_chars": MAX_TEXT_CHARS, "max_k": SuggestConfig.__dataclass_fields__["k"].metadata["max"],
                    "max_length": GenerateConfig.__dataclass_fields__["length"].metadata["max"],
                    "max_body_bytes": max_body_bytes},

@@ -40,7 +40,7 @@ import weakref
 
 from ..checkpoint import Checkpoint
 from ..errors import RnnlabError
-from ..suggest import AdaptiveSuggester, StateCache, SuggestEngine, SuggestRequest, run_worker
+from ..suggest import AdaptiveSuggester, StateCache, SuggestEngine, SuggestRequest, load_engine, run_worker, words_summary
 
 
 def suggestions_json(d: dict) -> bytes:
@@ -124,8 +124,9 @@ class _Worker:
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()
         self.threads: list[threading.Thread] = []
 
-    def wait_ready(self, timeout: float) -> None:
-        """Wait for the child's "ready"; raises ``RnnlabError`` with its reason if it does not come."""
+    def wait_ready(self, timeout: float) -> dict:
+        """Wait for the child's "ready" (its notes and word search, a dict); raises ``RnnlabError``
+        with its reason if it does not come."""
         if not self.conn.poll(timeout):
             raise RnnlabError(f"the suggestion process did not start within {timeout:.0f} s")
         try:
@@ -134,6 +135,7 @@ class _Worker:
             status, detail = "error", f"it exited (exit code {self.proc.exitcode})"
         if status != "ready":
             raise RnnlabError(f"the suggestion process failed to start: {detail}")
+        return detail
 
     def start_threads(self, on_answers, on_exit) -> None:
         def read() -> None:
@@ -192,6 +194,8 @@ class ProcessBackend:
 
     def __init__(self, checkpoint: Checkpoint, threads: int = 1, start_timeout: float = 120.0,
                  max_start_failures: int = 3, **engine_kwargs):
+        self.notes: list[str] = []
+        self.words: dict | None = None
         self._args = (checkpoint_bytes(checkpoint), threads, engine_kwargs)
         self.start_timeout, self.max_start_failures = start_timeout, max_start_failures
         self._lock = threading.Lock()
@@ -204,7 +208,8 @@ class ProcessBackend:
         self.last_error = ""
         self._worker = _Worker(*self._args, generation=0)
         try:
-            self._worker.wait_ready(start_timeout)
+            ready = self._worker.wait_ready(start_timeout)
+            self.notes, self.words = ready["notes"], ready["words"]  # the word search, as the child loaded it
         except RnnlabError:
             self._worker.stop()
             raise
@@ -388,11 +393,12 @@ def _engine_main(conn, checkpoint: bytes, threads: int, engine_kwargs: dict) -> 
         model.eval()
         kw = dict(engine_kwargs)
         cache = StateCache(kw.pop("cache_clients", 256), kw.pop("cache_per_client", 16))
-        engine = SuggestEngine(model, checkpoint.tokenizer, kw.pop("config", None), cache=cache, **kw)
+        notes: list[str] = []
+        engine = load_engine(checkpoint, kw.pop("config", None), cache=cache, log=notes.append, **kw)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(("ready", None))
+    conn.send(("ready", {"notes": notes, "words": words_summary(engine.words)}))
 
     def receive(block: bool):
         """The requests that have arrived (waiting for one only when ``block``); None: stop."""

@@ -61,7 +61,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     from ..checkpoint import load_for_inference
     from ..config import check_text
     from ..runtime import select_device, use_threads
-    from ..suggest import SuggestEngine, SuggestRequest
+    from ..suggest import SuggestRequest, load_engine
 
     scfg = build(args, SuggestConfig)
     scfg.validate()
@@ -71,7 +71,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     args.threads_note = use_threads(threads.threads, small_steps=True)  # said by rnnlab.cli.main on success
     device = select_device("cpu" if args.int8 and args.device == "auto" else args.device)
     ckpt = load_for_inference(args.checkpoint, device, args.int8, build(args, Precision).precision, log=_say)
-    engine = SuggestEngine(ckpt.model, ckpt.tokenizer, scfg)
+    engine = load_engine(ckpt, scfg, log=lambda msg: print(msg, file=sys.stderr))  # the served search
     s = engine.suggest_batch([SuggestRequest(args.text, scfg.k)])[0]  # in this thread: no worker to stop
     if args.json:
         print(json_text(s.to_dict(), ensure_ascii=False))  # a non-finite number is null: always valid JSON

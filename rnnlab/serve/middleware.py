@@ -6,8 +6,8 @@ framework sees the request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import time
 
 MAX_HEADER_BYTES = 16 * 1024
 
@@ -71,19 +71,19 @@ class BodyLimit:
             if n > self.max_bytes:
                 return await send_error(send, 413, f"request body of {n} bytes is over the limit of {self.max_bytes}")
         body = bytearray()
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
-            except asyncio.TimeoutError:
-                return await send_error(send, 408, f"the request body did not arrive within {self.timeout:g} s")
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                return await send_error(send, 413, f"request body is over the limit of {self.max_bytes} bytes")
-            if not message.get("more_body", False):
-                break
+        try:
+            async with _deadline(self.timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    body += message.get("body", b"")
+                    if len(body) > self.max_bytes:
+                        return await send_error(send, 413, f"request body is over the limit of {self.max_bytes} bytes")
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            return await send_error(send, 408, f"the request body did not arrive within {self.timeout:g} s")
         replayed = False
 
         async def replay():
@@ -94,6 +94,26 @@ class BodyLimit:
             return await receive()  # after the body: wait for a disconnect, as a streaming response does
 
         await self.app(scope, replay, send)
+
+
+@contextlib.asynccontextmanager
+async def _deadline(seconds: float):
+    """Cancel what runs inside after ``seconds`` (``TimeoutError``): ``asyncio.timeout`` where there
+    is one (Python 3.11+, no task per wait), else a timer that cancels the current task."""
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(seconds):
+            yield
+        return
+    task, fired = asyncio.current_task(), []
+    timer = asyncio.get_running_loop().call_later(seconds, lambda: (fired.append(1), task.cancel()))
+    try:
+        yield
+    except asyncio.CancelledError:
+        if fired:
+            raise TimeoutError from None
+        raise
+    finally:
+        timer.cancel()
 
 
 class SuggestFastPath:

@@ -63,7 +63,8 @@ class _Client:
         self.owner = owner
         self.adapter = Adapter(owner.model, owner.lr, owner.settings.chunk, owner.scale)
         self.engine = SuggestEngine(self.adapter.model, owner.tokenizer, owner.config,
-                                    StateCache(1, CLIENT_CACHE_ENTRIES), max_batch=1)
+                                    StateCache(1, CLIENT_CACHE_ENTRIES), max_batch=1, words=owner.words,
+                                    recent=owner.base.recent)
         self.seen: list[int] = []  # the finished text's ids at the last request
         self.pos = 0  # the next input position in ``seen`` the adapter has not read
         self.bytes = 0  # measured after each request (``measure``)
@@ -115,11 +116,12 @@ def ids_tensor(ids: list[int]) -> Ids:
 class AdaptiveSuggester:
     """Suggestions that adapt to each client (see the module docstring). ``train_ids``: the model's
     training text, for the RMS step scale; without it the steps are plain SGD at ``SGD_FALLBACK_LR``.
-    Thread-safe: requests are answered one at a time."""
+    ``words``: the word model of the word search (each client's adapted copy scores its candidates;
+    the recent-word cache is shared). Thread-safe: requests are answered one at a time."""
 
     def __init__(self, model: LanguageModel, tokenizer: Tokenizer, config: SuggestConfig | None = None,
                  settings: AdaptConfig | None = None, train_ids: Ids | None = None,
-                 cache: StateCache | None = None):
+                 cache: StateCache | None = None, words=None):
         if tokenizer.word_level:
             raise UsageError("--adapt needs a character model (the keyboard learns the finished text character "
                              "by character)")
@@ -129,7 +131,8 @@ class AdaptiveSuggester:
         self.settings.validate()
         self.scale = rms_scale(model, train_ids, self.settings.chunk) if train_ids is not None else None
         self.lr = self.settings.lr if self.scale is not None else SGD_FALLBACK_LR
-        self.base = SuggestEngine(model, tokenizer, self.config, cache, max_batch=1)
+        self.words = words  # the word search's model (``store.Words``), shared by every client's engine
+        self.base = SuggestEngine(model, tokenizer, self.config, cache, max_batch=1, words=words)
         self.client_bound = self._client_bound()
         self.max_bytes = self.client_bound * self.settings.clients
         self.clients: OrderedDict[str, _Client] = OrderedDict()

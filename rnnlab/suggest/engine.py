@@ -1,6 +1,12 @@
 """``SuggestEngine``: suggestions from one model, with the per-client state cache and cross-request
 batching (``search.Scheduler`` driven by ``worker.run_worker``).
 
+With a word model (``store.Words``: the training text's lexicon and n-gram, with the settings
+tuned for this model) the completions are the word search's (``mix``): the character beam's
+words, the n-gram's and the client's recent words, each scored exactly by the character model
+and mixed. ``load_engine`` builds the engine every caller uses (``rnnlab suggest``, ``serve``,
+``eval --keyboard``, the library), with the checkpoint's word model when it has one.
+
 The text is read through the checkpoint's tokenizer (with the ``letters`` preset it is lowercased
 and every run of non-letters becomes one space before the model sees it, as in training);
 completions are what to *append* to the user's own text, so they apply to it unchanged.
@@ -21,7 +27,10 @@ from ..data.tokenizer import Tokenizer
 from ..errors import UsageError
 from ..models import LanguageModel
 from .cache import Entry, StateCache
+from .mix import MixParams
+from .recent import RecentWords
 from .search import Scheduler
+from .store import Words, find_words
 from .text import INNER_WORD_CHARS, is_word_char
 from .types import Completion, SuggestRequest, Suggestions, TokenProb
 from .worker import ThreadWorker
@@ -37,7 +46,8 @@ class SuggestEngine:
     """
 
     def __init__(self, model: LanguageModel, tokenizer: Tokenizer, config: SuggestConfig | None = None,
-                 cache: StateCache | None = None, max_batch: int = 64):
+                 cache: StateCache | None = None, max_batch: int = 64, words: Words | None = None,
+                 recent: RecentWords | None = None):
         self.config = config if config is not None else SuggestConfig()
         self.config.validate()
         if not isinstance(max_batch, int) or max_batch < 1:
@@ -49,6 +59,13 @@ class SuggestEngine:
         self.worker = ThreadWorker(self, max_batch)
         self.word_level = tokenizer.word_level
         self.device = model.device
+        # the word search: a word model (``words.params`` its tuned settings), off for word-level models
+        self.words = words if words is not None and self.config.words == "on" and not self.word_level else None
+        self.params: MixParams = self.words.params if self.words is not None else MixParams()
+        self.recent = None
+        if self.words is not None and self.config.recent_words:  # as many clients as the state cache keeps
+            self.recent = recent if recent is not None else RecentWords(self.config.recent_words, self.cache.max_clients)
+        self.collect = False  # attach every candidate's features to the answers (the tuning reads them)
         toks = self.vocab.idx_to_token
         typable = torch.ones(len(toks), dtype=torch.bool)
         if self.vocab.unk_id is not None:
@@ -60,6 +77,7 @@ class SuggestEngine:
             word = torch.tensor([len(t) == 1 and is_word_char(t) for t in toks]) & single
             inner = torch.tensor([t in INNER_WORD_CHARS for t in toks]) & single
             self.word_start_list = word.tolist()  # (V,) may start a word
+            self.char_ids = {t: i for i, t in enumerate(toks) if len(t) == 1 and typable[i]}  # character -> token
             self.boundary_ids = (single & ~word & ~inner).nonzero()[:, 0].to(self.device)  # the tokens that end a word
             # what a beam may not append next, by row 2 * (depth < 3) + (word started): a started word
             # takes word characters; an unstarted one a word start or (up to three) leading boundaries
@@ -158,6 +176,41 @@ class SuggestEngine:
             by_char[c] = by_char.get(c, 0.0) + probs[i]
         out.next_chars = [TokenProb(c, p) for c, p in sorted(by_char.items(), key=lambda cp: -cp[1])[:k]]
         return out
+
+
+def load_engine(checkpoint, config: SuggestConfig | None = None, cache: StateCache | None = None,
+                max_batch: int = 64, log=None) -> SuggestEngine:
+    """The engine of a loaded ``Checkpoint`` (or a checkpoint directory) as ``rnnlab suggest``,
+    ``serve`` and ``eval --keyboard`` run it: with the word model of its run directory when there
+    is one (``config.words`` "off": the character beam alone). ``log`` gets a one-line notice when
+    a character model has no word model."""
+    from ..checkpoint import Checkpoint, load_checkpoint
+
+    ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    config = config if config is not None else SuggestConfig()
+    config.validate()
+    return SuggestEngine(ck.model, ck.tokenizer, config, cache, max_batch, words=checkpoint_words(ck, config, log))
+
+
+def checkpoint_words(ck, config: SuggestConfig, log=None) -> Words | None:
+    """The word model of a loaded checkpoint's run (``store.find_words``) when the word search is
+    on and the model reads characters; ``log`` gets a one-line notice when there is none."""
+    if config.words != "on" or ck.tokenizer.word_level or ck.path is None:
+        return None
+    words = find_words(ck.path, ck.data_config)
+    if words is None and log is not None:
+        log(f"rnnlab: {ck.path} has no word model, so completions come from the character model alone; "
+            f"`rnnlab words {ck.path}` builds it from the training text")
+    return words
+
+
+def words_summary(words: Words | None) -> dict | None:
+    """What ``/healthz`` says about the word search."""
+    if words is None:
+        return None
+    tuning = words.meta.get("tuning") or {}
+    return {"lexicon": len(words.model), "order": words.model.order, "tuned_on": tuning.get("on"),
+            "settings": words.params.to_dict()}
 
 
 def suggest(model: LanguageModel, tokenizer: Tokenizer, text: str, k: int = 5) -> Suggestions:

@@ -10,6 +10,13 @@ beam can beat its k-th finished word (log-probabilities only fall as a beam grow
 than the depth bound are not suggested (so a script without spaces, such as Chinese, gets next
 characters only).
 
+The word search (an engine with a word model, ``mix``): the beam runs as above for its
+``beam_k`` words, and the candidates of the word model and the recent words are scored exactly
+in the same model calls: their prefixes (``wordsearch.WordJob``) are extra rows of the search, depth by
+depth, never taken as beams (so the beam finds what it finds alone) and shared with a beam that
+reaches the same prefix. A candidate's log-prob is that of its characters after the text, then
+any boundary; the candidates are mixed (``mix.candidates``) when the last row ends.
+
 ``Scheduler`` runs many searches at once: each ``step`` is one ``model.step`` call whose rows are
 every request's next piece of work (see its docstring). The answers are those of one request at a
 time, up to float rounding.
@@ -24,8 +31,10 @@ import torch
 from ..config import SuggestConfig, check_text
 from ..models import State
 from .cache import Entry, Lookahead
+from .mix import word_query
 from .text import split_partial_word, visible_word
 from .types import Completion, SuggestRequest, Suggestions, TokenProb
+from .wordsearch import WordJob, finish_chains
 
 
 class BeamSearch:
@@ -51,6 +60,9 @@ class BeamSearch:
         """Keep the best extensions: ``best_lp``/``best_idx`` are the best scores of (beam, token)
         pairs, best first, as flat indices ``beam * V + token`` (-inf where not allowed). Returns the
         (beam row, token) pairs kept, at most ``width``, possibly none."""
+        if not self.k:  # the word search without beam candidates: its candidate rows only
+            self.beams = []
+            return []
         floor = self.finished[-1][1] if len(self.finished) >= self.k else -math.inf
         new_beams, kept = [], []
         for lp, idx in zip(best_lp[:self.width], best_idx):
@@ -72,6 +84,8 @@ class Job:
     started: bool  # the text ends inside a word
     key: str = ""  # the text's cache key
     search: "BeamSearch | None" = None
+    recent: list[str] | None = None  # the client's recent words (the word search)
+    words: WordJob | None = None  # the word search's candidates, once its context is known
 
 
 class Scheduler:
@@ -127,6 +141,8 @@ class Scheduler:
             out = Suggestions(mode="complete" if partial_model else "next_word", partial=partial_user,
                               model_text=mtext, context_tokens=len(ids))
             job = Job(request, out, future, bool(partial_model), key)
+            if e.words is not None:
+                job.recent = e.recent.words(mtext, request.client) if e.recent is not None else []
             self.open.append(job)
             if len(ids) == 1:  # the usual keystroke: one step, batched with the others
                 state = hit.state if hit is not None else e.model.begin_state(1, e.device)
@@ -177,22 +193,50 @@ class Scheduler:
             end_lp, best_lp, best_idx = self.score(jobs, counts, logprobs)
             V, toks, word_start = logprobs.shape[1], e.vocab.idx_to_token, e.word_start_list
             offset = 0
+            todo = []  # (job, kept beams, candidate rows) of every job that goes on
             for job, n, b_lp, b_idx in zip(jobs, counts, best_lp, best_idx):
-                s = job.search
-                s.finish(end_lp[offset:offset + n])  # a started word followed by any boundary
-                kept = s.extend(b_lp, b_idx, V, toks, word_start) if s.depth < e.max_word_length else []
-                if kept:
-                    if s.depth == 0:
-                        first.append((job, len(rows), [toks[c] for _, c in kept]))
-                    rows += [offset + r for r, _ in kept]
-                    cols += [c for _, c in kept]
-                    s.steps += 1
-                    s.depth += 1
-                    going.append(job)
-                    going_counts.append(len(kept))
+                s, w = job.search, job.words
+                nb = len(s.beams)
+                here = w.rows(s.beams) if w is not None else None
+                s.finish(end_lp[offset:offset + nb])  # a started word followed by any boundary
+                if w is not None:
+                    w.record(here, end_lp[offset:offset + n], s.depth)
+                if nb and s.depth < e.max_word_length:
+                    kept = s.extend(b_lp, b_idx, V, toks, word_start)
                 else:
-                    self.answer(job)
+                    kept, s.beams = [], []
+                extra = [(offset + r, c, prefix, lp) for r, c, prefix, lp in w.expand(here, kept)] if w is not None else []
+                todo.append((job, [(offset + r, c) for r, c in kept], extra))
                 offset += n
+            # the candidate rows' characters, read off this step's log-probs in one gather
+            flat = [x for _, _, extra in todo for x in extra]
+            picked = logprobs[torch.tensor([r for r, _, _, _ in flat], device=e.device),
+                              torch.tensor([c for _, c, _, _ in flat], device=e.device)].tolist() if flat else []
+            i = 0
+            chains = []  # (word job, parent row, the candidate's characters from the row's last one, log-prob, candidate)
+            for t, (job, kept, extra) in enumerate(todo):
+                w = job.words
+                if w is not None:  # the rows that can still reach the top k; chains are finished below
+                    n_extra = len(extra)
+                    step, done = w.keep(extra, picked[i:i + n_extra], job.search.finished)
+                    chains += [(w, extra[j][0], extra[j][2][-1] + app[len(extra[j][2]):], lp, app) for j, app, lp in done]
+                    todo[t] = (job, kept, [extra[j] for j in step])
+                    i += n_extra
+            if chains:
+                finish_chains(e, chains, state)
+            for job, kept, extra in todo:
+                s = job.search
+                if not kept and not extra:
+                    self.answer(job)
+                    continue
+                if s.depth == 0:
+                    first.append((job, len(rows), [toks[c] for _, c in kept] + [toks[c] for _, c, _, _ in extra]))
+                rows += [r for r, _ in kept] + [r for r, _, _, _ in extra]
+                cols += [c for _, c in kept] + [c for _, c, _, _ in extra]
+                s.steps += 1
+                s.depth += 1
+                going.append(job)
+                going_counts.append(len(kept) + len(extra))
         context, self.context = self.context, []
         if not cols and not context:
             self.jobs, self.counts, self.logprobs, self.state = [], [], None, None
@@ -231,10 +275,15 @@ class Scheduler:
         best first, with their flat indices ``beam * V + token``."""
         e = self.engine
         N, V = logprobs.shape
-        beams = [b for job in jobs for b in job.search.beams]
-        depth_codes = [2 * (job.search.depth < 3) for job, n in zip(jobs, counts) for _ in range(n)]
-        codes = torch.tensor([c + st for c, (_, _, st) in zip(depth_codes, beams)], device=e.device)  # (N,)
-        base = torch.tensor([lp for _, lp, _ in beams], device=e.device, dtype=logprobs.dtype)  # (N,)
+        codes, base = [], []  # per row: its blocked-token mask, its log-prob (-inf: a candidate row, never a beam)
+        for job in jobs:
+            s = job.search
+            d = 2 * (s.depth < 3)
+            n_forced = len(job.words.forced) if job.words is not None else 0
+            codes += [d + st for _, _, st in s.beams] + [0] * n_forced
+            base += [lp for _, lp, _ in s.beams] + [-math.inf] * n_forced
+        codes = torch.tensor(codes, device=e.device)  # (N,)
+        base = torch.tensor(base, device=e.device, dtype=logprobs.dtype)  # (N,)
         scores = (base[:, None] + logprobs).masked_fill_(e.blocked[codes], -math.inf)  # (N, V)
         J, R = len(jobs), max(counts)
         if J * R != N:  # pad every job to R rows of -inf, so that one top-k serves them all
@@ -254,16 +303,37 @@ class Scheduler:
         for job, lps, ids in zip(jobs, top.values.tolist(), top.indices.tolist()):
             k = job.request.k
             job.out.next_chars = [TokenProb(toks[i], math.exp(lp)) for lp, i in zip(lps[:k], ids[:k])]
+            if e.words is not None:  # the word search: the beam's own candidates, and the others' rows
+                k = e.params.beam_k if e.params.weights(job.started)[0] > 0 else 0  # no character model: no beam
+                mtext = job.out.model_text
+                partial = split_partial_word(mtext)[1] if job.started else ""
+                query = word_query(e.words.model, mtext[:len(mtext) - len(partial)], partial, job.recent or [], e.params)
+                job.words = WordJob(e, query, job.started, job.request.k)
             # a new word may follow different boundaries (" the", "\nthe"): search deeper, keep the best
             width = k if job.started else 2 * k
-            job.search = BeamSearch(job.started, width, max(e.beam_width, width))
+            beams = max(e.beam_width, width)
+            if job.words is not None:  # the beam only proposes candidates there: at most twice as many beams
+                beams = min(beams, 2 * width)
+            job.search = BeamSearch(job.started, width, beams)
 
     def answer(self, job: Job) -> None:
         out, seen = job.out, set()
         out.beam_steps = job.search.steps
+        if job.words is not None:
+            return self.answer_words(job)
         for append, lp in job.search.finished:
             word = visible_word(out.partial, append)
             if word not in seen and len(out.completions) < job.request.k:
                 seen.add(word)
                 out.completions.append(Completion(word, append, math.exp(lp), lp))
+        job.future.set_result(out)
+
+    def answer_words(self, job: Job) -> None:
+        """The word search's answer: every candidate with its exact log-prob, mixed (``mix``)."""
+        e, out = self.engine, job.out
+        cands = job.words.candidates(job.search.finished)
+        if e.collect:
+            out.features = cands
+        for word, app, score in cands.rank(e.params, job.request.k):
+            out.completions.append(Completion(visible_word(out.partial, app), app, score, math.log(score)))
         job.future.set_result(out)

@@ -22,7 +22,7 @@ class TokenProb:
 class Completion:
     word: str  # the whole word as the user will see it (their typed part + the completion)
     append: str  # what to append to the text to get it (may start with boundary characters)
-    prob: float  # P(the model writes ``append`` and then ends the word)
+    prob: float  # P(the model writes ``append`` and then ends the word); the word search's mixed score
     logprob: float
 
 
@@ -35,6 +35,7 @@ class Suggestions:
     model_text: str = ""  # the text the model saw (after the checkpoint's preprocessing)
     context_tokens: int = 0  # tokens run to bring the state of the text up to date (1 per typed char)
     beam_steps: int = 0  # model calls made by the completion search
+    features: object = field(default=None, repr=False)  # the word search's candidates (``mix.Candidates``), when collected
 
     def to_dict(self) -> dict:
         """The suggestions as plain JSON types (what ``dataclasses.asdict`` gives, built directly: the

@@ -1,5 +1,6 @@
-// The predictive keyboard: asks /v1/suggest on every edit, shows word completions and next
-// characters, Tab (or a click) accepts the top completion, "Continue" streams /v1/generate/stream.
+// The predictive keyboard: asks /v1/suggest on every edit (the served word search: the same words as
+// `rnnlab suggest`), shows word completions and next characters, Tab (or a click) accepts the top
+// completion, "Continue" streams /v1/generate/stream.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -148,7 +149,8 @@ fetch("/healthz").then((r) => r.json()).then((h) => {
   $("model-info").textContent =
     `${m.impl} ${m.model.toUpperCase()}, ${m.hidden_size} hidden × ${m.num_layers} layer(s), ` +
     `${m.vocab_size} ${d.token === "char" ? "characters" : "words"}` +
-    (d.preset === "letters" ? " (lowercase letters and spaces)" : "");
+    (d.preset === "letters" ? " (lowercase letters and spaces)" : "") +
+    (h.words ? ` · word search (${h.words.lexicon.toLocaleString()} words)` : "");
 }).catch(() => { $("model-info").textContent = "model info unavailable"; });
 
 onEdit();
