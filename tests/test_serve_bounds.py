@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -350,6 +351,9 @@ def test_a_stopped_suggestion_process_is_not_reported_ready(server):
     pid = health["suggest_worker"]["pid"]
     os.kill(pid, signal.SIGSTOP)
     try:
+        deadline = time.monotonic() + 30  # the signal is delivered asynchronously: wait until the kernel says so
+        while time.monotonic() < deadline and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+            time.sleep(0.01)
         status, health = _request(server + "/healthz")
         assert status == 503 and health["status"] == "degraded" and health["suggest_worker"]["state"] == "stopped"
     finally:
