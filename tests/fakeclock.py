@@ -1,12 +1,10 @@
-"""Clocks for tests of time rules (budgets, --max-seconds, evaluation points, the final decay):
-time measured in clock reads, so that a run does the same on a host 10x faster or slower."""
-import sys
-from pathlib import Path
+"""A clock for unit tests of the trainer's time rules (budgets, --max-seconds, evaluation points,
+the final decay): time measured in clock reads, so that a run does the same on a host 10x faster or
+slower. (CLI runs in a subprocess use the simulated step time, ``rnnlab.speed.SIMULATED_CLOCK_ENV``.)"""
 
 
 class StepClock:
-    """A clock that advances ``dt`` seconds each time it is read (``Trainer(clock=...)``, or
-    ``Trainer.clock`` for every trainer of a process)."""
+    """A clock that advances ``dt`` seconds each time it is read (``Trainer(clock=...)``)."""
 
     def __init__(self, dt: float):
         self.t, self.dt = 0.0, dt
@@ -15,11 +13,3 @@ class StepClock:
         self.t += self.dt
         return self.t
 
-
-def clocked_cli(dt: float) -> list[str]:
-    """``[python, -c, script]``: the rnnlab CLI with every trainer on a ``StepClock(dt)``; append
-    the command's arguments."""
-    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import fakeclock, rnnlab.training; "
-              f"rnnlab.training.Trainer.clock = fakeclock.StepClock({dt!r}); from rnnlab.cli import main; "
-              f"sys.exit(main(sys.argv[1:]))")
-    return [sys.executable, "-c", script]

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import data_available
-from fakeclock import clocked_cli
+from rnnlab.speed import SIMULATED_CLOCK_ENV
 
 CORPUS = ("the time traveller for so it will be convenient to speak of him "
           "was expounding a recondite matter to us his grey eyes shone and twinkled ") * 10
@@ -113,14 +113,14 @@ def test_corrupt_and_truncated_checkpoints_via_cli(run_dir, tmp_path):
 
 
 def test_max_seconds_stops_evaluates_and_checkpoints(tmp_path):
-    """--max-seconds 3 on a trainer clock that advances 10 ms per read (about 20 ms a step): the
-    limit comes after about 150 steps, long before the recipe's early stopping could end the run,
-    on any host (a fast one once stopped early, and "time limit" never appeared)."""
+    """--max-seconds 3 on the simulated clock (every step 20 ms, on any host): the limit comes after
+    150 steps, long before the recipe's early stopping could end the run (a fast host once stopped
+    early, and "time limit" never appeared)."""
     (tmp_path / "t.txt").write_text(CORPUS * 20)
-    r = subprocess.run(clocked_cli(0.01) + ["train", str(tmp_path / "t.txt"), "--epochs", "100000", "--max-seconds", "3",
-                                             "--val-fraction", "0.1", "--hidden-size", "16", "--out", str(tmp_path / "o"),
-                                             "--quiet", "--predict-every", "0"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "rnnlab", "train", str(tmp_path / "t.txt"), "--epochs", "100000",
+                        "--max-seconds", "3", "--val-fraction", "0.1", "--hidden-size", "16", "--out", str(tmp_path / "o"),
+                        "--quiet", "--predict-every", "0"], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, **{SIMULATED_CLOCK_ENV: "0.02"}))
     assert r.returncode == 0, r.stderr
     assert "time limit" in r.stdout
     last = json.loads((tmp_path / "o" / "metrics.jsonl").read_text().splitlines()[-1])

@@ -40,7 +40,7 @@ def _readme_commands() -> list[tuple[str, list[str]]]:
     for where, seg in found:
         seg = re.sub(r"\s#\s.*$", "", seg.replace("$BOOK", book).replace("<flags>", "").replace("...", ""))
         m = re.match(r"(?:.*\s-m\s+|\s*)rnnlab\s+(.*)$", seg)
-        if m and m.group(1).strip():  # (`rnnlab ...` in prose names no command)
+        if m and m.group(1).strip():  # (`rnnlab ...` alone names the command line, not a command)
             variants = _variants(m.group(1))
             # every variant is parsed; the shortest and the longest (all options given) are also run
             out += [(where, v, i in (0, len(variants) - 1)) for i, v in enumerate(variants)]
