@@ -65,9 +65,14 @@ class RecurrentStack(nn.Module):
                                     self.training)
             if whole is not None:
                 return whole
-        if self.impl == "fast" and torch.is_autocast_enabled(x.device.type):
-            with torch.autocast(x.device.type, enabled=False):  # the kernels are float32 (see above)
-                return self.forward(x.float() if x.is_floating_point() else x, tuple(s.float() for s in state))
+            if torch.is_autocast_enabled(x.device.type):
+                with torch.autocast(x.device.type, enabled=False):  # the kernels are float32 (see above)
+                    return self._layers(x.float() if x.is_floating_point() else x, tuple(s.float() for s in state))
+        return self._layers(x, state)
+
+    def _layers(self, x: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple]:
+        """Layer by layer: the cell's ``fast_layer`` kernel or its reference ``step`` in a loop."""
+        cfg, cell = self.cfg, self.cell
         layers = list(zip(*(s.unbind(0) for s in state)))  # L x (each (B, H),)
         layer_in = x  # (T, B, I)
         for k in range(self.num_layers):
