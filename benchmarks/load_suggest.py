@@ -192,15 +192,19 @@ def start_server(args, words: str = "on") -> tuple[subprocess.Popen, int]:
     raise SystemExit("the server did not answer /healthz")
 
 
-async def run(args, port: int, texts: list[str], corpus_text: str = "") -> dict:
-    results = [{"latency_ms": [], "server_ms": [], "beam_steps": [], "context_tokens": [], "errors": []}
-               for _ in texts]
-    # warm-up (not measured): one short typed word per client id that will not be reused
+async def warm_up(port: int, text: str, k: int) -> None:
+    """Not measured: one short typed word, under a client id that will not be reused."""
     warm = Connection("127.0.0.1", port)
     await warm.open()
     for n in range(1, 30):
-        await warm.post("/v1/suggest", {"text": texts[0][:n], "k": args.k, "client": "warm-up"})
+        await warm.post("/v1/suggest", {"text": text[:n], "k": k, "client": "warm-up"})
     await warm.close()
+
+
+async def run(args, port: int, texts: list[str], corpus_text: str = "") -> dict:
+    results = [{"latency_ms": [], "server_ms": [], "beam_steps": [], "context_tokens": [], "errors": []}
+               for _ in texts]
+    await warm_up(port, texts[0], args.k)
     start = time.perf_counter()
     deadline = start + args.time_limit
     stop = asyncio.Event()
@@ -242,12 +246,8 @@ async def compare(args, ports: dict[str, int], texts: list[str]) -> dict:
     """The same typists on both servers, ``args.chunk`` keystrokes at a time, alternating."""
     results = {name: [{"latency_ms": [], "server_ms": [], "beam_steps": [], "context_tokens": [], "errors": []}
                       for _ in texts] for name in ports}
-    for name, port in ports.items():  # warm-up (not measured), one client id that will not be reused
-        warm = Connection("127.0.0.1", port)
-        await warm.open()
-        for n in range(1, 30):
-            await warm.post("/v1/suggest", {"text": texts[0][:n], "k": args.k, "client": "warm-up"})
-        await warm.close()
+    for port in ports.values():
+        await warm_up(port, texts[0], args.k)
     start = time.perf_counter()
     deadline = start + args.time_limit
     names = list(ports)

@@ -18,34 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from test_serve_process import _healthy, _request, _wait_for
+from test_serve_process import _healthy, _request, _wait_for, start_server, stop_server
 from tiny_keyboard_model import CORPUS, tiny_checkpoint
-
-
-def start_server(ckpt, *args):
-    """A real `rnnlab serve` on a free port: (process, base URL), once /healthz answers."""
-    proc = subprocess.Popen([sys.executable, "-m", "rnnlab", "serve", str(ckpt), "--port", "0", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    line = proc.stdout.readline()
-    m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
-    assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
-    url = f"http://127.0.0.1:{m.group(1)}"
-    _wait_for(lambda: _healthy(url) or proc.poll() is not None, "the server to be ready")
-    assert proc.poll() is None, proc.stderr.read()
-    return proc, url
-
-
-def stop_server(proc):
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-    err = proc.stderr.read()
-    assert "Traceback" not in err, err
-    return err
 
 
 @pytest.fixture(scope="module")

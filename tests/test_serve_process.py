@@ -45,23 +45,43 @@ def _healthy(url):
         return False
 
 
-@pytest.fixture(scope="module")
-def server():
-    proc = subprocess.Popen([sys.executable, "-m", "rnnlab", "serve", str(tiny_checkpoint()), "--port", "0"],
+def start_server(ckpt, *args):
+    """A real `rnnlab serve` on a free port: (process, base URL), once /healthz answers."""
+    proc = subprocess.Popen([sys.executable, "-m", "rnnlab", "serve", str(ckpt), "--port", "0", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
     line = proc.stdout.readline()
     m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
     assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
     url = f"http://127.0.0.1:{m.group(1)}"
-    _wait_for(lambda: _healthy(url), "the server to be ready")
-    yield url
+    _wait_for(lambda: _healthy(url) or proc.poll() is not None, "the server to be ready")
+    assert proc.poll() is None, proc.stderr.read()
+    return proc, url
+
+
+def _interrupt(proc):
+    """Ctrl-C, then kill after 30 s."""
     proc.send_signal(signal.SIGINT)
     try:
         proc.wait(30)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
+
+
+def stop_server(proc):
+    """Stop a server of ``start_server``; its stderr, which must hold no traceback."""
+    _interrupt(proc)
+    err = proc.stderr.read()
+    assert "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def server():
+    proc, url = start_server(tiny_checkpoint())
+    yield url
+    _interrupt(proc)
 
 
 @pytest.mark.parametrize("char", ["x", "分", "😀"])
