@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -32,9 +33,10 @@ RATES = re.compile(r"(measured training tokens/s .*)")
 DYN = re.compile(r"dynamic[^\n]*?loss ([0-9.]+)")
 
 
-def rnnlab(*args: str) -> str:
+def rnnlab(*args: str, env: dict | None = None) -> str:
     """Run the CLI; return its stderr and stdout together (rnnlab logs on stderr)."""
-    proc = subprocess.run([sys.executable, "-m", "rnnlab", *args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "rnnlab", *args], capture_output=True, text=True,
+                          env=None if env is None else {**os.environ, **env})
     if proc.returncode:
         raise SystemExit(f"rnnlab {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     return proc.stderr + proc.stdout
@@ -56,24 +58,31 @@ def dynamic(run: dict) -> float | None:
     return float(found[-1]) if found else None
 
 
-def spread(dataset: str, budget: float, runs: int, extra: list[str]) -> list[dict]:
+def spread(dataset: str, budget: float, runs: int, extra: list[str]) -> dict:
     """The plan the default recipe settles for the same command ``runs`` times in a row
-    (``rnnlab train ... --dry-run``: the measured speeds and the model they choose, nothing trained)."""
-    out = []
-    for k in range(runs):
-        log = rnnlab("train", "--dataset", dataset, "--budget", f"{budget:g}s", "--val-fraction", "0.1", "--dry-run",
-                     *extra)
-        plan = PLAN.search(log)
-        rates = RATES.search(log)
-        hidden = re.search(r"--hidden-size (\d+)", log)
-        drop = re.search(r"--dropout ([0-9.]+)", log)
-        row = {"run": k + 1, "hidden": int(hidden.group(1)) if hidden else None,
-               "dropout": float(drop.group(1)) if drop else None, "measured": rates.group(1) if rates else ""}
-        print(f"run {k + 1}: hidden {row['hidden']}, dropout {row['dropout']:g}; {row['measured']}", flush=True)
-        out.append(row)
-    same = len({(r["hidden"], r["dropout"]) for r in out}) == 1
-    print(f"{runs} runs: {'the same model every time' if same else 'the model DRIFTED'}", flush=True)
-    return out
+    (``rnnlab train ... --dry-run``: the measured speeds and the model they choose, nothing trained),
+    twice: as a user gets it, starting from an empty book of remembered speeds (the first run
+    measures, the others reuse its rates), and with ``--remeasure`` every time (how much a fresh
+    measurement alone wanders on this machine)."""
+    book = Path(tempfile.mkdtemp(prefix="rnnlab-speed-")) / "speed.json"
+    result = {}
+    for mode, flags in (("as a user runs it", []), ("--remeasure every run", ["--remeasure"])):
+        rows = []
+        for k in range(runs):
+            log = rnnlab("train", "--dataset", dataset, "--budget", f"{budget:g}s", "--val-fraction", "0.1",
+                         "--dry-run", *flags, *extra, env={"RNNLAB_SPEED_FILE": str(book)})
+            rates = RATES.search(log)
+            hidden = re.search(r"--hidden-size (\d+)", log)
+            drop = re.search(r"--dropout ([0-9.]+)", log)
+            row = {"run": k + 1, "hidden": int(hidden.group(1)) if hidden else None,
+                   "dropout": float(drop.group(1)) if drop else None, "measured": rates.group(1) if rates else ""}
+            print(f"  {mode}, run {k + 1}: hidden {row['hidden']}, dropout {row['dropout']:g}; {row['measured']}",
+                  flush=True)
+            rows.append(row)
+        same = len({(r["hidden"], r["dropout"]) for r in rows}) == 1
+        print(f"  {mode}, {runs} runs: {'the same model every time' if same else 'the model DRIFTED'}", flush=True)
+        result[mode] = {"same": same, "runs": rows}
+    return result
 
 
 def main() -> None:
@@ -96,8 +105,8 @@ def main() -> None:
         for dataset in args.datasets:
             for budget in args.budgets:
                 print(f"{dataset} --budget {budget:g}s:", flush=True)
-                results.append({"dataset": dataset, "budget": budget, "runs": spread(dataset, budget, args.spread,
-                                                                                     args.extra)})
+                results.append({"dataset": dataset, "budget": budget,
+                                **spread(dataset, budget, args.spread, args.extra)})
         print(json.dumps(results))
         return
     root = args.keep or Path(tempfile.mkdtemp(prefix="rnnlab-budget-"))

@@ -157,6 +157,9 @@ class RunConfig(Precision):
     budget: float = setting(0.0, "time budget (90s, 10m, 2h): the learning-rate schedule spans it and training "
                                  "stops when it is spent (0 = none: the schedule spans --epochs)",
                             min=0.0, max=1e7, parse=parse_duration, metavar="TIME")
+    remeasure: bool = setting(False, "the default recipe: measure this machine's training speed again instead of "
+                                     "using the rates remembered from an earlier run (they keep one command's "
+                                     "model the same from run to run)")
     max_seconds: float = setting(0.0, "stop after this much wall time, whatever the schedule (0 = no limit)",
                                  min=0.0, max=1e8)
     eval_every: float = setting(0.0, "also evaluate every this many seconds of training, not only at epoch ends "

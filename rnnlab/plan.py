@@ -24,7 +24,6 @@ from typing import Any, Callable
 
 import torch
 
-from . import recipes
 from .checkpoint import load_checkpoint
 from .config import ARCHITECTURE, DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data import PreparedData, prepare_data
@@ -35,7 +34,9 @@ from .models import precision_notes
 from .precision import Choice, check as check_precision, decide, emulated, not_worth_measuring
 from .runs import check_chat
 from .runtime import check_memory
-from .speed import Rates, step_rates
+from . import ratebook, recipes
+from .ratebook import RateBook
+from .speed import MEASURE_SECONDS, Rates, simulated_step_seconds, step_rates
 
 Log = Callable[[str], None]
 DECISIONS = ("patience", "restore_best")  # run settings that choose weights on held-out text
@@ -106,7 +107,7 @@ def settle(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunConf
                           f"the same text and settings")
     if not rcfg.prefixes:
         rcfg.prefixes = data.default_prefixes
-    rates = Rates(device=str(device))
+    rates = Rates(device=str(device), book=RateBook(), remeasure=rcfg.remeasure)
     check_precision(rcfg.precision, device)
     if use_recipe:
         measure = _measurer(tcfg, rcfg, device, ctx, world, rates)
@@ -124,7 +125,7 @@ def settle(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunConf
             lines.insert(2 if rates.precision is not None else 1, rates.describe())
     mcfg.vocab_size = len(data.vocab)
     if rcfg.precision == "auto":  # --recipe book or --resume with --precision auto: this very model decides
-        rates.precision = _decide_precision(mcfg, tcfg, rcfg, device, ctx, world)
+        rates.precision = _decide_precision(mcfg, tcfg, rcfg, device, ctx, world, book=rates)
         lines.append(rates.precision.describe())
     if rcfg.precision == "bf16":
         lines += _bf16_notes(mcfg, device)
@@ -140,24 +141,42 @@ def settle(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunConf
 
 
 def _rates(cand: ModelConfig, tcfg: TrainConfig, device: torch.device, ctx: DistContext, world: int,
-           precisions: tuple[str, ...]) -> tuple[dict[str, float], int]:
+           precisions: tuple[str, ...], seconds: float = MEASURE_SECONDS, deadline: float | None = None,
+           book: Rates | None = None) -> tuple[dict[str, float], int]:
     """({precision: global training tokens/s}, parameters) of ``cand``, the precisions measured
-    taking turns. Under DDP every rank measures its share at once and all take the slowest rank's
-    rate (the same decision everywhere)."""
-    rates, params = step_rates(cand, tcfg, device, rows=max(1, tcfg.batch_size // world), precisions=precisions)
+    taking turns, or remembered from an earlier run on this machine (``book.book``, a
+    ``RateBook``: see ``rnnlab.ratebook``). Under DDP every rank measures its share at once and
+    all take the slowest rank's rate (the same decision everywhere); remembered rates are used
+    only when every rank has them."""
+    rows = max(1, tcfg.batch_size // world)
+    keys = {p: ratebook.key(cand, tcfg, device, rows, p) for p in precisions}
+    if book is not None and book.book is not None and not book.remeasure:
+        got = {p: book.book.get(k) for p, k in keys.items()}
+        have = torch.tensor([1.0 if all(got.values()) else 0.0], dtype=torch.float64, device=device)
+        if ctx.enabled:
+            torch.distributed.all_reduce(have, op=torch.distributed.ReduceOp.MIN)
+        if have.item():
+            book.remembered = min([book.remembered or float("inf")] + [at for _, at in got.values()])
+            return {p: got[p][0] * world for p in precisions}, cand.parameter_count()
+    rates, params = step_rates(cand, tcfg, device, rows=rows, precisions=precisions, seconds=seconds,
+                               deadline=deadline)
     if ctx.enabled:  # the slowest rank's rate, on every rank
         r = torch.tensor([-rates[p] for p in precisions], dtype=torch.float64, device=device)
         torch.distributed.all_reduce(r, op=torch.distributed.ReduceOp.MAX)
         rates = {p: -float(v) for p, v in zip(precisions, r.tolist())}
+    if book is not None and book.book is not None and ctx.is_main and not simulated_step_seconds():
+        book.book.put({keys[p]: rates[p] for p in precisions})
     return {p: v * world for p, v in rates.items()}, params
 
 
 def _decide_precision(cand: ModelConfig, tcfg: TrainConfig, rcfg: RunConfig, device: torch.device,
-                      ctx: DistContext, world: int, seen: dict | None = None, sizing: bool = False) -> Choice:
+                      ctx: DistContext, world: int, seen: dict | None = None, sizing: bool = False,
+                      seconds: float = MEASURE_SECONDS, deadline: float | None = None,
+                      book: Rates | None = None) -> Choice:
     """``--precision auto`` for the training step of ``cand``: measured in float32 and bfloat16
     (``precision.decide``); sets ``rcfg.precision``. ``seen`` gets (rates, parameters) when measured."""
     def measure() -> tuple[float, float]:
-        rates, params = _rates(cand, tcfg, device, ctx, world, ("fp32", "bf16"))
+        rates, params = _rates(cand, tcfg, device, ctx, world, ("fp32", "bf16"), seconds, deadline, book)
         if seen is not None:
             seen.update(rates=rates, params=params)
         return rates["fp32"], rates["bf16"]
@@ -179,18 +198,33 @@ def _measurer(tcfg: TrainConfig, rcfg: RunConfig, device: torch.device, ctx: Dis
     """A candidate -> (global training tokens/s, parameters), measured once per width in the run's
     precision. Under ``--precision auto`` the first candidate measured (the binary search's middle
     width) decides the precision first (both measured), and every candidate is then measured in
-    the precision chosen."""
+    the precision chosen. The measuring stops at ``recipes.measuring_allowance`` of the budget: a
+    candidate asked for after that counts as too slow (rate 0), and the log says so."""
     cache: dict[tuple[int, int], tuple[float, int]] = {}
+
+    def spent() -> bool:  # the same answer on every rank
+        over = torch.tensor([1.0 if rates.seconds >= rates.allowance else 0.0], dtype=torch.float64, device=device)
+        if ctx.enabled:
+            torch.distributed.all_reduce(over, op=torch.distributed.ReduceOp.MAX)
+        return bool(over.item())
 
     def measure(cand: ModelConfig) -> tuple[float, int]:
         key = (cand.hidden_size, cand.embedding_dim)
         if key not in cache:
+            rates.allowance = recipes.measuring_allowance(rcfg.budget or rcfg.max_seconds)
+            if rates.tokens_per_s and rcfg.precision != "auto" and spent():
+                rates.skipped.append(cand.hidden_size)
+                return 0.0, cand.parameter_count()
             t = time.perf_counter()
+            seconds = min(MEASURE_SECONDS, rates.allowance / 8)  # a binary search measures 3-4, the first twice
+            deadline = t + rates.allowance - rates.seconds
             seen: dict = {}
             if rcfg.precision == "auto":
-                rates.precision = _decide_precision(cand, tcfg, rcfg, device, ctx, world, seen, sizing=True)
+                rates.precision = _decide_precision(cand, tcfg, rcfg, device, ctx, world, seen, sizing=True,
+                                                    seconds=seconds, deadline=deadline, book=rates)
             if not seen:  # (a device without bfloat16 decided without measuring)
-                seen["rates"], seen["params"] = _rates(cand, tcfg, device, ctx, world, (rcfg.precision,))
+                seen["rates"], seen["params"] = _rates(cand, tcfg, device, ctx, world, (rcfg.precision,),
+                                                       seconds, deadline, rates)
             cache[key] = (seen["rates"][rcfg.precision], seen["params"])
             rates.at = rcfg.precision
             rates.tokens_per_s[cand.hidden_size], rates.params[cand.hidden_size] = cache[key]

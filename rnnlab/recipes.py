@@ -36,6 +36,7 @@ MAX_PARAMS_PER_TOKEN = 2.0  # and the corpus caps the model: at most 2 parameter
 MAX_DROPOUT = 0.25
 EVAL_SHARE = 0.03  # of a budget: scoring the selection slice ten times (forward only)
 SETUP_ALLOWANCE = 5.0  # seconds of a budget: reading the text, measuring the candidates, building the model
+MEASURE_SHARE, MEASURE_FLOOR = 0.03, 2.0  # measuring the candidates stops at 3% of a budget (at least 2 s)
 
 RateOf = Callable[[ModelConfig], "tuple[float, int]"]  # a candidate -> (training tokens/s, parameters)
 
@@ -62,6 +63,12 @@ def candidate(mcfg: ModelConfig, width: int) -> ModelConfig:
     cell = get_cell(mcfg.model) if mcfg.model in cell_names() else None  # None: the unrolled network
     emb = width if cell is not None and cell.width_is_embedding else (mcfg.embedding_dim or EMBEDDING)
     return dataclasses.replace(mcfg, hidden_size=width, embedding_dim=emb)
+
+
+def measuring_allowance(budget: float) -> float:
+    """Seconds the candidates' speed may be measured for (a busy machine measures slowly: past this
+    the search stops and the widths not measured count as too large). No budget: no limit."""
+    return max(MEASURE_FLOOR, MEASURE_SHARE * budget) if budget else float("inf")
 
 
 def tokens_seen(rate: float, budget: float, epochs: int, train_tokens: int) -> float:

@@ -53,21 +53,22 @@ def _sync(device: torch.device) -> None:
 
 def step_rate(mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device, rows: int | None = None,
               seconds: float = MEASURE_SECONDS, clock: Clock = time.perf_counter,
-              precision: str = "fp32") -> tuple[float, int]:
+              precision: str = "fp32", deadline: float | None = None) -> tuple[float, int]:
     """(training tokens/s, parameters) of the model ``mcfg`` builds, trained as ``tcfg`` says
     (``rows`` rows per step: one rank's share under DDP) on ``device`` in ``precision`` (fp32 or
     bf16, as the trainer runs it): the median of at least ``MIN_STEPS`` timed steps after two
-    warm-up steps. Torch's global RNG is left as it was."""
-    rates, n_params = step_rates(mcfg, tcfg, device, rows, seconds, clock, (precision,))
+    warm-up steps (or one, once ``clock()`` passes ``deadline``). Torch's global RNG is left as it was."""
+    rates, n_params = step_rates(mcfg, tcfg, device, rows, seconds, clock, (precision,), deadline)
     return rates[precision], n_params
 
 
 def step_rates(mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device, rows: int | None = None,
                seconds: float = MEASURE_SECONDS, clock: Clock = time.perf_counter,
-               precisions: tuple[str, ...] = ("fp32",)) -> tuple[dict[str, float], int]:
+               precisions: tuple[str, ...] = ("fp32",), deadline: float | None = None) -> tuple[dict[str, float], int]:
     """``step_rate`` in several precisions at once: one model and optimiser, the steps taking
     turns between the precisions (so a machine whose load changes while measuring slows them
-    alike), ``seconds`` per precision. -> ({precision: training tokens/s}, parameters)."""
+    alike), ``seconds`` per precision. Past ``deadline`` (a ``clock()`` time: the run's measuring
+    allowance) one timed step per precision is enough. -> ({precision: training tokens/s}, parameters)."""
     simulated = simulated_step_seconds()
     if simulated:
         rate = (rows or tcfg.batch_size) * tcfg.num_steps / simulated
@@ -97,8 +98,15 @@ def step_rates(mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device, rows:
             one(p), one(p)
         times: dict[str, list[float]] = {p: [] for p in precisions}
         end = clock() + seconds * len(precisions)
-        while (min(len(t) for t in times.values()) < MIN_STEPS
-               or (clock() < end and len(times[precisions[-1]]) < MAX_STEPS)):
+        hard = float("inf") if deadline is None else deadline
+
+        def enough() -> bool:
+            steps = min(len(t) for t in times.values())
+            if steps >= 1 and clock() >= hard:
+                return True
+            return steps >= MIN_STEPS and (clock() >= end or len(times[precisions[-1]]) >= MAX_STEPS)
+
+        while not enough():
             for p in precisions:
                 t0 = clock()
                 one(p)
@@ -120,15 +128,28 @@ class Rates:
     seconds: float = 0.0
     precision: Choice | None = None
     at: str = "fp32"  # the precision the widths were measured in
+    skipped: list[int] = field(default_factory=list)  # widths not measured: the measuring allowance was spent
+    allowance: float = float("inf")
+    book: object = field(default=None, repr=False)  # a ratebook.RateBook: rates remembered on this machine
+    remeasure: bool = False  # measure again even where the book remembers (and remember the new rates)
+    remembered: float | None = None  # when the oldest remembered rate used was measured (epoch seconds)
 
     def describe(self) -> str:
         shown = ", ".join(f"H={w} {r / 1000:.1f}k" for w, r in sorted(self.tokens_per_s.items()))
-        return f"measured training tokens/s on {self.device} in {self.at}: {shown} ({self.seconds:.1f} s)"
+        cut = (f"; measuring stopped at its allowance of {self.allowance:.1f} s, so H="
+               f"{', '.join(map(str, sorted(self.skipped)))} counted as too large" if self.skipped else "")
+        when = f"{self.seconds:.1f} s{cut}"
+        if self.remembered is not None:
+            when = (f"remembered from this machine's measurement of {time.strftime('%Y-%m-%d %H:%M', time.localtime(self.remembered))}"
+                    f"; --remeasure measures again{cut}")
+        return f"measured training tokens/s on {self.device} in {self.at}: {shown} ({when})"
 
     def to_dict(self) -> dict:
         return {"device": self.device, "seconds": round(self.seconds, 3), "at": self.at,
                 "tokens_per_s": {str(w): round(r, 1) for w, r in sorted(self.tokens_per_s.items())},
                 "params": {str(w): p for w, p in sorted(self.params.items())},
+                **({"skipped": sorted(self.skipped), "allowance": round(self.allowance, 3)} if self.skipped else {}),
+                **({"remembered_from": round(self.remembered, 1)} if self.remembered is not None else {}),
                 **({"precision": self.precision.to_dict()} if self.precision is not None else {})}
 
 

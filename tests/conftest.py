@@ -17,6 +17,12 @@ def _data_dir(monkeypatch):
         monkeypatch.setenv("RNNLAB_DATA_DIR", str(SHARED_DATA))
 
 
+@pytest.fixture(autouse=True)
+def _speed_file(monkeypatch, tmp_path_factory):
+    """Each test starts with no remembered training speeds (``rnnlab.ratebook``), unless it sets its own."""
+    monkeypatch.setenv("RNNLAB_SPEED_FILE", str(tmp_path_factory.mktemp("speed") / "speed.json"))
+
+
 def data_available(name: str) -> bool:
     d = Path(os.environ.get("RNNLAB_DATA_DIR", SHARED_DATA))
     return (d / name).is_file()

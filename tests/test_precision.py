@@ -226,7 +226,7 @@ class FixedRates:
     def __init__(self, gain, flops=1e10):
         self.gain, self.flops, self.calls = gain, flops, []
 
-    def __call__(self, cand, tcfg, device, rows=None, seconds=0.0, clock=None, precisions=("fp32",)):
+    def __call__(self, cand, tcfg, device, rows=None, seconds=0.0, clock=None, precisions=("fp32",), deadline=None):
         self.calls.append((cand.hidden_size, precisions))
         n = cand.parameter_count()
         base = self.flops / (6 * n)
@@ -237,7 +237,7 @@ def _settle(monkeypatch, rates, explicit=(), has_bf16=True, **run):
     monkeypatch.setattr(plan_mod, "step_rates", rates)
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
     dcfg = DataConfig(dataset="timemachine")
-    rcfg = RunConfig(recipe="default", budget=141.0, **run)
+    rcfg = RunConfig(recipe="default", budget=141.0, remeasure=True, **run)  # each machine measured afresh
     return plan_mod.settle(dcfg, ModelConfig(), TrainConfig(), rcfg, set(explicit) | {"budget"}, torch.device("cpu"))
 
 
