@@ -34,7 +34,7 @@ from .cache import Entry, Lookahead
 from .mix import word_query
 from .text import split_partial_word, visible_word
 from .types import Completion, SuggestRequest, Suggestions, TokenProb
-from .wordsearch import WordJob, finish_chains
+from .wordsearch import WordJob
 
 
 class BeamSearch:
@@ -213,17 +213,13 @@ class Scheduler:
             picked = logprobs[torch.tensor([r for r, _, _, _ in flat], device=e.device),
                               torch.tensor([c for _, c, _, _ in flat], device=e.device)].tolist() if flat else []
             i = 0
-            chains = []  # (word job, parent row, the candidate's characters from the row's last one, log-prob, candidate)
             for t, (job, kept, extra) in enumerate(todo):
                 w = job.words
-                if w is not None:  # the rows that can still reach the top k; chains are finished below
+                if w is not None:  # the rows that can still reach the top k
                     n_extra = len(extra)
-                    step, done = w.keep(extra, picked[i:i + n_extra], job.search.finished)
-                    chains += [(w, extra[j][0], extra[j][2][-1] + app[len(extra[j][2]):], lp, app) for j, app, lp in done]
+                    step = w.keep(extra, picked[i:i + n_extra], job.search.finished)
                     todo[t] = (job, kept, [extra[j] for j in step])
                     i += n_extra
-            if chains:
-                finish_chains(e, chains, state)
             for job, kept, extra in todo:
                 s = job.search
                 if not kept and not extra:

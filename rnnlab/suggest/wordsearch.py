@@ -5,9 +5,10 @@ the word model and the recent words, scored exactly by the character model, row 
     each step, with the log-probs of this search's rows (beams first, then candidate rows):
         record  a candidate that ends at a row: log P(its characters) + log P(any boundary next)
         expand  the rows of the next depth that lead to a candidate (not already a beam)
-        keep    the ones that can still reach the top k (the bound below), with their log-probs; a row
-                with one candidate left below is a chain: its remaining characters are scored in one
-                model call (``model.forward`` over them, every chain of the step together)
+        keep    the ones that can still reach the top k (the bound below), with their log-probs (they
+                ride in the next model step with every request's rows: scoring a row's remaining
+                characters in a call of their own, for rows with one candidate left, was measured
+                slower per keystroke than these batched steps)
     answer: ``mix.candidates`` from the beam's words and the targets, the best k by ``mix`` score
 
 The bound (exact: the top k are those of scoring every candidate to its end). A candidate ``w``
@@ -25,8 +26,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from .mix import Candidates, MixParams, WordQuery, candidates
 from .text import is_word_char
 
@@ -40,9 +39,6 @@ def _word_of(app: str, partial: str, started: bool) -> str:
     while i < len(app) and not is_word_char(app[i]):
         i += 1
     return app[i:]
-
-
-CALL_ROWS = 64  # what one more model call costs, in padded row-steps (``finish_chains``)
 
 
 class WordJob:
@@ -68,8 +64,6 @@ class WordJob:
         self.low: dict[str, tuple[float, float]] = {}  # append -> (m_w, m_w * rest_w)
         self.children: dict[str, dict[str, None]] = {}  # prefix -> its next characters toward a candidate
         self.top: dict[str, tuple[float, float]] = {}  # prefix -> (max m_w, max m_w * rest_w) below it
-        self.below: dict[str, int] = {}  # prefix -> how many candidates start with it
-        self.last: dict[str, str] = {}  # prefix -> a candidate that starts with it
         for w in words:
             app = w[n:]
             rest = (b * query.p_ng.get(w, 0.0) / query.ng_mass if b else 0.0) + \
@@ -81,8 +75,6 @@ class WordJob:
                 pre = app[:i]
                 mm, rr = self.top.get(pre, (0.0, 0.0))
                 self.top[pre] = (m if m > mm else mm, rest if rest > rr else rr)
-                self.below[pre] = self.below.get(pre, 0) + 1
-                self.last[pre] = app
                 if i < len(app):
                     self.children.setdefault(pre, {})[app[i]] = None
         self.targets = set(self.low)
@@ -117,14 +109,11 @@ class WordJob:
         return out
 
     def keep(self, extra: list[tuple[int, int, str, float]], picked: list[float],
-             finished: list[tuple[str, float]]) -> tuple[list[int], list[tuple[int, str, float]]]:
+             finished: list[tuple[str, float]]) -> list[int]:
         """The candidate rows of the next depth (``extra`` with their characters' log-probs
-        ``picked``) that can still reach the top k: (the indices into ``extra`` of those that go on
-        row by row, and the chains: (index, the one candidate below it, its log-prob so far) — a
-        row with a single candidate below is finished at once, in one model call over its
-        remaining characters, instead of one step per character)."""
+        ``picked``) that can still reach the top k: their indices into ``extra``."""
         rows = [(prefix, lp + p) for (_, _, prefix, lp), p in zip(extra, picked)]
-        keep = range(len(rows))
+        keep = list(range(len(rows)))
         if self.prune and rows and len(self.low) + len(finished) >= self.k:
             floor = self.floor(finished)
             if floor > 0:
@@ -132,15 +121,8 @@ class WordJob:
                 top = self.top
                 keep = [i for i, (prefix, lp) in enumerate(rows)
                         if top[prefix][1] + top[prefix][0] * scale * (math.exp(lp) + self.b0) >= floor * (1 - 1e-9)]
-        step, chains = [], []
-        for i in keep:
-            prefix, lp = rows[i]
-            if self.below[prefix] == 1:
-                chains.append((i, self.last[prefix], lp))
-            else:
-                step.append(i)
-        self.forced = [rows[i] for i in step]
-        return step, chains
+        self.forced = [rows[i] for i in keep]
+        return keep
 
     def norm(self) -> float:
         """1 - P_nn(the typed part as a whole word) (1 at a word start)."""
@@ -175,39 +157,4 @@ class WordJob:
         return candidates(self.engine.words.model, q, beam, self.exact, typed)
 
 
-def finish_chains(engine, chains: list, state) -> None:
-    """Score each chain's remaining characters in one model call: every chain's row state
-    (``state``, each (L, N, H), this step's), then its characters; log P(them, then any boundary)
-    goes to its word job's exact scores. Chains of very different lengths are split into two
-    calls when that saves more padded row-steps than a call costs (about ``CALL_ROWS``)."""
-    chains = sorted(chains, key=lambda c: len(c[2]))
-    lengths = [len(c[2]) for c in chains]
-    n = len(chains)
-    cut, best = n, n * lengths[-1]
-    for i in range(1, n):  # chains[:i] in one call, chains[i:] in another
-        cost = i * lengths[i - 1] + (n - i) * lengths[-1] + CALL_ROWS
-        if cost < best:
-            cut, best = i, cost
-    for part in (chains[:cut], chains[cut:]):
-        if part:
-            _chain_call(engine, part, state)
-
-
-def _chain_call(e, chains: list, state) -> None:
-    """One ``model.forward`` over the chains' characters (padded to the longest), from their rows' states."""
-    n, T = len(chains), max(len(chars) for _, _, chars, _, _ in chains)
-    ids = [[e.char_ids[ch] for ch in chars] for _, _, chars, _, _ in chains]
-    x = torch.tensor([row + [row[0]] * (T - len(row)) for row in ids], device=e.device)  # (n, T), padded
-    idx = torch.tensor([r for _, r, _, _, _ in chains], device=e.device)
-    logits, _ = e.model(x, tuple(s.index_select(1, idx) for s in state))  # (n, T, V)
-    lp = torch.log_softmax(logits.float(), dim=-1)  # (n, T, V)
-    nxt = torch.tensor([row[1:] + [0] * (T - len(row) + 1) for row in ids], device=e.device)  # (n, T) next chars
-    length = torch.tensor([len(row) for row in ids], device=e.device)  # (n,)
-    pos = torch.arange(T, device=e.device)
-    chars = (lp.gather(2, nxt[:, :, None])[:, :, 0] * (pos[None, :] < length[:, None] - 1)).sum(1)  # (n,)
-    end = torch.logsumexp(lp[torch.arange(n, device=e.device), length - 1][:, e.boundary_ids], dim=-1)  # (n,)
-    for (w, _, _, so_far, app), c, b in zip(chains, chars.tolist(), end.tolist()):
-        w.exact[app] = so_far + c + b
-
-
-__all__ = ["WordJob", "finish_chains"]
+__all__ = ["WordJob"]
