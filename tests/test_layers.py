@@ -14,7 +14,7 @@ LAYERS = [  # bottom first
     ["config"],
     ["data"],
     ["precision"],
-    ["decoding", "evaluation", "distributed", "callbacks", "training", "checkpoint"],
+    ["decoding", "evaluation", "distributed", "callbacks", "schedule", "checkpoint", "trainer_state", "training"],
     ["runs", "recipes", "speed"],
     ["plan"],
     ["suggest", "export"],
