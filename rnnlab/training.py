@@ -80,27 +80,17 @@ def data_parallel(model: LanguageModel, ctx: DistContext) -> torch.nn.Module:
 
 class Trainer:
     """Trains ``model`` on the 1-D id tensor ``train_ids`` as ``cfg`` (how to optimise) and ``run``
-    (how long) say.
+    (how long) say. ``fit()`` runs epochs until ``run.epochs`` are done, the time limit is spent,
+    the schedule stops the run or ``request_stop()`` is called (the step finishes, then ``fit``
+    returns with ``interrupted`` set and the position kept for resume). Each epoch end and each
+    evaluation point (every ``run.eval_every`` seconds) calls the epoch callbacks with ``epoch``,
+    ``step``, ``train_loss``, ``train_ppl``, ``tokens_per_sec``, ``lr``, ``elapsed_s`` and, with
+    evaluation ids, ``{label}_loss/_ppl/_bpc`` (``label="select"`` for a selection slice).
 
-    ``fit()`` runs epochs until ``run.epochs`` are done, ``run.max_seconds`` of wall time have
-    passed, the schedule stops the run, or ``request_stop()`` is called (e.g. from a signal handler:
-    the current step finishes, then ``fit`` returns with ``interrupted`` set and the position kept
-    for resume). Each finished epoch (and each evaluation point, every ``run.eval_every`` seconds)
-    calls every epoch callback with a metrics dict: ``epoch``, ``step``, ``train_loss``,
-    ``train_ppl``, ``tokens_per_sec``, ``lr``, ``elapsed_s`` and, with evaluation ids,
-    ``{label}_loss``, ``_ppl``, ``_bpc`` (``label="select"``: the caller passes a selection slice;
-    the best weights, early stopping and the final decay are decided on whatever text it passes).
-
-    ``dist_ctx`` (from ``rnnlab.distributed.setup``) makes it one rank of a data-parallel run:
-    ``cfg.batch_size`` is then the global batch, every rank gets the same global metrics and
-    history, and ``state_dict`` (collected at epoch ends and interruptions) holds the carried
-    state of all rows and every rank's torch RNG state. Callbacks run on every rank; whoever builds
-    the trainer registers them on rank 0 only.
-
-    ``clock`` (seconds, default ``time.perf_counter``) is the one clock of every time rule (budget,
-    ``max_seconds``, evaluation points, the final decay, tokens/s): tests give it a fake one;
-    ``step_seconds`` > 0 simulates it (each optimizer step takes that long). ``run.precision``
-    ``bf16`` runs each step's forward pass and loss under bfloat16 autocast (``rnnlab.precision``).
+    ``dist_ctx``: one rank of a data-parallel run (``cfg.batch_size`` is the global batch; every
+    rank gets the same metrics; ``state_dict`` holds all rows' carried state and every rank's RNG).
+    ``clock`` is the one clock of every time rule (tests give a fake one); ``step_seconds`` > 0
+    simulates it. ``run.precision`` bf16 runs the forward pass and loss under autocast.
     """
 
     clock: Callable[[], float] = staticmethod(time.perf_counter)
