@@ -1,5 +1,5 @@
 """Checkpoints: a directory of ``model.safetensors`` + ``config.json`` + ``vocab.json``
-(+ ``trainer_state.safetensors`` + ``trainer_state.json`` for resuming).
+(+ ``trainer_state.safetensors`` + ``trainer_state.json`` for resuming: ``rnnlab.trainer_state``).
 
 Nothing is ever unpickled: tensors are safetensors, everything else JSON, and every section is
 validated on load (types, bounds, and the weights' shapes against the config *before* the model
@@ -29,7 +29,6 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save as st_save
 
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
@@ -178,32 +177,6 @@ def resolve_checkpoint_dir(ckpt_dir: str | Path) -> Path:
            "it holds files of two different saves (an interrupted write)")
     print(f"rnnlab: warning: {d}: {why}; using the last complete snapshot {snapshots[-1]}", file=sys.stderr)
     return snapshots[-1]
-
-
-def load_trainer_state(ckpt_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """The trainer state saved beside a checkpoint's weights (for ``--resume``)."""
-    d = Path(ckpt_dir)
-    if not (d / STATE_JSON).is_file() or not (d / STATE_TENSORS).is_file():
-        raise RnnlabError(f"{d}: no trainer state to resume from; it was not written by `rnnlab train` "
-                          f"(start a new run with a fresh --out)")
-    meta = read_json(d / STATE_JSON, "trainer state")
-    missing = [k for k in TRAINER_STATE_KEYS if not isinstance(meta, dict) or k not in meta]
-    if missing:
-        raise RnnlabError(f"{d / STATE_JSON}: the trainer state lacks {', '.join(missing)}; it is damaged — resume "
-                          f"from a snapshot in {d / SNAPSHOTS} or start a new run")
-    check_input_file(d / STATE_TENSORS, "trainer state")
-    try:
-        tensors = st_load_file(str(d / STATE_TENSORS))  # tensor by tensor from a memory map: no copy of the file
-    except (SafetensorError, ValueError, RuntimeError, OSError) as e:
-        raise RnnlabError(f"{d / STATE_TENSORS}: cannot read the trainer state ({e}); the file is corrupt") from None
-    if meta.get("save_id") != save_id_of(d)[0]:
-        raise RnnlabError(f"{d}: trainer state and weights come from different saves; "
-                          f"resume from a snapshot in {d / SNAPSHOTS}")
-    return tensors, meta
-
-
-TRAINER_STATE_KEYS = ("epoch", "step", "elapsed", "best_val", "history", "rng_batching", "epoch_rng_state",
-                      "batch_in_epoch", "partial", "carry_len", "optimizer")
 
 
 def read_configs(ckpt_dir: str | Path) -> tuple[DataConfig, ModelConfig, TrainConfig, RunConfig, dict]:

@@ -12,7 +12,7 @@ import dataclasses
 import typing
 from typing import Any
 
-from .fields import _kind, choices_of, flag
+from .fields import kind_of, choices_of, flag
 
 
 def add_settings(group, cls: type, skip: tuple[str, ...] = (), help_default: dict[str, Any] | None = None,
@@ -24,7 +24,7 @@ def add_settings(group, cls: type, skip: tuple[str, ...] = (), help_default: dic
         meta = f.metadata
         if not meta.get("cli", True) or f.name in skip:
             continue
-        base, optional = _kind(hints[f.name])
+        base, optional = kind_of(hints[f.name])
         default = (help_default or {}).get(f.name, f.default)
         shown = "" if default is None or default is dataclasses.MISSING else f" (default: {default})"
         kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": argparse.SUPPRESS,

@@ -110,11 +110,16 @@ def cleanup(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """Sum ``t`` over every rank, in place (unchanged in a single process)."""
-    if ctx.enabled:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
+def sum_over_ranks(values: list, ctx: DistContext, device: torch.device, main_only: tuple[int, ...] = ()) -> list:
+    """Each of ``values`` (numbers or one-element tensors) summed over every rank, as float64
+    numbers, in one all-reduce; a position in ``main_only`` counts rank 0's value alone (its clock,
+    its compute seconds: the same figure on every rank). In a single process, the values as numbers."""
+    if not ctx.enabled:
+        return [v.item() if isinstance(v, torch.Tensor) else v for v in values]
+    t = torch.stack([torch.as_tensor(0.0 if i in main_only and not ctx.is_main else v, dtype=torch.float64,
+                                     device=device).reshape(()) for i, v in enumerate(values)])
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
 
 
 def all_gather_rows(t: torch.Tensor, ctx: DistContext, dim: int) -> torch.Tensor:
@@ -148,8 +153,8 @@ def check_batch(batch_size: int, ctx: DistContext) -> int:
     return batch_size // ctx.world_size
 
 
-__all__ = ["DistContext", "LOCAL", "all_gather_object", "all_gather_rows", "all_reduce_sum", "barrier",
-           "check_batch", "cleanup", "device_for", "env_context", "launched_by_torchrun", "setup"]
+__all__ = ["DistContext", "LOCAL", "all_gather_object", "all_gather_rows", "barrier",
+           "check_batch", "cleanup", "device_for", "env_context", "launched_by_torchrun", "setup", "sum_over_ranks"]
 
 
 def launch_local(argv: list[str], nproc: int) -> int:

@@ -43,7 +43,7 @@ def choices_of(f: dataclasses.Field) -> tuple | None:
     return c() if callable(c) else c
 
 
-def _kind(tp: Any) -> tuple[type, bool]:
+def kind_of(tp: Any) -> tuple[type, bool]:
     """(base type, whether None is allowed) of an annotation such as ``int``, ``str | None``."""
     args = typing.get_args(tp)
     if args and type(None) in args:
@@ -55,7 +55,7 @@ def _kind(tp: Any) -> tuple[type, bool]:
 def check_value(name: str, tp: Any, value: Any, f: dataclasses.Field | None = None) -> Any:
     """The value, checked against its annotation and the field's bounds (ints are accepted where a
     float is expected and converted); raises ``UsageError`` naming the flag."""
-    base, optional = _kind(tp)
+    base, optional = kind_of(tp)
     if value is None:
         if optional:
             return None

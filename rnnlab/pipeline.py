@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from .callbacks import MetricsWriter, ProgressBar, write_plot
-from .checkpoint import BEST, CONFIG, load_checkpoint, load_for_inference, load_trainer_state, read_configs, resolve_checkpoint_dir, \
+from .checkpoint import BEST, CONFIG, load_checkpoint, load_for_inference, read_configs, resolve_checkpoint_dir, \
     save_checkpoint
 from .config import DataConfig, DynamicEval, ModelConfig, RunConfig, TrainConfig
 from .data import PreparedData, Tokenizer, prepare_data
@@ -35,6 +35,7 @@ from .plan import settle
 from .precision import sequence_precision
 from .speed import simulated_step_seconds
 from .runtime import seed_everything, select_device
+from .trainer_state import load_trainer_state
 from .training import Trainer
 
 Log = Callable[[str], None]
@@ -211,7 +212,7 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
         if ends_epoch and rcfg.predict_every and (e % rcfg.predict_every == 0 or e == rcfg.epochs):
             for p in rcfg.prefixes:
                 emit("  > " + generate(trainer.model, tokenizer, p, rcfg.predict_length).replace("\n", "\\n"))
-        if trainer.improved and selecting:
+        if trainer.schedule.improved and selecting:
             if replacing["best"] and (out / BEST).is_dir():
                 shutil.rmtree(out / BEST)  # the old run's best weights are not this run's
             replacing["best"] = False
@@ -256,8 +257,8 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
         build_for_run(model, tokenizer, dcfg, out, log)
     speed = statistics.median(h["tokens_per_sec"] for h in trainer.history)
     val = f", test loss {final['val_loss']:.4f} (perplexity {final['val_ppl']:.3f})" if "val_ppl" in final else ""
-    if selecting and trainer.best_val < float("inf"):
-        val += f", best selection loss {trainer.best_val:.4f}"
+    if selecting and trainer.schedule.best < float("inf"):
+        val += f", best selection loss {trainer.schedule.best:.4f}"
     why = f" ({trainer.stop_reason})" if trainer.stop_reason not in ("", "epochs done") else ""
     best = ", the best selection weights restored" if rcfg.restore_best and trainer.best_state is not None else ""
     log(f"done{why}: epoch {trainer.epoch}, train perplexity {final['train_ppl']:.3f}{val}{best}, "
@@ -293,8 +294,7 @@ def evaluate_checkpoint(ckpt_dir: str | Path, dcfg: DataConfig | None = None, de
             log(f"rnnlab: note: {ckpt_dir} was trained before rnnlab kept a selection slice: its weights were chosen on "
                 f"this same split, so this figure is optimistic; retrain to get a split no decision saw")
     else:
-        for name in ("preset", "token"):
-            setattr(dcfg, name, getattr(ck.data_config, name))
+        dcfg = dcfg.replace(preset=ck.data_config.preset, token=ck.data_config.token)  # read as the model was trained
         d = prepare_data(dcfg, vocab=ck.vocab)
         if d.chat is not None:
             log(d.chat.report.describe())

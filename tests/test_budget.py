@@ -11,6 +11,7 @@ from fakeclock import StepClock
 from rnnlab.config import ModelConfig, RunConfig, TrainConfig, parse_duration
 from rnnlab.errors import UsageError
 from rnnlab.models import build_model
+from rnnlab.schedule import ANNEAL
 from rnnlab.training import Trainer
 
 
@@ -42,10 +43,10 @@ def test_the_cosine_schedule_spans_the_budget_not_the_epochs():
     cfg = TrainConfig(batch_size=4, num_steps=8, optimizer="adam", lr=0.01, min_lr=0.001, lr_schedule="cosine",
                       warmup_steps=5)
     tr = Trainer(_model(), cfg, _ids(), run=RunConfig(epochs=10_000, budget=100.0))
-    assert tr.lr_at(2, 0.0) == pytest.approx(0.01 * 3 / 5)  # warm-up by steps
-    assert tr.lr_at(50, 0.0) == pytest.approx(0.01)
-    assert tr.lr_at(50, 50.0) == pytest.approx(0.001 + 0.009 * 0.5)
-    assert tr.lr_at(50, 100.0) == pytest.approx(0.001) and tr.lr_at(50, 150.0) == pytest.approx(0.001)
+    assert tr.schedule.lr_at(2, 0.0) == pytest.approx(0.01 * 3 / 5)  # warm-up by steps
+    assert tr.schedule.lr_at(50, 0.0) == pytest.approx(0.01)
+    assert tr.schedule.lr_at(50, 50.0) == pytest.approx(0.001 + 0.009 * 0.5)
+    assert tr.schedule.lr_at(50, 100.0) == pytest.approx(0.001) and tr.schedule.lr_at(50, 150.0) == pytest.approx(0.001)
     assert tr.time_limit == 100.0
     assert Trainer(_model(), cfg, _ids(), run=RunConfig(budget=100.0, max_seconds=30.0)).time_limit == 30.0
 
@@ -104,7 +105,7 @@ def test_early_stopping_and_the_best_weights_restored(monkeypatch):
                  callbacks=[remember])
     hist = tr.fit()
     assert tr.early_stopped and [h["val_loss"] for h in hist] == [3.0, 2.0, 1.5, 1.6, 1.5, 1.7]
-    assert tr.best_val == 1.5 and tr.evals_since_best == 3
+    assert tr.schedule.best == 1.5 and tr.schedule.evals_since_best == 3
     assert all(torch.equal(model.state_dict()[k], v) for k, v in seen[2].items())  # the first 1.5
     assert not all(torch.equal(seen[2][k], v) for k, v in seen[-1].items())
 
@@ -144,13 +145,13 @@ def test_a_plateau_under_a_budget_starts_the_final_decay_before_stopping(monkeyp
                  clock=StepClock(0.001))  # 93 steps an epoch: about 0.19 s of this clock, on any host
     hist = tr.fit()
     assert tr.early_stopped and [h["val_loss"] for h in hist][:4] == [3.0, 2.0, 2.5, 2.6]
-    start, lr0 = tr.anneal
+    start, lr0 = tr.schedule.anneal
     assert start == pytest.approx(hist[3]["elapsed_s"]) and lr0 > 0.005  # still high, early in the budget
-    assert start + training.ANNEAL * budget <= tr.elapsed < budget  # the decay ran to its end, then stopped
-    assert tr.lr_at(tr.step, start + training.ANNEAL * budget) == pytest.approx(1e-4)
-    assert tr.lr_at(tr.step, start + training.ANNEAL * budget / 2) == pytest.approx((lr0 + 1e-4) / 2, rel=1e-3)
+    assert start + ANNEAL * budget <= tr.elapsed < budget  # the decay ran to its end, then stopped
+    assert tr.schedule.lr_at(tr.step, start + ANNEAL * budget) == pytest.approx(1e-4)
+    assert tr.schedule.lr_at(tr.step, start + ANNEAL * budget / 2) == pytest.approx((lr0 + 1e-4) / 2, rel=1e-3)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in seen[1].items())  # ends with the best (2.0)
     _, meta = tr.state_dict()
     again = Trainer(_model(), cfg, _ids(), _ids(1000), run=RunConfig(epochs=50, budget=budget, patience=2))
     again.load_state_dict(*tr.state_dict())
-    assert again.anneal == tr.anneal and meta["anneal"] == [start, lr0]
+    assert again.schedule.anneal == tr.schedule.anneal and meta["anneal"] == [start, lr0]

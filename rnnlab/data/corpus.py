@@ -16,7 +16,7 @@ from ..io import check_input_file as _check_input_file
 #: bytes of memory per byte of text when a corpus is read whole (the text, its token list, the ids)
 IN_MEMORY_FACTOR = 40
 
-_NON_LETTERS = re.compile(r"[^A-Za-z]+")
+NON_LETTERS = re.compile(r"[^A-Za-z]+")
 
 
 def is_wide_encoding(encoding: str) -> bool:
@@ -91,7 +91,7 @@ def preprocess(text: str, preset: str) -> str:
     if preset == "raw":
         return text
     if preset == "letters":
-        return _NON_LETTERS.sub(" ", text).strip().lower()
+        return NON_LETTERS.sub(" ", text).strip().lower()
     raise UsageError(f"unknown --preset {preset!r}; choose raw or letters")
 
 

@@ -124,7 +124,7 @@ def stream_preprocess(pieces: Iterator[str], preset: str) -> Iterator[str]:
     the trailing run of a piece is held back (as one space: its length does not matter) and joined
     to the next piece; the leading and the final runs are dropped, like ``strip()``.
     """
-    from .corpus import _NON_LETTERS, preprocess
+    from .corpus import NON_LETTERS, preprocess
 
     if preset == "raw":
         yield from pieces
@@ -138,7 +138,7 @@ def stream_preprocess(pieces: Iterator[str], preset: str) -> Iterator[str]:
         while i > 0 and not _is_letter(text[i - 1]):
             i -= 1
         pending = " " if i < len(text) else ""
-        out = _NON_LETTERS.sub(" ", text[:i]).lower()
+        out = NON_LETTERS.sub(" ", text[:i]).lower()
         if not started:
             out = out.lstrip(" ")
             started = bool(out)
