@@ -36,6 +36,7 @@ import pickle
 import queue
 import sys
 import threading
+import time
 import weakref
 
 from ..checkpoint import Checkpoint
@@ -98,6 +99,10 @@ class AdaptiveBackend:
         self.suggester.close()
 
 
+HANG_SECONDS = 60.0  # a child holding requests and answering nothing this long is hung (the longest request
+# allowed, 10,000 characters at k = 20, takes a second or two)
+
+
 class WorkerUnavailable(RnnlabError):
     """The suggestion process cannot answer now (it stopped and is being restarted, or could not be
     started): the server answers 503 with this message."""
@@ -121,6 +126,7 @@ class _Worker:
         self.proc.start()
         child.close()
         self.generation = generation
+        self.hung = False  # the watchdog killed it
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()
         self.threads: list[threading.Thread] = []
 
@@ -189,11 +195,13 @@ class ProcessBackend:
     memory), the requests it held fail with ``WorkerUnavailable`` (503), a new child is started in
     the background, and requests that arrive meanwhile wait for it; after ``max_start_failures``
     failed starts in a row the backend reports itself failed and answers 503 at once.
-    ``status()`` is what ``/healthz`` shows.
+    A child that is alive but answers nothing for ``hang_seconds`` while requests wait (stuck in a
+    loop, stopped by a signal or a debugger) is *hung*: a watchdog kills it, which fails what it
+    held with 503 and starts a new one as above. ``status()`` is what ``/healthz`` shows.
     """
 
     def __init__(self, checkpoint: Checkpoint, threads: int = 1, start_timeout: float = 120.0,
-                 max_start_failures: int = 3, **engine_kwargs):
+                 max_start_failures: int = 3, hang_seconds: float = HANG_SECONDS, **engine_kwargs):
         self.notes: list[str] = []
         self.words: dict | None = None
         self._args = (checkpoint_bytes(checkpoint), threads, engine_kwargs)
@@ -206,6 +214,9 @@ class ProcessBackend:
         self.restarts = 0
         self.state = "starting"
         self.last_error = ""
+        self.hang_seconds = hang_seconds
+        self._sent: dict[int, float] = {}  # request id -> when it went to the current child
+        self._last_answer = time.monotonic()
         self._worker = _Worker(*self._args, generation=0)
         try:
             ready = self._worker.wait_ready(start_timeout)
@@ -216,6 +227,7 @@ class ProcessBackend:
         self._worker.start_threads(self._on_answers, self._on_exit)
         self.state = "ready"
         _LIVE_BACKENDS.add(self)
+        threading.Thread(target=self._watch, name="rnnlab-suggest-watchdog", daemon=True).start()
 
     # -- the event loop's side -----------------------------------------------------------------
     async def suggest(self, text: str, k: int, client: str) -> bytes:
@@ -229,6 +241,7 @@ class ProcessBackend:
             msg = (rid, text, k, client)
             if self.state == "ready":
                 self._pending[rid] = (loop, future, self._worker.generation)
+                self._sent[rid] = time.monotonic()
                 self._worker.outbox.put(msg)
             else:  # restarting: sent as soon as the new process is ready
                 self._pending[rid] = (loop, future, -1)
@@ -243,14 +256,42 @@ class ProcessBackend:
             pid, state = self._worker.proc.pid, self.state
             if state == "ready" and _process_state(pid) in ("T", "t", "Z", "X"):
                 state = "stopped"
+            elif state == "ready" and self._stalled() > min(5.0, self.hang_seconds / 2):
+                state = "unresponsive"  # alive, requests waiting, nothing answered for a while
             return {"kind": "process", "state": state, "pid": pid, "restarts": self.restarts,
                     "in_flight": len(self._pending), **({"error": self.last_error} if self.last_error else {})}
+
+    # -- the watchdog ---------------------------------------------------------------------------
+    def _stalled(self) -> float:
+        """Seconds the current child has held a request without answering anything (0: none waits).
+        Called with the lock held."""
+        if not self._sent:
+            return 0.0
+        return time.monotonic() - max(min(self._sent.values()), self._last_answer)
+
+    def _watch(self) -> None:
+        """Kill a hung child (see the class docstring); the reader then sees its pipe close."""
+        while True:
+            time.sleep(min(1.0, self.hang_seconds / 4))
+            with self._lock:
+                if self._closed:
+                    return
+                worker = self._worker
+                hung = self.state == "ready" and self._stalled() > self.hang_seconds
+                if hung:
+                    worker.hung = True
+            if hung:
+                print(f"rnnlab: the suggestion process answered nothing for {self.hang_seconds:g} s with requests "
+                      f"waiting; killing it", file=sys.stderr, flush=True)
+                worker.proc.kill()
 
     # -- the reader thread's side --------------------------------------------------------------
     def _on_answers(self, worker: _Worker, answers: list) -> None:
         for rid, ok, payload in answers:
             with self._lock:
                 entry = self._pending.pop(rid, None)
+                self._sent.pop(rid, None)
+                self._last_answer = time.monotonic()
             if entry is not None:
                 loop, future, _ = entry
                 _resolve(loop, future, payload if ok else None, None if ok else payload)
@@ -264,9 +305,11 @@ class ProcessBackend:
             if code is None:
                 worker.proc.join(1.0)
                 code = worker.proc.exitcode
-            self.last_error = f"the suggestion process stopped (exit code {code})"
+            self.last_error = (f"the suggestion process hung (nothing answered for {self.hang_seconds:g} s) and was "
+                               f"killed" if worker.hung else f"the suggestion process stopped (exit code {code})")
             lost = [rid for rid, (_, _, gen) in self._pending.items() if gen == worker.generation]
             entries = [self._pending.pop(rid) for rid in lost]
+            self._sent.clear()
             self.state = "restarting"
         message = f"{self.last_error} while answering; it is being restarted, try again in a moment"
         for loop, future, _ in entries:
@@ -307,9 +350,11 @@ class ProcessBackend:
                 worker.start_threads(self._on_answers, self._on_exit)
                 self.restarts += 1
                 self.state, self.last_error = "ready", ""
+                self._last_answer = time.monotonic()
                 for msg in self._backlog:
                     loop, future, _ = self._pending[msg[0]]
                     self._pending[msg[0]] = (loop, future, worker.generation)
+                    self._sent[msg[0]] = time.monotonic()
                     worker.outbox.put(msg)
                 self._backlog = []
             print("rnnlab: the suggestion process is running again", file=sys.stderr, flush=True)
