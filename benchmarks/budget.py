@@ -1,7 +1,7 @@
 """Held-out loss by time budget, through the product: ``rnnlab train --dataset NAME --budget S``.
 
 Each run is the command a user types, with no other flag than the split (nanoGPT's: the last 10%
-held out, ``--val-fraction 0.1``; the recipe takes its selection slice from the 5% before it); the
+held out, ``--val-fraction 0.1``; the recipe takes its selection slice from the first 5%); the
 figure is the loss the run itself reports on the whole test split at the end ("test loss ..."), in
 nats per token: text no decision of the run saw. Runs go one after another (never two at once: a
 concurrent job halves what a budget buys). The first line names the machine (CPU, flags, GEMM rate).

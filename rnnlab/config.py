@@ -58,8 +58,8 @@ class DataConfig(Settings):
     val_fraction: float = setting(0.0, "hold out the last fraction of the stream as the test split: scored at the "
                                        "end and by `rnnlab eval`, never used for a decision (0 = none, the book's "
                                        "setting)", min=0.0, max=0.9)
-    select_fraction: float = setting(0.0, "the fraction of the stream just before the test split that chooses the "
-                                          "best weights, early stopping and the final decay (0 = none)",
+    select_fraction: float = setting(0.0, "the fraction at the start of the stream that chooses the best weights, "
+                                          "early stopping and the final decay (0 = none)",
                                      min=0.0, max=0.5)
     prepared: str | None = setting(None, "a directory written by `rnnlab prepare` (memory-mapped ids)",
                                    cli=False)

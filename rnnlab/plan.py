@@ -70,7 +70,7 @@ def check_decisions(dcfg: DataConfig, rcfg: RunConfig, selection: bool) -> None:
     asked = [flag(n) for n in DECISIONS if getattr(rcfg, n)]
     if asked and not selection:
         raise UsageError(f"{' and '.join(asked)} choose weights on held-out text: give --select-fraction F (a "
-                         f"slice before the test split{', which --val-fraction sets' if dcfg.val_fraction else ''}) "
+                         f"slice from the start of the text{', as the default recipe sets with --val-fraction' if dcfg.val_fraction else ''}) "
                          f"so the reported test split stays untouched")
 
 

@@ -209,7 +209,7 @@ def test_the_word_model_reads_only_the_training_split():
 
 
 def test_tuning_never_reads_the_reported_text(monkeypatch, tmp_path):
-    """The tuner types the selection slice (after the training split) and nothing of the test split."""
+    """The tuner types the selection slice (the start of the text) and nothing of the test split."""
     from rnnlab.checkpoint import load_checkpoint
     from rnnlab.config import WordsConfig
     from rnnlab.data import split_points
@@ -228,13 +228,13 @@ def test_tuning_never_reads_the_reported_text(monkeypatch, tmp_path):
     shutil.copytree(trained, run)
     ck = load_checkpoint(run)
     words = tune.build_words(ck.model, ck.tokenizer, ck.data_config, run, WordsConfig(tune_words=20), log=lambda m: None)
-    a, b = split_points(len(SPLIT_CORPUS), ck.data_config.val_fraction, ck.data_config.select_fraction)
+    s, b = split_points(len(SPLIT_CORPUS), ck.data_config.val_fraction, ck.data_config.select_fraction)
     (text, history, model), = seen
-    assert text == SPLIT_CORPUS[a:b] and history == SPLIT_CORPUS[:a]
+    assert text == SPLIT_CORPUS[:s] and history == ""
     assert "zeppelin" not in text + history and "zeppelin" not in model and "quagmire" not in model
     report = words.meta["tuning"]
-    assert report["range"] == [a, b] and report["words"] == 20 and "ksr" in report  # 20 words: tuned
-    assert json.loads((run / "words.json").read_text())["tuning"]["range"] == [a, b]
+    assert report["range"] == [0, s] and report["words"] == 20 and "ksr" in report  # 20 words: tuned
+    assert json.loads((run / "words.json").read_text())["tuning"]["range"] == [0, s]
 
 
 def test_eval_keyboard_types_the_test_split_and_builds_its_baselines_from_the_training_split(monkeypatch):
@@ -254,12 +254,12 @@ def test_eval_keyboard_types_the_test_split_and_builds_its_baselines_from_the_tr
     ck_dir = split_checkpoint()
     report = kbrun.evaluate_keyboards(ck_dir, settings=None)
     dcfg = json.loads((ck_dir / "config.json").read_text())["data"]
-    a, b = split_points(len(SPLIT_CORPUS), dcfg["val_fraction"], dcfg["select_fraction"])
+    s, b = split_points(len(SPLIT_CORPUS), dcfg["val_fraction"], dcfg["select_fraction"])
     test_words = words_of(SPLIT_CORPUS[b:])
     assert {r["words"] for r in report["keyboards"].values()} == {len(test_words)}
     assert "test split" in report["source"]
     if trained:
-        assert trained == [SPLIT_CORPUS[:a]]
+        assert trained == [SPLIT_CORPUS[s:b]]
     assert set(report["keyboards"]) == {"rnnlab", "ngram"} | ({"presage"} if trained else set())
 
 

@@ -17,11 +17,11 @@ TEXT = "".join(f"line {i} of a small text with some words in it.\n" for i in ran
 
 @pytest.mark.parametrize("n,val,sel", [(1000, 0.1, 0.05), (17, 0.2, 0.2), (5000, 0.05, 0.0), (100, 0.0, 0.0)])
 def test_the_ranges_are_disjoint_in_order_and_cover_the_stream(n, val, sel):
-    a, b = split_points(n, val, sel)
-    assert 0 <= a <= b <= n and n - b == int(n * val) and b - a == int(n * sel)
+    s, b = split_points(n, val, sel)
+    assert 0 <= s <= b <= n and n - b == int(n * val) and s == int(n * sel)
     ids = torch.arange(n)
     train, select, test = split_stream(ids, val, sel)
-    parts = [p for p in (train, select, test) if p is not None]
+    parts = [p for p in (select, train, test) if p is not None]
     assert torch.equal(torch.cat(parts), ids)
 
 
@@ -31,8 +31,8 @@ def test_the_test_split_is_the_last_val_fraction_whatever_the_selection_slice(tm
     both = prepare_data(DataConfig(path=str(tmp_path / "t.txt"), val_fraction=0.1, select_fraction=0.05))
     assert torch.equal(plain.val_ids, both.val_ids)
     assert len(both.select_ids) == int(len(TEXT) * 0.05)
-    assert torch.equal(torch.cat([both.train_ids, both.select_ids]), plain.train_ids)
-    assert both.ranges == {"train": [0, len(both.train_ids)], "select": [len(both.train_ids), len(plain.train_ids)],
+    assert torch.equal(torch.cat([both.select_ids, both.train_ids]), plain.train_ids)
+    assert both.ranges == {"select": [0, len(both.select_ids)], "train": [len(both.select_ids), len(plain.train_ids)],
                            "test": [len(plain.train_ids), len(TEXT)]}
 
 

@@ -49,13 +49,13 @@ def tiny_checkpoint(preset: str = "raw", token: str = "char") -> Path:
 # word model, its tuning and its baselines never read what they must not.
 SELECT_PART = "we sat in the quagmire and talked about the machine.\n" * 4
 TEST_PART = "the zeppelin traveller smiled at the zeppelin machine.\n" * 4
-SPLIT_CORPUS = CORPUS + SELECT_PART + TEST_PART
+SPLIT_CORPUS = SELECT_PART + CORPUS + TEST_PART
 
 
 @functools.lru_cache(maxsize=None)
 def split_checkpoint() -> Path:
-    """Train (once) a small LSTM on ``SPLIT_CORPUS`` with its selection slice and test split set to
-    the two last parts (``rnnlab.data.split_points``); returns the run directory."""
+    """Train (once) a small LSTM on ``SPLIT_CORPUS`` with its selection slice set to the first part
+    and its test split to the last (``rnnlab.data.split_points``); returns the run directory."""
     import torch
 
     from rnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
@@ -65,7 +65,7 @@ def split_checkpoint() -> Path:
     atexit.register(shutil.rmtree, root, True)
     (root / "corpus.txt").write_text(SPLIT_CORPUS, encoding="utf-8")
     n = len(SPLIT_CORPUS)
-    # each range begins a few characters before its part, so that each sentinel word lies inside its own range
+    # each range takes a few characters more than its part, so that each sentinel word lies inside its own range
     dcfg = DataConfig(path=str(root / "corpus.txt"), val_fraction=(len(TEST_PART) + 5) / n,
                       select_fraction=(len(SELECT_PART) + 5) / n)
     mcfg = ModelConfig(model="lstm", hidden_size=64)

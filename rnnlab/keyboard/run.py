@@ -50,16 +50,16 @@ def keyboard_texts(own: DataConfig, given: DataConfig | None,
         given.path is not None and own.path is not None and Path(given.path).resolve() == Path(own.path).resolve()
         and (given.chat is None or (given.chat, given.speaker) == (own.chat, own.speaker)))
     text = model_text(own, log)
-    a, b = split_points(len(text), own.val_fraction, own.select_fraction)
+    s, b = split_points(len(text), own.val_fraction, own.select_fraction)
     source = own.path or own.dataset
     if same:
         if b >= len(text):
             raise UsageError(f"the run was trained on all of {source} (no --val-fraction), so nothing of it is "
                              f"held out for the keyboard to type; give another FILE or --dataset")
-        return text[:a], text[b:], text[:b], f"the test split (last {own.val_fraction:g}) of {source}"
+        return text[s:b], text[b:], text[:b], f"the test split (last {own.val_fraction:g}) of {source}"
     typed = model_text(dataclasses.replace(given, preset=own.preset, token="char", max_tokens=0, val_fraction=0.0,
                                            select_fraction=0.0), log)
-    return text[:a], typed, "", str(given.path or given.dataset)
+    return text[s:b], typed, "", str(given.path or given.dataset)
 
 
 def latency(keyboard, text: str, history: str, queries: int, k: int) -> dict[str, float] | None:

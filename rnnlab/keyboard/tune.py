@@ -4,9 +4,9 @@ settings tuned on its selection slice (``rnnlab words DIR``; ``rnnlab train`` ru
 Texts (``split_points`` of the corpus as the model read it, preset applied; the test split is
 never read here)::
 
-    [0, a) training split         the word model (lexicon + n-gram) is built from it
-    [a, b) selection slice        the simulated user types it (at most ``tune_words`` words, at
-                                  most ``tune_seconds``), the training split as the text before it
+    [0, s) selection slice        the simulated user types it (at most ``tune_words`` words, at
+                                  most ``tune_seconds``), from the start of the text
+    [s, b) training split         the word model (lexicon + n-gram) is built from it
     [b, n) test split             reported by ``rnnlab eval --keyboard``; never read when tuning
 
 A run without a selection slice is tuned on the tail of its training split (its last 5%, with the
@@ -81,17 +81,17 @@ def model_text(cfg: DataConfig, log: Log = lambda m: None) -> str:
 
 def tuning_texts(text: str, cfg: DataConfig) -> dict[str, Any]:
     """Where the word model and its tuning read (the module docstring): ``ngram`` (the word model's
-    text while tuning), ``tune`` (typed), ``final`` (the saved word model's text, None when it is
-    ``ngram``), and their ranges."""
-    a, b = split_points(len(text), cfg.val_fraction, cfg.select_fraction)
-    if b > a:
-        return {"ngram": text[:a], "tune": text[a:b], "final": None, "tune_range": [a, b], "train_range": [0, a],
-                "on": "the selection slice"}
-    cut = a - int(a * TAIL)
-    starts = [s for s, _ in word_spans(text[cut:a])]
-    cut = cut + starts[0] if starts else a
-    return {"ngram": text[:cut], "tune": text[cut:a], "final": text[:a], "tune_range": [cut, a],
-            "train_range": [0, a], "on": "the tail of the training split (no selection slice)"}
+    text while tuning), ``tune`` (typed, after ``history``), ``final`` (the saved word model's text,
+    None when it is ``ngram``), and their ranges."""
+    s, b = split_points(len(text), cfg.val_fraction, cfg.select_fraction)
+    if s > 0:
+        return {"ngram": text[s:b], "tune": text[:s], "history": "", "final": None, "tune_range": [0, s],
+                "train_range": [s, b], "on": "the selection slice"}
+    cut = b - int(b * TAIL)
+    starts = [i for i, _ in word_spans(text[cut:b])]
+    cut = cut + starts[0] if starts else b
+    return {"ngram": text[:cut], "tune": text[cut:b], "history": text[:cut], "final": text[:b],
+            "tune_range": [cut, b], "train_range": [0, b], "on": "the tail of the training split (no selection slice)"}
 
 
 # -- recording the candidates --------------------------------------------------------------------
@@ -287,7 +287,7 @@ def build_words(model, tokenizer, data_config: DataConfig, run_dir: str | Path, 
         model.eval()
         engine = SuggestEngine(model, tokenizer, SuggestConfig(), words=Words(tune_model))
         try:
-            table, result = record(engine, texts["tune"], texts["ngram"], settings.tune_words, settings.tune_seconds)
+            table, result = record(engine, texts["tune"], texts["history"], settings.tune_words, settings.tune_seconds)
         finally:
             engine.close()
             model.train(was)
