@@ -204,8 +204,9 @@ def test_the_word_model_reads_only_the_training_split():
     assert {"traveller", "garden", "machine"} <= vocab
     assert "quagmire" not in vocab  # the selection slice: typed while tuning, never learnt
     assert "zeppelin" not in vocab  # the test split
-    a = words["built_from"]["range"][1]
-    assert SPLIT_CORPUS.index("quagmire") > a and words["tuning"]["range"][0] == a
+    s, b = words["built_from"]["range"]
+    assert SPLIT_CORPUS.rindex("quagmire") < s and words["tuning"]["range"] == [0, s]
+    assert SPLIT_CORPUS.index("zeppelin") >= b
 
 
 def test_tuning_never_reads_the_reported_text(monkeypatch, tmp_path):
