@@ -32,7 +32,7 @@ from .errors import RnnlabError, UsageError
 from .fields import flag
 from .models import precision_notes
 from .precision import Choice, check as check_precision, decide, emulated, not_worth_measuring
-from .runs import check_chat
+from .runs import check_chat, check_ranges
 from .runtime import check_memory
 from . import ratebook, recipes
 from .ratebook import RateBook
@@ -101,6 +101,8 @@ def settle(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunConf
         data = prepare_data(dcfg)
     if resume and data.chat is not None and out is not None:  # a resumed run must read the same messages
         check_chat(out, data.chat.text, data.source)
+    if resume and out is not None:  # ...and split them as it did
+        check_ranges(out, data.ranges)
     if resume_vocab is not None and data.vocab != resume_vocab:
         raise RnnlabError(f"the corpus {data.source} gives a different vocabulary from the checkpoint's"
                           f"{' in ' + str(out) if out else ''} ({resume_vocab.difference(data.vocab)}); resume with "

@@ -17,7 +17,7 @@ from pathlib import Path
 from .checkpoint import (BEST, CONFIG, SNAPSHOTS, STATE_JSON, STATE_TENSORS, VOCAB, WEIGHTS, list_snapshots,
                          save_checkpoint)
 from .errors import RnnlabError, UsageError
-from .io import atomic_write, os_error_hint
+from .io import atomic_write, os_error_hint, read_json
 
 LOCK = ".rnnlab-train.lock"
 CHAT = "chat.txt"  # with --chat: the cleaned messages the run trains on
@@ -88,6 +88,23 @@ def check_chat(run_dir: str | Path, text: str, source: str) -> None:
         raise UsageError(f"the chat export {source} now gives other messages than the run in {run_dir} was trained "
                          f"on ({path}); resume with the export as it was, or start a new run (--init-from "
                          f"{run_dir} fine-tunes on the new one)")
+
+
+def check_ranges(run_dir: str | Path, ranges: dict) -> None:
+    """``--resume``: the text must split as it did when the run began (its latest checkpoint's
+    ``info.ranges``); a run split by an older rnnlab (its selection slice just before the test split)
+    would otherwise go on training on its own selection slice."""
+    snaps = list_snapshots(run_dir)
+    for cfg in ([snaps[-1] / CONFIG] if snaps else []) + [Path(run_dir) / CONFIG]:
+        if not cfg.is_file():
+            continue
+        info = read_json(cfg, "checkpoint configuration")
+        stored = info.get("info", {}).get("ranges") if isinstance(info, dict) else None
+        if stored and stored != ranges:
+            raise UsageError(f"the run in {run_dir} split its text as {stored}, the text now splits as {ranges} "
+                             f"(another text, other fractions, or a run of an older rnnlab); resume with the same "
+                             f"text and settings, or start a new run (--init-from {run_dir} keeps its weights)")
+        return
 
 
 def prepare_run_dir(run_dir: str | Path) -> Path:

@@ -74,3 +74,29 @@ def test_a_book_run_with_a_test_split_scores_it_for_the_record_and_keeps_no_best
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "val ppl" in r.stdout and not (tmp_path / "run" / "best").exists()
+
+
+def test_resume_refuses_a_run_whose_text_splits_otherwise(tmp_path):
+    """A run split by an older rnnlab (selection slice just before the test split), or resumed with
+    other fractions, would train on its own selection slice: refused with one line."""
+    from rnnlab.errors import UsageError
+    from rnnlab.runs import check_ranges
+
+    (tmp_path / "t.txt").write_text(TEXT)
+    args = (DataConfig(path=str(tmp_path / "t.txt"), val_fraction=0.1, select_fraction=0.05),
+            ModelConfig(model="gru", hidden_size=8, embedding_dim=8), TrainConfig(batch_size=4, num_steps=8),
+            RunConfig(epochs=1, predict_every=0))
+    train_run(*args, out_dir=tmp_path / "run", log=lambda m: None)
+    ranges = json.loads((tmp_path / "run" / "config.json").read_text())["info"]["ranges"]
+    check_ranges(tmp_path / "run", ranges)  # the same split: fine
+    s, b = ranges["select"][1], ranges["test"][0]
+    for cfg_path in (tmp_path / "run").rglob("config.json"):  # the run and its snapshots, as the old layout
+        cfg = json.loads(cfg_path.read_text())
+        cfg["info"]["ranges"] = {"train": [0, b - s], "select": [b - s, b], "test": [b, ranges["test"][1]]}
+        cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(UsageError, match="split its text as"):
+        check_ranges(tmp_path / "run", ranges)
+    r = subprocess.run([sys.executable, "-m", "rnnlab", "train", str(tmp_path / "t.txt"), "--recipe", "book",
+                        "--val-fraction", "0.1", "--select-fraction", "0.05", "--out", str(tmp_path / "run"),
+                        "--resume", "--epochs", "2"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "split its text as" in r.stderr and r.stderr.count("\n") == 1, r.stderr
