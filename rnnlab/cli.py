@@ -10,8 +10,8 @@ from pathlib import Path
 
 from .cli_args import add_settings, build, given
 from .cli_chats import add_chat_out, write_chat_out
-from .config import (DataConfig, DynamicEval, GenerateConfig, KeyboardEval, ModelConfig, Precision, RunConfig,
-                     Threads, TrainConfig, WordsConfig)
+from .config import (DataConfig, Device, DynamicEval, GenerateConfig, InferenceConfig, KeyboardEval, ModelConfig,
+                     RunConfig, Threads, TrainConfig, WordsConfig)
 from .errors import RnnlabError, UsageError
 from .io import json_text
 from .version import __version__
@@ -98,10 +98,8 @@ def _add_generate(sub) -> None:
                                                   "an empty prefix starts a new text)")
     p.add_argument("--prefix-file", help="read the prefix from this UTF-8 file")
     add_settings(p, GenerateConfig)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    p.add_argument("--int8", action="store_true", help="run an int8 copy of the model on the CPU (about 4x less memory)")
+    add_settings(p, InferenceConfig)
     add_settings(p, Threads)
-    add_settings(p, Precision)
     p.set_defaults(func=cmd_generate)
 
 
@@ -115,10 +113,8 @@ def _add_eval(sub) -> None:
     add_chat_out(p)
     p.add_argument("--batch-size", type=int, default=32, help="parallel rows of the stream (default: 32)")
     p.add_argument("--num-steps", type=int, default=35, help="chunk length (default: 35)")
-    p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--int8", action="store_true", help="evaluate the model's int8 CPU copy (as generate/suggest/serve --int8 run it)")
-    add_settings(p, Precision)
+    add_settings(p, InferenceConfig)
     d = p.add_argument_group("dynamic evaluation", "--dynamic: the model adapts to the text as it reads it "
                                                    "(a gradient step after scoring each chunk); the checkpoint is not changed")
     d.add_argument("--dynamic", action="store_true", help="also report the dynamic evaluation beside the static one")
@@ -156,7 +152,7 @@ def _add_words(sub) -> None:
                                    "this is for checkpoints trained before).")
     p.add_argument("checkpoint", metavar="DIR", help="a run directory written by `rnnlab train --out DIR`")
     add_settings(p, WordsConfig)
-    p.add_argument("--device", default="auto")
+    add_settings(p, Device)
     p.set_defaults(func=cmd_words)
 
 
@@ -343,14 +339,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .config import check_text
     from .data.corpus import read_text
     from .decoding import generate_text
-    from .runtime import select_device
 
-    gcfg = build(args, GenerateConfig)
+    gcfg, inference = build(args, GenerateConfig), build(args, InferenceConfig)
     gcfg.validate()
+    inference.validate()
     use_threads(args, small_steps=gcfg.num_samples == 1)  # one stream: one token at a time
     if args.prefix is not None and args.prefix_file:
         raise UsageError("give --prefix or --prefix-file, not both")
-    device = select_device("cpu" if args.int8 and args.device == "auto" else args.device)
     prefix = None
     if args.prefix_file:
         prefix = read_text(args.prefix_file, allow_empty=True)
@@ -358,8 +353,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prefix = args.prefix
     if prefix is not None:
         check_text(prefix, "the prefix")
-    ckpt = load_for_inference(args.checkpoint, device, args.int8, build(args, Precision).precision,
-                              log=lambda msg: print(f"rnnlab: {msg}", file=sys.stderr))
+    ckpt = load_for_inference(args.checkpoint, inference, log=lambda msg: print(f"rnnlab: {msg}", file=sys.stderr))
     if prefix is None:
         prefix = (ckpt.run_config.prefixes or [""])[0]
     gen = torch.Generator(device=ckpt.model.device)
@@ -386,14 +380,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     keyboard.validate(prefix="keyboard_")
     dynamic = build(args, DynamicEval, prefix="dynamic_")
     dynamic.validate(prefix="dynamic_")  # given without --dynamic, a wrong value is still wrong
+    inference = build(args, InferenceConfig)
+    inference.validate()
     if args.keyboard:
-        return _keyboard_eval(args, dcfg, keyboard)
+        return _keyboard_eval(args, dcfg, keyboard, inference)
     dynamic = dynamic if args.dynamic else None
-    if args.int8 and dynamic is not None:
+    if inference.int8 and dynamic is not None:
         raise UsageError("--dynamic trains the model as it reads; an int8 copy cannot be trained (drop --int8)")
-    r = evaluate_checkpoint(args.checkpoint, dcfg, args.device, args.batch_size, args.num_steps, dynamic,
-                            log=lambda msg: print(msg, file=sys.stderr), int8=args.int8,
-                            precision=build(args, Precision).precision)
+    r = evaluate_checkpoint(args.checkpoint, dcfg, batch_size=args.batch_size, num_steps=args.num_steps,
+                            dynamic=dynamic, log=lambda msg: print(msg, file=sys.stderr), **inference.to_dict())
     if args.json:
         print(json_text(r, ensure_ascii=False))
         return 0
@@ -407,15 +402,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _keyboard_eval(args: argparse.Namespace, dcfg: DataConfig | None, settings: KeyboardEval) -> int:
+def _keyboard_eval(args: argparse.Namespace, dcfg: DataConfig | None, settings: KeyboardEval,
+                   inference: InferenceConfig) -> int:
     from .keyboard.run import evaluate_keyboards, table
-    from .runtime import select_device
 
     if args.dynamic:
         raise UsageError("--keyboard and --dynamic are separate evaluations; give one of them")
-    device = select_device("cpu" if args.int8 and args.device == "auto" else args.device)
-    report = evaluate_keyboards(args.checkpoint, dcfg, settings, device, log=lambda msg: print(msg, file=sys.stderr),
-                                int8=args.int8, precision=build(args, Precision).precision)
+    report = evaluate_keyboards(args.checkpoint, dcfg, settings, log=lambda msg: print(msg, file=sys.stderr),
+                                **inference.to_dict())
     if args.json:
         print(json_text(report, ensure_ascii=False))
         return 0
@@ -427,11 +421,10 @@ def _keyboard_eval(args: argparse.Namespace, dcfg: DataConfig | None, settings: 
 def cmd_words(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .keyboard.tune import build_words
-    from .runtime import select_device
-
-    settings = build(args, WordsConfig)
+    settings, device = build(args, WordsConfig), build(args, Device)
     settings.validate()
-    ck = load_checkpoint(args.checkpoint, select_device(args.device))
+    device.validate()
+    ck = load_checkpoint(args.checkpoint, device.torch_device())
     if ck.tokenizer.word_level:
         raise UsageError(f"{args.checkpoint} is a word-level model: it completes from its own vocabulary and needs no "
                          f"word model")

@@ -26,7 +26,7 @@ def add_settings(group, cls: type, skip: tuple[str, ...] = (), help_default: dic
             continue
         base, optional = _kind(hints[f.name])
         default = (help_default or {}).get(f.name, f.default)
-        shown = "" if default is None or default is dataclasses.MISSING else f" (default: {default})"
+        shown = "" if default is None or default is False or default is dataclasses.MISSING else f" (default: {default})"
         kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": argparse.SUPPRESS,
                                   "help": meta.get("help", "") + shown}
         if base is bool:

@@ -34,7 +34,7 @@ from .runs import RunLock, prepare_run_dir, record_chat, save_run_checkpoint
 from .plan import settle
 from .precision import sequence_precision
 from .speed import simulated_step_seconds
-from .runtime import seed_everything, select_device
+from .runtime import seed_everything
 from .training import Trainer
 
 Log = Callable[[str], None]
@@ -274,7 +274,7 @@ def evaluate_checkpoint(ckpt_dir: str | Path, dcfg: DataConfig | None = None, de
     the model adapts as it reads; the checkpoint is not changed), beside the static figure read
     the same way (one row, chunks of ``dynamic.chunk``): ``result["dynamic"]``, ``result["static_1row"]``.
     ``precision``: bf16 scores (and adapts) under bfloat16 autocast; auto measures which is faster."""
-    ck = load_for_inference(ckpt_dir, select_device("cpu" if int8 and device == "auto" else device), int8)
+    ck = load_for_inference(ckpt_dir, device, int8)
     precision = sequence_precision(ck.model, precision, batch_size, num_steps, log, int8=int8)
     train_ids = None
     if dcfg is None:

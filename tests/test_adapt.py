@@ -5,7 +5,7 @@ from fastapi.testclient import TestClient
 from tiny_keyboard_model import CORPUS, tiny_checkpoint
 
 from rnnlab import load_checkpoint
-from rnnlab.config import AdaptConfig
+from rnnlab.config import AdaptConfig, ServeConfig
 from rnnlab.evaluation import Adapter, dynamic_evaluate, evaluate
 from rnnlab.suggest import AdaptiveSuggester, SuggestRequest
 from rnnlab.suggest.adapt import MAX_STEPS_PER_REQUEST, finished_text
@@ -92,7 +92,7 @@ def test_serve_adapt_over_http():
     from rnnlab.serve import create_app
 
     ck = load_checkpoint(tiny_checkpoint())
-    with TestClient(create_app(ck)) as c:  # off by default
+    with TestClient(create_app(ck, ServeConfig(suggest_worker="thread"))) as c:  # off by default
         r = c.post("/v1/adapt/reset", json={"client": "a"})
         assert r.status_code == 409 and "--adapt" in r.json()["error"]
     with TestClient(create_app(ck, adapt=AdaptConfig(clients=2, lr=0.1))) as c:

@@ -15,7 +15,7 @@ LAYERS = [  # bottom first
     ["data"],
     ["precision"],
     ["decoding", "evaluation", "distributed", "callbacks", "training", "checkpoint"],
-    ["runs", "recipes", "speed"],
+    ["runs", "recipes", "speed", "ratebook"],
     ["plan"],
     ["suggest", "export"],
     ["keyboard"],

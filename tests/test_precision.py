@@ -377,7 +377,7 @@ def test_serving_and_suggesting_a_bfloat16_copy():
     ck32 = load_for_inference(tiny_checkpoint(), "cpu")
     assert next(ck16.model.parameters()).dtype == torch.bfloat16
     assert next(ck32.model.parameters()).dtype == torch.float32  # the copy left the checkpoint's model alone
-    with TestClient(create_app(ck16, suggest_process=True), raise_server_exceptions=False) as c:
+    with TestClient(create_app(ck16), raise_server_exceptions=False) as c:
         r = c.post("/v1/suggest", json={"text": "the time trav", "k": 3})
         assert r.status_code == 200 and r.json()["completions"][0]["word"] == "traveller"
         r = c.post("/v1/generate", json={"prefix": "the time", "length": 30})

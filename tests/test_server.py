@@ -10,7 +10,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from rnnlab.checkpoint import load_checkpoint  # noqa: E402
-from rnnlab.config import MAX_K, MAX_LENGTH, MAX_TEXT_CHARS  # noqa: E402
+from rnnlab.config import MAX_K, MAX_LENGTH, MAX_TEXT_CHARS, ServeConfig  # noqa: E402
 from rnnlab.decoding import generate  # noqa: E402
 from rnnlab.serve import create_app  # noqa: E402
 from tiny_keyboard_model import WORDS, tiny_checkpoint  # noqa: E402
@@ -23,7 +23,7 @@ def ckpt():
 
 @pytest.fixture(scope="module")
 def client(ckpt):
-    with TestClient(create_app(ckpt, max_body_bytes=16 * 1024), raise_server_exceptions=False) as c:
+    with TestClient(create_app(ckpt, ServeConfig(max_body_bytes=16 * 1024, suggest_worker="thread")), raise_server_exceptions=False) as c:
         yield c
 
 
@@ -199,9 +199,9 @@ def test_the_suggestion_process_answers_as_the_thread_does(ckpt):
     the in-process engine, the per-client cache kept in the child, bad requests still 422, and
     the child stopped when the app shuts down."""
     texts = ["the time trav", "we sat in the gar", "the ", "", "the traveller came back at din"]
-    with TestClient(create_app(ckpt), raise_server_exceptions=False) as threaded:
+    with TestClient(create_app(ckpt, ServeConfig(suggest_worker="thread")), raise_server_exceptions=False) as threaded:
         expected = {t: threaded.post("/v1/suggest", json={"text": t, "k": 4}).json() for t in texts}
-    app = create_app(ckpt, suggest_process=True)
+    app = create_app(ckpt, ServeConfig(suggest_worker="process"))
     with TestClient(app, raise_server_exceptions=False) as c:
         backend = app.state.suggest_backend
         with ThreadPoolExecutor(4) as pool:
@@ -250,9 +250,9 @@ def test_the_fast_path_answers_as_the_route(ckpt):
     """Valid suggest requests skip the framework (SuggestFastPath); their responses are the route's."""
     from rnnlab.serve.middleware import SuggestFastPath
 
-    app = create_app(ckpt)
+    app = create_app(ckpt, ServeConfig(suggest_worker="thread"))
     assert any(m.cls is SuggestFastPath for m in app.user_middleware)
-    plain = create_app(ckpt, suggest_fast_path=False)
+    plain = create_app(ckpt, ServeConfig(suggest_worker="thread", fast_path=False))
     assert not any(m.cls is SuggestFastPath for m in plain.user_middleware)
     texts = ("the ti", "the tim", "", "é€😀 the")
     with TestClient(app) as c:
@@ -292,7 +292,7 @@ def test_head_requests_and_oversized_headers(client):
 
 def test_the_host_header_must_name_this_server_when_asked(ckpt):
     """DNS rebinding: a page on another origin that resolves its name to 127.0.0.1 is refused."""
-    app = create_app(ckpt, allowed_hosts=["127.0.0.1", "localhost", "[::1]"])
+    app = create_app(ckpt, ServeConfig(suggest_worker="thread"), allowed_hosts=["127.0.0.1", "localhost", "[::1]"])
     with TestClient(app, base_url="http://127.0.0.1:8000") as c:
         assert c.get("/healthz").status_code == 200
         assert c.get("/healthz", headers={"host": "localhost:8000"}).status_code == 200
@@ -319,7 +319,7 @@ def test_the_server_never_emits_unk(tmp_path):
     with torch.no_grad():
         ck.model.head.bias[ck.vocab.unk_id] = 1e4
     save_checkpoint(tmp_path / "unk", ck.model, ck.tokenizer, ck.model_config, ck.data_config)
-    app = create_app(tmp_path / "unk")
+    app = create_app(tmp_path / "unk", ServeConfig(suggest_worker="thread"))
     with TestClient(app) as c:
         for body in ({"prefix": "the ", "length": 40}, {"prefix": "the ", "length": 40, "temperature": 1.0, "seed": 1}):
             r = c.post("/v1/generate", json=body)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rnnlab.checkpoint import load_checkpoint
-from rnnlab.config import DataConfig, GenerateConfig, ModelConfig, RunConfig, TrainConfig
+from rnnlab.config import DataConfig, GenerateConfig, ModelConfig, RunConfig, ServeConfig, TrainConfig
 from rnnlab.decoding import generate_text
 from rnnlab.errors import UsageError
 from rnnlab.models import build_model, model_names
@@ -75,7 +75,7 @@ def test_a_cell_registered_in_a_test_trains_generates_suggests_resumes_and_serve
 
     from rnnlab.serve import create_app
 
-    with TestClient(create_app(tmp_path / "full")) as c:
+    with TestClient(create_app(tmp_path / "full", ServeConfig(suggest_worker="thread"))) as c:
         assert c.get("/healthz").json()["model"]["model"] == "leaky"
         assert c.post("/v1/suggest", json={"text": "the leaky ce", "k": 3}).json()["completions"]
         lines = [json.loads(x) for x in c.post("/v1/generate/stream", json={"prefix": "the ", "length": 8}).text.splitlines()]
