@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .cli_args import add_settings, build, given
 from .cli_chats import add_chat_out, write_chat_out
-from .config import (DataConfig, Device, DynamicEval, GenerateConfig, InferenceConfig, KeyboardEval, ModelConfig,
+from .config import (AdaptConfig, DataConfig, Device, GenerateConfig, InferenceConfig, KeyboardEval, ModelConfig,
                      RunConfig, Threads, TrainConfig, WordsConfig)
 from .errors import RnnlabError, UsageError
 from .io import json_text
@@ -118,7 +118,7 @@ def _add_eval(sub) -> None:
     d = p.add_argument_group("dynamic evaluation", "--dynamic: the model adapts to the text as it reads it "
                                                    "(a gradient step after scoring each chunk); the checkpoint is not changed")
     d.add_argument("--dynamic", action="store_true", help="also report the dynamic evaluation beside the static one")
-    add_settings(d, DynamicEval, prefix="dynamic_")
+    add_settings(d, AdaptConfig, skip=("clients",), prefix="dynamic_")
     k = p.add_argument_group("keyboard", "--keyboard: a simulated user types the test split (or FILE) with the top "
                                          "1/3/5 word completions shown before each keystroke, one key to accept; "
                                          "rnnlab's served keyboard against the fair n-gram keyboard and Presage, "
@@ -378,7 +378,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     write_chat_out(args, dcfg)
     keyboard = build(args, KeyboardEval, prefix="keyboard_")
     keyboard.validate(prefix="keyboard_")
-    dynamic = build(args, DynamicEval, prefix="dynamic_")
+    dynamic = build(args, AdaptConfig, prefix="dynamic_")
     dynamic.validate(prefix="dynamic_")  # given without --dynamic, a wrong value is still wrong
     inference = build(args, InferenceConfig)
     inference.validate()

@@ -8,6 +8,10 @@
                     and the precision it trains in (a ``Precision``)
     GenerateConfig  how to decode: length, temperature, top-k, top-p, samples, seed
     SuggestConfig   how the keyboard searches: k, beam width, longest word
+    Device, InferenceConfig  where and how a trained model runs: device, precision, int8 copy
+                    (``generate``, ``suggest``, ``serve``, ``eval``; ``words`` takes the device only)
+    AdaptConfig     adaptation as the model reads: ``eval --dynamic-*`` and ``serve --adapt-*``
+    ServeConfig     the server: address, bounds, workers (what ``serve.create_app`` takes)
 
 Every field is declared once with its help, choices and bounds (``rnnlab.fields.setting``); the CLI
 generates its flags from them (``num_steps`` is ``--num-steps``) and the server reads the same
@@ -258,25 +262,19 @@ class SuggestConfig(Settings):
 
 
 @dataclass
-class DynamicEval(Settings):
-    """Dynamic evaluation (``rnnlab eval --dynamic``): how the model adapts as it reads."""
+class AdaptConfig(Settings):
+    """Adaptation (``rnnlab.adaptation``): a copy of the model takes a gradient step after each chunk
+    of the text it reads. ``rnnlab eval --dynamic`` (``--dynamic-*`` flags: dynamic evaluation of a
+    text) and ``rnnlab serve --adapt`` (``--adapt-*``: each client's own copy learns what it types)."""
 
-    method: str = setting("rms", "rms: steps scaled by the training text's gradient RMS (Krause et al.); sgd: plain",
+    method: str = setting("rms", "rms: steps scaled by the training text's gradient RMS (Krause et al.; without "
+                                 "the training text: plain SGD steps at lr 0.1); sgd: plain steps",
                           choices=("rms", "sgd"))
     lr: float = setting(2e-4, "step size of the adaptation", above=0.0, max=10.0)
-    chunk: int = setting(20, "tokens scored before each adaptation step", min=1, max=10_000)
-
-
-@dataclass
-class AdaptConfig(Settings):
-    """Online adaptation of the keyboard (``rnnlab serve --adapt``): each client's own copy of the
-    model takes dynamic-evaluation steps on the text that client has typed."""
-
-    clients: int = setting(8, "clients adapted at once (each holds one copy of the model's weights; the least "
+    chunk: int = setting(20, "tokens read (and scored) before each step; the keyboard reads only finished words",
+                         min=1, max=10_000)
+    clients: int = setting(8, "serve: clients adapted at once (each holds one copy of the model's weights; the least "
                               "recently seen is dropped)", min=1, max=1024)
-    lr: float = setting(2e-4, "step size, scaled by the training text's gradient RMS (without the training "
-                              "text: plain SGD steps at lr 0.1)", above=0.0, max=10.0)
-    chunk: int = setting(20, "characters read before each step (only finished words are read)", min=2, max=10_000)
 
 
 @dataclass
@@ -408,5 +406,5 @@ def merge_resume(stored: tuple[DataConfig, ModelConfig, TrainConfig],
     return tuple(out)
 
 
-__all__ = ["DataConfig", "Device", "DynamicEval", "GenerateConfig", "InferenceConfig", "ModelConfig", "Precision",
+__all__ = ["AdaptConfig", "DataConfig", "Device", "GenerateConfig", "InferenceConfig", "ModelConfig", "Precision",
            "RunConfig", "ServeConfig", "SuggestConfig", "Threads", "TrainConfig", "WordsConfig", "check_text", "merge_init_from", "merge_resume"]

@@ -142,7 +142,7 @@ def test_usage_errors_name_the_program_once():
 
 @pytest.mark.parametrize("args, fragment", [
     (["serve", "DIR", "--adapt", "--adapt-clients", "0"], "--adapt-clients must be between 1 and 1024, got 0"),
-    (["serve", "DIR", "--adapt-chunk", "1"], "--adapt-chunk must be between 2 and"),  # checked without --adapt too
+    (["serve", "DIR", "--adapt-chunk", "0"], "--adapt-chunk must be between 1 and"),  # checked without --adapt too
     (["eval", "DIR", "--dynamic", "--dynamic-lr", "0"], "--dynamic-lr must be > 0"),
     (["eval", "DIR", "--dynamic-chunk", "0"], "--dynamic-chunk must be between 1 and"),
     (["eval", "DIR", "--keyboard", "--keyboard-words", "-1"], "--keyboard-words must be between 0 and"),

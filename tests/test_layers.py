@@ -14,7 +14,7 @@ LAYERS = [  # bottom first
     ["config"],
     ["data"],
     ["precision"],
-    ["decoding", "evaluation", "distributed", "callbacks", "training", "checkpoint"],
+    ["decoding", "evaluation", "adaptation", "distributed", "callbacks", "training", "checkpoint"],
     ["runs", "recipes", "speed", "ratebook"],
     ["plan"],
     ["suggest", "export"],

@@ -155,13 +155,13 @@ def test_a_bfloat16_copy_is_saved_as_float32(tmp_path):
 
 
 def test_dynamic_evaluation_under_bf16_adapts_float32_weights(tmp_path):
-    from rnnlab.config import DynamicEval
+    from rnnlab.config import AdaptConfig
 
     src = tmp_path / "text.txt"
     src.write_text(TEXT)
     out = tmp_path / "run"
     train_run(*_configs(src, "fp32", epochs=2), out, log=lambda m: None)
-    dyn = DynamicEval(method="sgd", lr=0.3, chunk=10)
+    dyn = AdaptConfig(method="sgd", lr=0.3, chunk=10)
     a = evaluate_checkpoint(out, device="cpu", dynamic=dyn)
     b = evaluate_checkpoint(out, device="cpu", dynamic=dyn, precision="bf16")
     change32 = a["dynamic"]["loss"] - a["static_1row"]["loss"]
@@ -392,18 +392,21 @@ def test_serve_precision_defaults_and_guards(monkeypatch):
 
     from rnnlab.serve import cli as serve_cli
 
-    serving_precision = serve_cli.serving_precision
-    ns = lambda int8=False, **kw: argparse.Namespace(int8=int8, **kw)  # noqa: E731
+    def serving(adapting: bool, **given) -> tuple[str, bool]:  # the flags on the command line only
+        inference = serve_cli.serving_inference(argparse.Namespace(**given), adapting)
+        return inference.precision, inference.int8
+
     for default in ("fp32", "bf16", "auto"):  # not given: the measured default
         monkeypatch.setattr(serve_cli, "SERVING", default)
-        assert serving_precision(ns(), adapting=False) == (default, False)
-        assert serving_precision(ns(), adapting=True) == ("fp32", False)  # adapting copies train in float32
-        assert serving_precision(ns(int8=True), adapting=False) == ("fp32", True)  # the int8 copy is served
+        assert serving(False) == (default, False)
+        assert serving(True) == ("fp32", False)  # adapting copies train in float32
+        assert serving(False, int8=True) == ("fp32", True)  # the int8 copy is served
     monkeypatch.setattr(serve_cli, "SERVING", "int8")
-    assert serving_precision(ns(), adapting=False) == ("fp32", True)
-    assert serving_precision(ns(), adapting=True) == ("fp32", False)
-    assert serving_precision(ns(precision="bf16"), adapting=False) == ("bf16", False)  # given: as given
-    assert serving_precision(ns(precision="auto"), adapting=True) == ("fp32", False)
-    assert serving_precision(ns(int8=True, precision="bf16"), adapting=False) == ("bf16", True)  # refused on load
+    assert serving(False) == ("fp32", True)
+    assert serving(True) == ("fp32", False)
+    assert serving(False, precision="bf16") == ("bf16", False)  # given: as given
+    assert serving(True, precision="auto") == ("fp32", False)
+    with pytest.raises(UsageError, match="two different copies"):  # refused by the settings themselves
+        serving(False, int8=True, precision="bf16")
     with pytest.raises(UsageError, match="--adapt"):
-        serving_precision(ns(precision="bf16"), adapting=True)
+        serving(True, precision="bf16")

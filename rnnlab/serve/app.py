@@ -35,6 +35,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..adaptation import training_ids
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..config import MAX_TEXT_CHARS, AdaptConfig, GenerateConfig, ServeConfig, SuggestConfig
 from ..decoding import decode, generate_ids
@@ -126,22 +127,6 @@ class GenerateResponse(BaseModel):
     tokens: int
 
 
-def _training_ids(ckpt: Checkpoint, log):
-    """The checkpoint's training text as ids (the adaptation's step scale), or None if it is gone."""
-    import dataclasses
-
-    from ..data.text_data import prepare_data
-
-    try:
-        return prepare_data(dataclasses.replace(ckpt.data_config), vocab=ckpt.vocab).train_ids
-    except OSError as exc:
-        log(f"rnnlab: the training text cannot be read ({exc}); adaptation takes plain SGD steps")
-        return None
-    except RnnlabError as exc:
-        log(f"rnnlab: the training text is not available ({exc}); adaptation takes plain SGD steps")
-        return None
-
-
 class _Stream(StreamingResponse):
     """A streaming response whose body iterator is closed however the response ends (a client that
     leaves stops its generation thread at the next token)."""
@@ -188,7 +173,8 @@ def create_app(checkpoint: str | Path | Checkpoint, serve: ServeConfig | None = 
     if adapt is not None:
         adapt.validate()
         words = checkpoint_words(ckpt, scfg, log)
-        backend = AdaptiveBackend(AdaptiveSuggester(model, tokenizer, scfg, adapt, _training_ids(ckpt, log),
+        train_ids = training_ids(ckpt, log) if adapt.method == "rms" else None
+        backend = AdaptiveBackend(AdaptiveSuggester(model, tokenizer, scfg, adapt, train_ids,
                                                     StateCache(*cache), words=words))
         summary = words_summary(words)
     elif serve.suggest_worker == "process":
