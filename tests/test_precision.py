@@ -63,7 +63,7 @@ def test_bf16_training_follows_the_float32_loss_curve(model_name):
     assert fp32 != bf16  # bf16 did run: its arithmetic is not float32's
 
 
-@pytest.mark.parametrize("model_name", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("model_name", [n for n in cell_names() if "concise" in get_cell(n).impls])
 def test_bf16_concise_layers_follow_the_float32_loss_curve(model_name):
     fp32, bf16 = _curve(model_name, "concise", "fp32", 4), _curve(model_name, "concise", "bf16", 4)
     assert max(abs(a - b) for a, b in zip(fp32, bf16)) < CURVE_TOL and fp32 != bf16, (fp32, bf16)
@@ -96,15 +96,15 @@ def test_bf16_changes_the_arithmetic_not_the_parameters():
 def test_the_min_cells_scan_runs_in_float32_under_bf16(model_name, monkeypatch):
     """The scan multiplies up to T gates: it gets float32 coefficients under autocast (and in a
     bfloat16 copy), whichever scan runs (C++ or the log-space one)."""
-    from rnnlab.models import minstack
+    from rnnlab.models.cells import mingru
 
     seen = []
     for name in ("linear_scan", "log_scan"):
-        orig = getattr(minstack, name)
-        monkeypatch.setattr(minstack, name, lambda a, b, h0, *r, _f=orig: seen.append((a.dtype, h0.dtype)) or
+        orig = getattr(mingru, name)
+        monkeypatch.setattr(mingru, name, lambda a, b, h0, *r, _f=orig: seen.append((a.dtype, h0.dtype)) or
                             _f(a, b, h0, *r))
-    orig_apply = minstack.NativeScan.apply
-    monkeypatch.setattr(minstack.NativeScan, "apply", lambda a, b, h0: seen.append((a.dtype, h0.dtype)) or
+    orig_apply = mingru.NativeScan.apply
+    monkeypatch.setattr(mingru.NativeScan, "apply", lambda a, b, h0: seen.append((a.dtype, h0.dtype)) or
                         orig_apply(a, b, h0))
     ids, V = _ids()
     for impl in get_cell(model_name).impls:
