@@ -1,6 +1,7 @@
 """The HTTP API through FastAPI's TestClient: happy paths, every validation error (never a 5xx),
 the body limit, streaming, and concurrent requests."""
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -23,7 +24,8 @@ def ckpt():
 
 @pytest.fixture(scope="module")
 def client(ckpt):
-    with TestClient(create_app(ckpt, ServeConfig(max_body_bytes=16 * 1024, suggest_worker="thread")), raise_server_exceptions=False) as c:
+    app = create_app(ckpt, ServeConfig(max_body_bytes=16 * 1024, suggest_worker="thread"))
+    with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 
 
@@ -75,6 +77,43 @@ def test_generate_matches_the_library(client, ckpt):
     assert client.post("/v1/generate", json={"prefix": "x", "length": 0}).json()["text"] == ""
 
 
+def test_an_empty_prompt_is_one_request_in_the_cli_the_library_and_http(client, ckpt):
+    """One rule for the empty prompt: ``generate`` with an empty prefix starts a new text from the
+    start token, ``suggest`` with an empty text gives the first words; the CLI, the library and
+    HTTP (both generate endpoints) answer alike."""
+    import subprocess
+    import sys
+
+    from rnnlab.config import SuggestConfig
+    from rnnlab.suggest import load_engine
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cli = lambda *args: subprocess.run([sys.executable, "-m", "rnnlab", *args], capture_output=True,  # noqa: E731
+                                       text=True, timeout=300, env=env)
+    library = generate(ckpt.model, ckpt.tokenizer, "", 30)
+    assert library and "<unk>" not in library
+    r = client.post("/v1/generate", json={"prefix": "", "length": 30})
+    assert r.status_code == 200 and r.json() == {"prefix": "", "text": library, "tokens": 30}
+    streamed = client.post("/v1/generate/stream", json={"prefix": "", "length": 30}).text.splitlines()
+    assert "".join(json.loads(line).get("text", "") for line in streamed) == library
+    run = cli("generate", str(tiny_checkpoint()), "--prefix", "", "--length", "30")
+    assert run.returncode == 0 and run.stdout == library + "\n", run.stderr
+
+    engine = load_engine(ckpt, SuggestConfig())
+    try:
+        library = engine.suggest("", 4).to_dict()
+    finally:
+        engine.close()
+    http = client.post("/v1/suggest", json={"text": "", "k": 4}).json()
+    run = cli("suggest", str(tiny_checkpoint()), "", "--k", "4", "--json")
+    assert run.returncode == 0, run.stderr
+    for got in (http, json.loads(run.stdout)):
+        assert got["mode"] == library["mode"] == "next_word" and got["partial"] == ""
+        assert [c["word"] for c in got["completions"]] == [c["word"] for c in library["completions"]]
+        assert library["completions"] and all(c["word"] in WORDS for c in library["completions"])
+        assert [c["text"] for c in got["next_chars"]] == [c["text"] for c in library["next_chars"]]
+
+
 def test_streaming_generation_sends_one_line_per_token(client):
     r = client.post("/v1/generate/stream", json={"prefix": "the time", "length": 30})
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
@@ -100,7 +139,6 @@ BAD_SUGGEST = [
 ]
 BAD_GENERATE = [
     ({}, "prefix"),
-    ({"prefix": ""}, "prefix"),
     ({"prefix": "a" * (MAX_TEXT_CHARS + 1)}, "prefix"),
     ({"prefix": "a", "length": -1}, "length"),
     ({"prefix": "a", "length": MAX_LENGTH + 1}, "length"),

@@ -92,7 +92,8 @@ class ResetBody(_Body):
 
 GenerateBody = create_model(
     "GenerateBody", __base__=_Body,
-    prefix=(str, Field(min_length=1, max_length=MAX_TEXT_CHARS, description="text to continue")),
+    prefix=(str, Field(max_length=MAX_TEXT_CHARS, description="text to continue (empty: a new text, read from the "
+                                                                 "start token, as `rnnlab generate --prefix ''`)")),
     **{name: _field(GenerateConfig, name) for name in ("length", "temperature", "top_k", "top_p", "seed")},
     __validators__={"_check_prefix": field_validator("prefix")(_utf8)},
 )

@@ -87,7 +87,7 @@ class _Client:
     def observe(self, text: str) -> int:
         """Read the new finished text of ``text`` (whole chunks, bounded); return the steps taken."""
         tok = self.owner.tokenizer
-        ids = tok.vocab.encode(tok.split(finished_text(tok.model_text(text))))
+        ids = tok.ids(finished_text(tok.model_text(text)), after=0)  # the adapter reads on from its own state
         n = 0
         limit = min(len(ids), len(self.seen))
         while n < limit and ids[n] == self.seen[n]:
