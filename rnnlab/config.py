@@ -407,4 +407,5 @@ def merge_resume(stored: tuple[DataConfig, ModelConfig, TrainConfig],
 
 
 __all__ = ["AdaptConfig", "DataConfig", "Device", "GenerateConfig", "InferenceConfig", "ModelConfig", "Precision",
-           "RunConfig", "ServeConfig", "SuggestConfig", "Threads", "TrainConfig", "WordsConfig", "check_text", "merge_init_from", "merge_resume"]
+           "RunConfig", "ServeConfig", "SuggestConfig", "Threads", "TrainConfig", "WordsConfig", "check_text",
+           "merge_init_from", "merge_resume"]

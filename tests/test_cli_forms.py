@@ -192,7 +192,7 @@ def test_inference_flags_are_declared_once_for_every_command():
     by_hand = [f"{p.relative_to(root)}: {flag}" for p in root.rglob("*.py") for flag in ('"--device"', '"--precision"')
                if flag in p.read_text()]
     int8 = [p.name for p in root.rglob("*.py") if '"--int8"' in p.read_text()]
-    assert by_hand == [] and int8 == ["cli.py"], (by_hand, int8)  # export's --int8: also write an int8 ONNX file
+    assert by_hand == [] and int8 == ["cli_inference.py"], (by_hand, int8)  # export --int8: also an int8 ONNX file
     assert '"cpu" if' not in "".join(p.read_text() for p in root.rglob("*.py"))  # the int8 device rule: once
     # the server's settings: one ServeConfig, its flags generated (create_app repeats no default)
     assert list(inspect.signature(app.create_app).parameters) == ["checkpoint", "serve", "suggest", "adapt",

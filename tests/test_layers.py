@@ -20,7 +20,7 @@ LAYERS = [  # bottom first
     ["suggest", "export"],
     ["keyboard"],
     ["pipeline"],
-    ["cli_args", "serve", "cli_chats", "cli", "__main__", "__init__"],
+    ["cli_args", "serve", "cli_chats", "cli_inference", "cli", "__main__", "__init__"],
 ]
 LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}
 
