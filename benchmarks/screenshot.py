@@ -29,12 +29,13 @@ def main(argv=None) -> int:
     import uvicorn
     from playwright.sync_api import sync_playwright
 
+    from rnnlab.config import ServeConfig
     from rnnlab.serve import create_app
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(a.checkpoint, log=print), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(a.checkpoint, ServeConfig(suggest_worker="thread"), log=print), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:

@@ -31,10 +31,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from .config import DataConfig, InferenceConfig, ModelConfig, RunConfig, TrainConfig
 from .data.tokenizer import Tokenizer
 from .data.vocab import Vocab
-from .errors import RnnlabError, UsageError
+from .errors import RnnlabError
 from .io import atomic_write, atomic_write_json, check_input_file, os_error_hint, read_json
 from .models import LanguageModel, build_model
 from .runtime import check_memory
@@ -324,22 +324,23 @@ def _shape_diff(expected: dict, got: dict) -> str:
     return f"{name} is {list(got[name])} in the file, {list(expected[name])} by the config"
 
 
-def load_for_inference(ckpt_dir: str | Path, device: torch.device | str = "cpu", int8: bool = False,
-                       precision: str = "fp32", log=None) -> Checkpoint:
+def load_for_inference(ckpt_dir: str | Path, device: torch.device | str | InferenceConfig = "cpu",
+                       int8: bool = False, precision: str = "fp32", log=None) -> Checkpoint:
     """``load_checkpoint``, or with ``int8`` the model's int8 CPU copy (``rnnlab.models.quantized``:
     about 4x smaller weights, held-out loss within a few thousandths of a nat), or with ``precision``
     ``bf16`` its bfloat16 copy for one-token work (``rnnlab.precision.for_inference``); ``auto``
-    measures the model's one-token step in both and says which it took through ``log``."""
+    measures the model's one-token step in both and says which it took through ``log``.
+    ``device`` may be the whole ``InferenceConfig`` (device, int8, precision) instead."""
     import dataclasses
 
     from .precision import check, for_inference, inference_choice
 
-    if int8 and precision == "bf16":
-        raise UsageError("--int8 and --precision bf16 are two different copies of the model; give one of them")
-    if int8 and torch.device(device).type != "cpu":
-        raise UsageError(f"--int8 runs on the CPU; drop --device {device} (or --int8)")
-    check(precision, torch.device(device))
-    ck = load_checkpoint(ckpt_dir, "cpu" if int8 else device)
+    inference = device if isinstance(device, InferenceConfig) else \
+        InferenceConfig(device=str(device), int8=int8, precision=precision)
+    inference.validate()
+    device, int8, precision = inference.torch_device(), inference.int8, inference.precision
+    check(precision, device)
+    ck = load_checkpoint(ckpt_dir, device)
     if int8:
         return dataclasses.replace(ck, model=ck.model.quantized())
     if precision == "auto":

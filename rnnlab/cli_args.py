@@ -3,7 +3,8 @@ help and default come from its declaration (``rnnlab.fields.setting``), written 
 
 Flags default to "not given" (``argparse.SUPPRESS``), so the parsed namespace holds exactly the
 flags on the command line: ``given(args, cls)`` is what the user asked for, and the dataclass
-supplies the rest (or, on ``--resume``, the checkpoint does).
+supplies the rest (or, on ``--resume``, the checkpoint does). Also here: the text source every
+data command takes (``add_source``, ``data_config``) and ``--threads`` (``use_threads``).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import dataclasses
 import typing
 from typing import Any
 
+from .config import DataConfig, Threads
+from .errors import UsageError
 from .fields import kind_of, choices_of, flag
 
 
@@ -26,7 +29,8 @@ def add_settings(group, cls: type, skip: tuple[str, ...] = (), help_default: dic
             continue
         base, optional = kind_of(hints[f.name])
         default = (help_default or {}).get(f.name, f.default)
-        shown = "" if default is None or default is dataclasses.MISSING else f" (default: {default})"
+        hidden = default is None or default is False or default is dataclasses.MISSING  # nothing worth saying
+        shown = "" if hidden else f" (default: {default})"
         kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": argparse.SUPPRESS,
                                   "help": meta.get("help", "") + shown}
         if base is bool:
@@ -70,3 +74,28 @@ def build(args: argparse.Namespace, cls: type, prefix: str = "", **extra):
     values = given(args, cls, prefix)
     values.update(extra)
     return cls(**values)
+
+
+def add_source(p, file_help: str) -> None:
+    """A command's text: a FILE positional or ``--dataset NAME`` (``data_config`` reads them)."""
+    p.add_argument("file", nargs="?", help=file_help)
+    p.add_argument("--dataset", help="a named dataset: timemachine, tinyshakespeare, jaychou, nietzsche "
+                                     "(see `rnnlab datasets`)")
+
+
+def data_config(args: argparse.Namespace, default_dataset: str | None = None) -> DataConfig:
+    """The ``DataConfig`` of a command's text source (``add_source``) and data flags."""
+    if args.dataset and args.file:
+        raise UsageError("give either a text FILE or --dataset NAME, not both")
+    dataset = args.dataset or (None if args.file else default_dataset)
+    return build(args, DataConfig, path=args.file, dataset=dataset)
+
+
+def use_threads(args: argparse.Namespace, small_steps: bool) -> None:
+    """``--threads``, or the command's own choice (``runtime.use_threads``); what was chosen is said
+    once the command has succeeded (``main``), so that an error stays one line."""
+    from .runtime import use_threads as choose
+
+    threads = build(args, Threads)
+    threads.validate()
+    args.threads_note = choose(threads.threads, small_steps)

@@ -8,6 +8,10 @@
                     and the precision it trains in (a ``Precision``)
     GenerateConfig  how to decode: length, temperature, top-k, top-p, samples, seed
     SuggestConfig   how the keyboard searches: k, beam width, longest word
+    Device, InferenceConfig  where and how a trained model runs: device, precision, int8 copy
+                    (``generate``, ``suggest``, ``serve``, ``eval``; ``words`` takes the device only)
+    AdaptConfig     adaptation as the model reads: ``eval --dynamic-*`` and ``serve --adapt-*``
+    ServeConfig     the server: address, bounds, workers (what ``serve.create_app`` takes)
 
 Every field is declared once with its help, choices and bounds (``rnnlab.fields.setting``); the CLI
 generates its flags from them (``num_steps`` is ``--num-steps``) and the server reads the same
@@ -144,7 +148,41 @@ class Precision(Settings):
 
 
 @dataclass
-class RunConfig(Precision):
+class Device(Settings):
+    """Where the model runs, one setting for every command (``--device``)."""
+
+    device: str = setting("auto", DEVICE_HELP)
+
+    def torch_device(self):
+        """The ``torch.device`` to run on (``runtime.select_device``: the one place ``auto`` is resolved)."""
+        from .runtime import select_device
+
+        return select_device(self.device)
+
+
+@dataclass
+class InferenceConfig(Precision, Device):
+    """How a trained model is run (``generate``, ``suggest``, ``serve``, ``eval``): the device, the
+    number format, or its int8 CPU copy. ``torch_device`` holds the one rule between them: ``auto``
+    under ``int8`` is the CPU, the int8 copy's only device."""
+
+    int8: bool = setting(False, "run an int8 copy of the model on the CPU (about 4x less memory; not with "
+                                "--precision bf16)")
+
+    def check(self) -> None:
+        super().check()
+        if self.int8 and self.precision == "bf16":
+            raise UsageError("--int8 and --precision bf16 are two different copies of the model; give one of them")
+        if self.int8 and self.device.split(":")[0] not in ("auto", "cpu"):
+            raise UsageError(f"--int8 runs on the CPU; drop --device {self.device} (or --int8)")
+
+    def torch_device(self):
+        """The ``torch.device`` to load the model on: the CPU for ``int8`` (``check`` refused any other)."""
+        return Device("cpu").torch_device() if self.int8 else super().torch_device()
+
+
+@dataclass
+class RunConfig(Precision, Device):
     """How long and how to run a training: may change when a run is resumed. Its ``precision``
     (``Precision``) is the one the run trains in: ``auto`` is decided once, before training, and
     the decision is what a checkpoint stores."""
@@ -170,7 +208,6 @@ class RunConfig(Precision):
                             min=0, max=1 << 20)
     restore_best: bool = setting(False, "end with the weights of the best validation loss (they are kept in "
                                         "OUT/best either way)")
-    device: str = setting("auto", DEVICE_HELP)
     predict_every: int = setting(50, "greedy samples every N epochs (0 = never)", min=0)
     prefixes: list[str] = setting(help="prefixes for progress samples (default: the dataset's)", factory=list,
                                   cli=False)
@@ -225,33 +262,33 @@ class SuggestConfig(Settings):
 
 
 @dataclass
-class DynamicEval(Settings):
-    """Dynamic evaluation (``rnnlab eval --dynamic``): how the model adapts as it reads."""
+class AdaptConfig(Settings):
+    """Adaptation (``rnnlab.adaptation``): a copy of the model takes a gradient step after each chunk
+    of the text it reads. ``rnnlab eval --dynamic`` (``--dynamic-*`` flags: dynamic evaluation of a
+    text) and ``rnnlab serve --adapt`` (``--adapt-*``: each client's own copy learns what it types)."""
 
-    method: str = setting("rms", "rms: steps scaled by the training text's gradient RMS (Krause et al.); sgd: plain",
+    method: str = setting("rms", "rms: steps scaled by the training text's gradient RMS (Krause et al.; without "
+                                 "the training text: plain SGD steps at lr 0.1); sgd: plain steps",
                           choices=("rms", "sgd"))
     lr: float = setting(2e-4, "step size of the adaptation", above=0.0, max=10.0)
-    chunk: int = setting(20, "tokens scored before each adaptation step", min=1, max=10_000)
-
-
-@dataclass
-class AdaptConfig(Settings):
-    """Online adaptation of the keyboard (``rnnlab serve --adapt``): each client's own copy of the
-    model takes dynamic-evaluation steps on the text that client has typed."""
-
-    clients: int = setting(8, "clients adapted at once (each holds one copy of the model's weights; the least "
+    chunk: int = setting(20, "tokens read (and scored) before each step; the keyboard reads only finished words",
+                         min=1, max=10_000)
+    clients: int = setting(8, "serve: clients adapted at once (each holds one copy of the model's weights; the least "
                               "recently seen is dropped)", min=1, max=1024)
-    lr: float = setting(2e-4, "step size, scaled by the training text's gradient RMS (without the training "
-                              "text: plain SGD steps at lr 0.1)", above=0.0, max=10.0)
-    chunk: int = setting(20, "characters read before each step (only finished words are read)", min=2, max=10_000)
 
 
 @dataclass
 class ServeConfig(Settings):
-    """The server's own bounds (``rnnlab serve``): what one connection or request may take."""
+    """The server (``rnnlab serve``, ``rnnlab.serve.create_app``): where it listens, what one
+    connection or request may take, and where the work runs."""
 
+    host: str = setting("127.0.0.1", "address to bind (the default serves this machine only)")
     port: int = setting(8000, "TCP port (0 = any free port)", min=0, max=65535)
-    max_body_bytes: int = setting(64 * 1024, "larger request bodies get 413", min=1024, max=1 << 30)
+    allowed_host: list[str] = setting(help="a Host header to accept besides the bound address and localhost "
+                                           "(repeatable; '*' accepts any: only behind a proxy that checks it)",
+                                      factory=list, metavar="HOST")
+    max_body_bytes: int = setting(64 * 1024, "larger request bodies get 413 (the default holds the longest text, "
+                                             "fully \\u-escaped)", min=1024, max=1 << 30)
     max_batch: int = setting(64, "most suggest requests answered together (1 = one at a time, no batching)",
                              min=1, max=4096)
     read_timeout: float = setting(10.0, "seconds a client has to send a request's line and headers, and again its "
@@ -259,6 +296,18 @@ class ServeConfig(Settings):
     generate_workers: int = setting(2, "generations computed at once (each on a thread of its own)", min=1, max=256)
     generate_queue: int = setting(32, "generations waiting for a worker; more get 503 with Retry-After",
                                   min=0, max=100_000)
+    suggest_worker: str = setting("process", "where suggestions are computed: a process of their own (the search "
+                                             "and the HTTP event loop run on two cores) or a thread of the server "
+                                             "(they share one GIL)", choices=("process", "thread"))
+    suggest_hang_seconds: float = setting(60.0, "a suggestion process that answers nothing this long while requests "
+                                                "wait is hung: it is killed and restarted (those requests get 503)",
+                                          min=0.5, max=86400.0)
+    cache_clients: int = setting(256, "clients whose recent states the suggestion cache keeps", min=1, max=1 << 20)
+    cache_per_client: int = setting(16, "texts per client whose states the suggestion cache keeps", min=1,
+                                    max=1 << 16)
+    fast_path: bool = setting(True, "answer valid suggest requests before the web framework", cli=False)
+    log_level: str = setting("warning", "the HTTP server's log level",
+                             choices=("critical", "error", "warning", "info", "debug"))
 
 
 @dataclass
@@ -360,5 +409,6 @@ def merge_resume(stored: tuple[DataConfig, ModelConfig, TrainConfig],
     return tuple(out)
 
 
-__all__ = ["DataConfig", "DynamicEval", "GenerateConfig", "ModelConfig", "Precision", "RunConfig", "ServeConfig",
-           "SuggestConfig", "Threads", "TrainConfig", "WordsConfig", "check_text", "merge_init_from", "merge_resume"]
+__all__ = ["AdaptConfig", "DataConfig", "Device", "GenerateConfig", "InferenceConfig", "ModelConfig", "Precision",
+           "RunConfig", "ServeConfig", "SuggestConfig", "Threads", "TrainConfig", "WordsConfig", "check_text",
+           "merge_init_from", "merge_resume"]

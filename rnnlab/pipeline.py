@@ -22,19 +22,20 @@ import torch
 from .callbacks import MetricsWriter, ProgressBar, write_plot
 from .checkpoint import BEST, CONFIG, load_checkpoint, load_for_inference, read_configs, resolve_checkpoint_dir, \
     save_checkpoint
-from .config import DataConfig, DynamicEval, ModelConfig, RunConfig, TrainConfig
+from .config import AdaptConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data import PreparedData, Tokenizer, prepare_data
 from .decoding import generate
 from .distributed import LOCAL, DistContext, cleanup, device_for, env_context, setup
-from .errors import RnnlabError, UsageError
-from .evaluation import SGD_FALLBACK_LR, dynamic_evaluate, evaluate
+from .errors import UsageError
+from .adaptation import dynamic_evaluate, step_rule, training_ids
+from .evaluation import evaluate
 from .fields import flag
 from .models import LanguageModel, build_model, grow_vocabulary
 from .runs import RunLock, prepare_run_dir, record_chat, save_run_checkpoint
 from .plan import settle
 from .precision import sequence_precision
 from .speed import simulated_step_seconds
-from .runtime import seed_everything, select_device
+from .runtime import seed_everything
 from .trainer_state import load_trainer_state
 from .training import Trainer
 
@@ -267,15 +268,15 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
 
 
 def evaluate_checkpoint(ckpt_dir: str | Path, dcfg: DataConfig | None = None, device: str = "auto",
-                        batch_size: int = 32, num_steps: int = 35, dynamic: DynamicEval | None = None,
+                        batch_size: int = 32, num_steps: int = 35, dynamic: AdaptConfig | None = None,
                         log: Log = lambda msg: None, int8: bool = False, precision: str = "fp32") -> dict:
     """Perplexity of a checkpoint on a text (default: the validation split of its own corpus).
 
-    With ``dynamic``, also the dynamic evaluation of the same text (``evaluation.dynamic_evaluate``:
+    With ``dynamic``, also the dynamic evaluation of the same text (``adaptation.dynamic_evaluate``:
     the model adapts as it reads; the checkpoint is not changed), beside the static figure read
     the same way (one row, chunks of ``dynamic.chunk``): ``result["dynamic"]``, ``result["static_1row"]``.
     ``precision``: bf16 scores (and adapts) under bfloat16 autocast; auto measures which is faster."""
-    ck = load_for_inference(ckpt_dir, select_device("cpu" if int8 and device == "auto" else device), int8)
+    ck = load_for_inference(ckpt_dir, device, int8)
     precision = sequence_precision(ck.model, precision, batch_size, num_steps, log, int8=int8)
     train_ids = None
     if dcfg is None:
@@ -306,14 +307,9 @@ def evaluate_checkpoint(ckpt_dir: str | Path, dcfg: DataConfig | None = None, de
     result["unk_tokens"] = int((ids == unk).sum()) if unk is not None else 0
     result["source"] = what
     if dynamic is not None:
-        method, lr = dynamic.method, dynamic.lr
-        if method == "rms" and train_ids is None:
-            try:
-                train_ids = prepare_data(ck.data_config, vocab=ck.vocab).train_ids  # its training range only
-            except RnnlabError as e:
-                log(f"rnnlab: the training text is not available ({e}); dynamic evaluation falls back to plain SGD "
-                    f"(lr {SGD_FALLBACK_LR:g})")
-                method, lr = "sgd", SGD_FALLBACK_LR
+        if dynamic.method == "rms" and train_ids is None:
+            train_ids = training_ids(ck, log)  # its training range only; None: plain SGD steps
+        method, lr = step_rule(dynamic, train_ids)
         result["static_1row"] = evaluate(ck.model, ids, 1, dynamic.chunk, precision=precision)
         result["dynamic"] = {**dynamic_evaluate(ck.model, ids, lr, dynamic.chunk, method, train_ids,
                                                 precision=precision),

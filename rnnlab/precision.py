@@ -31,6 +31,7 @@ from typing import Callable
 
 import torch
 
+from .config import InferenceConfig
 from .errors import UsageError
 
 MARGIN = 1.10  # bf16 must measure at least this many times float32's rate to be chosen
@@ -221,8 +222,7 @@ def sequence_precision(model, precision: str, rows: int, steps: int, log=None, i
     """The precision a text is scored in (``eval``): ``auto`` decided by ``sequence_choice`` (said
     through ``log``); an int8 copy runs as it is (fp32 here), and refuses bf16."""
     if int8:
-        if precision == "bf16":
-            raise UsageError("--int8 and --precision bf16 are two different copies of the model; give one of them")
+        InferenceConfig(int8=True, precision=precision).validate()  # refuses bf16
         return "fp32"
     device = next(model.parameters()).device
     check(precision, device)

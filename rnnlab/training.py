@@ -21,13 +21,12 @@ import time
 from typing import Callable
 
 import torch
-from torch.nn import functional as F
 
 from .config import RunConfig, TrainConfig
 from .data.batching import Ids, epoch_batches, min_tokens_needed, num_batches
 from .distributed import LOCAL, DistContext, all_gather_object, all_gather_rows, check_batch, sum_over_ranks
 from .errors import RnnlabError
-from .evaluation import evaluate, to_device
+from .evaluation import evaluate, lm_loss, to_device  # lm_loss: the one LM loss (also rnnlab.training.lm_loss)
 from .metrics import perplexity
 from .models import LanguageModel, State, detach_state
 from .precision import autocast
@@ -51,11 +50,6 @@ def make_optimizer(model: LanguageModel, cfg: TrainConfig) -> torch.optim.Optimi
     if cfg.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
     raise RnnlabError(f"unknown optimizer {cfg.optimizer!r}", exit_code=2)
-
-
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy in nats. logits (B, T, V), targets (B, T)."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))  # (B*T, V) vs (B*T,)
 
 
 def check_lengths(cfg: TrainConfig, train_ids: Ids, val_ids: Ids | None) -> None:

@@ -5,8 +5,9 @@ from fastapi.testclient import TestClient
 from tiny_keyboard_model import CORPUS, tiny_checkpoint
 
 from rnnlab import load_checkpoint
-from rnnlab.config import AdaptConfig
-from rnnlab.evaluation import Adapter, dynamic_evaluate, evaluate
+from rnnlab.config import AdaptConfig, ServeConfig
+from rnnlab.adaptation import Adapter, dynamic_evaluate
+from rnnlab.evaluation import evaluate
 from rnnlab.suggest import AdaptiveSuggester, SuggestRequest
 from rnnlab.suggest.adapt import MAX_STEPS_PER_REQUEST, finished_text
 
@@ -92,7 +93,7 @@ def test_serve_adapt_over_http():
     from rnnlab.serve import create_app
 
     ck = load_checkpoint(tiny_checkpoint())
-    with TestClient(create_app(ck)) as c:  # off by default
+    with TestClient(create_app(ck, ServeConfig(suggest_worker="thread"))) as c:  # off by default
         r = c.post("/v1/adapt/reset", json={"client": "a"})
         assert r.status_code == 409 and "--adapt" in r.json()["error"]
     with TestClient(create_app(ck, adapt=AdaptConfig(clients=2, lr=0.1))) as c:
@@ -209,3 +210,43 @@ def test_adapted_clients_measured_memory_stays_within_the_reported_bound():
     assert all(0 < h <= st["bytes_per_client"] for h in held)
     assert sum(held) <= st["max_bytes"] and st["bytes"] == sum(held)
     assert grown <= st["max_bytes"], f"{grown} bytes of tensors kept by 27 dropped clients"
+
+
+def test_without_the_training_text_eval_and_serve_fall_back_to_the_same_plain_sgd(tmp_path):
+    """One adaptation rule for ``eval --dynamic`` and ``serve --adapt``: "rms" needs the training
+    text; when it is gone both take plain SGD steps at the same fallback rate and say why; an
+    explicit "sgd" keeps its own lr."""
+    import dataclasses
+    import json
+    import shutil
+
+    from rnnlab.adaptation import SGD_FALLBACK_LR, step_rule
+    from rnnlab.config import DataConfig
+    from rnnlab.pipeline import evaluate_checkpoint
+    from rnnlab.serve import create_app
+
+    assert step_rule(AdaptConfig(), None) == ("sgd", SGD_FALLBACK_LR)
+    assert step_rule(AdaptConfig(lr=0.3), [1, 2]) == ("rms", 0.3)
+    assert step_rule(AdaptConfig(method="sgd", lr=0.3), None) == ("sgd", 0.3)
+    gone = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint(), gone)
+    config = json.loads((gone / "config.json").read_text())
+    config["data"]["path"] = str(tmp_path / "deleted.txt")
+    (gone / "config.json").write_text(json.dumps(config))
+    for f in gone.glob("words.*"):  # the word model names the text it was built from
+        f.unlink()
+    (tmp_path / "new.txt").write_text(NEW_TEXT)
+    said = []
+    r = evaluate_checkpoint(gone, DataConfig(path=str(tmp_path / "new.txt")), dynamic=AdaptConfig(chunk=10),
+                            log=said.append)
+    assert (r["dynamic"]["method"], r["dynamic"]["lr"]) == ("sgd", SGD_FALLBACK_LR)
+    assert any("the training text is not available" in m and "plain SGD" in m for m in said), said
+    said.clear()
+    ck = load_checkpoint(gone)
+    with TestClient(create_app(ck, adapt=AdaptConfig(clients=2), log=said.append)) as c:
+        adapt = c.get("/healthz").json()["suggest_worker"]["adapt"]
+    assert (adapt["method"], adapt["lr"]) == ("sgd", SGD_FALLBACK_LR)
+    assert any("the training text is not available" in m for m in said), said
+    with TestClient(create_app(dataclasses.replace(ck), adapt=AdaptConfig(method="sgd", lr=0.3))) as c:
+        adapt = c.get("/healthz").json()["suggest_worker"]["adapt"]
+    assert (adapt["method"], adapt["lr"]) == ("sgd", 0.3)

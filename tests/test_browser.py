@@ -20,6 +20,7 @@ if not CHROMIUM.exists() or os.environ.get("RNNLAB_SKIP_BROWSER"):
 playwright = pytest.importorskip("playwright.sync_api")
 uvicorn = pytest.importorskip("uvicorn")
 
+from rnnlab.config import ServeConfig  # noqa: E402
 from rnnlab.serve import create_app  # noqa: E402
 from tiny_keyboard_model import tiny_checkpoint  # noqa: E402
 
@@ -32,7 +33,7 @@ def server_url():
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(tiny_checkpoint()), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(tiny_checkpoint(), ServeConfig(suggest_worker="thread")), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

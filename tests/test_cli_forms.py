@@ -142,7 +142,7 @@ def test_usage_errors_name_the_program_once():
 
 @pytest.mark.parametrize("args, fragment", [
     (["serve", "DIR", "--adapt", "--adapt-clients", "0"], "--adapt-clients must be between 1 and 1024, got 0"),
-    (["serve", "DIR", "--adapt-chunk", "1"], "--adapt-chunk must be between 2 and"),  # checked without --adapt too
+    (["serve", "DIR", "--adapt-chunk", "0"], "--adapt-chunk must be between 1 and"),  # checked without --adapt too
     (["eval", "DIR", "--dynamic", "--dynamic-lr", "0"], "--dynamic-lr must be > 0"),
     (["eval", "DIR", "--dynamic-chunk", "0"], "--dynamic-chunk must be between 1 and"),
     (["eval", "DIR", "--keyboard", "--keyboard-words", "-1"], "--keyboard-words must be between 0 and"),
@@ -162,6 +162,59 @@ def test_threads_is_one_setting_of_every_computing_command():
     commands = parser._subparsers._group_actions[0].choices
     for name in ("train", "prepare", "generate", "eval", "export", "suggest", "serve"):
         assert "--threads" in commands[name].format_help(), name
+
+
+def _flag_helps(command: str, flags: tuple[str, ...]) -> dict[str, str]:
+    commands = build_parser()._subparsers._group_actions[0].choices
+    return {a.option_strings[0]: a.help for a in commands[command]._actions
+            if a.option_strings and a.option_strings[0] in flags}
+
+
+def test_inference_flags_are_declared_once_for_every_command():
+    """--device, --int8 and --precision come from one settings class (``InferenceConfig``): the same
+    flags and help in generate, suggest, eval and serve (serve shows its measured precision
+    default), --device alone in words, and no command declares them by hand."""
+    import inspect
+
+    from rnnlab.config import InferenceConfig
+    from rnnlab.serve import app
+
+    flags = ("--device", "--int8", "--precision")
+    want = _flag_helps("generate", flags)
+    assert set(want) == set(flags)
+    assert want["--int8"].startswith(InferenceConfig.__dataclass_fields__["int8"].metadata["help"])
+    for command in ("suggest", "eval"):
+        assert _flag_helps(command, flags) == want, command
+    serve = _flag_helps("serve", flags)
+    assert {k: v for k, v in serve.items() if k != "--precision"} == {k: want[k] for k in ("--device", "--int8")}
+    assert _flag_helps("words", flags) == {"--device": want["--device"]}
+    root = Path(__file__).resolve().parent.parent / "rnnlab"
+    by_hand = [f"{p.relative_to(root)}: {flag}" for p in root.rglob("*.py") for flag in ('"--device"', '"--precision"')
+               if flag in p.read_text()]
+    int8 = [p.name for p in root.rglob("*.py") if '"--int8"' in p.read_text()]
+    assert by_hand == [] and int8 == ["cli_inference.py"], (by_hand, int8)  # export --int8: also an int8 ONNX file
+    assert '"cpu" if' not in "".join(p.read_text() for p in root.rglob("*.py"))  # the int8 device rule: once
+    # the server's settings: one ServeConfig, its flags generated (create_app repeats no default)
+    assert list(inspect.signature(app.create_app).parameters) == ["checkpoint", "serve", "suggest", "adapt",
+                                                                  "allowed_hosts", "log"]
+
+
+def test_the_int8_device_rule_is_one_function(monkeypatch):
+    """``auto`` is CUDA where there is one, except under --int8 (the int8 copy runs on the CPU only);
+    --int8 with another device, or with bf16, is refused by the settings themselves."""
+    import torch
+
+    from rnnlab.config import InferenceConfig
+    from rnnlab.errors import UsageError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert InferenceConfig().torch_device().type == "cuda"
+    assert InferenceConfig(int8=True).torch_device().type == "cpu"
+    assert InferenceConfig(device="cpu", int8=True).torch_device().type == "cpu"
+    for bad, fragment in ((InferenceConfig(device="cuda", int8=True), "--int8 runs on the CPU; drop --device cuda"),
+                          (InferenceConfig(int8=True, precision="bf16"), "two different copies")):
+        with pytest.raises(UsageError, match=fragment):
+            bad.validate()
 
 
 THREADS = r"""

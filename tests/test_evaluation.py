@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from rnnlab.checkpoint import load_checkpoint
-from rnnlab.evaluation import dynamic_evaluate, evaluate
+from rnnlab.adaptation import dynamic_evaluate
+from rnnlab.evaluation import evaluate
 from tiny_keyboard_model import tiny_checkpoint
 
 REPEATED = "we sat in the machine and talked about the garden. " * 12  # a text of its own, said again and again

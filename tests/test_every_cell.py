@@ -22,6 +22,7 @@ import torch
 
 from rnnlab.checkpoint import load_checkpoint, load_for_inference
 from rnnlab.cli import main
+from rnnlab.config import ServeConfig
 from rnnlab.models.cells import cell_names, get_cell
 from tiny_keyboard_model import SENTENCES
 
@@ -153,7 +154,8 @@ def test_serve(run, int8):
     from rnnlab.serve import create_app
 
     name = json.loads((run / "config.json").read_text())["model"]["model"]
-    with TestClient(create_app(load_for_inference(run, int8=int8)), raise_server_exceptions=False) as c:
+    app = create_app(load_for_inference(run, int8=int8), ServeConfig(suggest_worker="thread"))
+    with TestClient(app, raise_server_exceptions=False) as c:
         assert c.get("/healthz").json()["model"]["model"] == name
         r = c.post("/v1/suggest", json={"text": "the time trav", "k": 3, "client": "a"})
         assert r.status_code == 200 and r.json()["partial"] == "trav" and len(r.json()["next_chars"]) == 3

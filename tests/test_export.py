@@ -154,13 +154,14 @@ def test_int8_keeps_what_the_model_learnt_and_refuses_what_it_cannot_do(capsys):
     that knows its sentences still completes them; what an int8 copy cannot do is a usage error."""
     from fastapi.testclient import TestClient
 
+    from rnnlab.config import ServeConfig
     from rnnlab.serve import create_app
     from tiny_keyboard_model import tiny_checkpoint
 
     ckpt = tiny_checkpoint()
     code, out, err = _main(capsys, "suggest", ckpt, "the time trav", "--int8", "--json")
     assert code == 0 and json.loads(out)["completions"][0]["word"] == "traveller", err
-    with TestClient(create_app(load_quantized(ckpt))) as c:
+    with TestClient(create_app(load_quantized(ckpt), ServeConfig(suggest_worker="thread"))) as c:
         assert c.post("/v1/suggest", json={"text": "the time trav", "k": 3}).json()["completions"][0]["word"] == "traveller"
     code, _, err = _main(capsys, "eval", ckpt, Path(ckpt).parent / "corpus.txt", "--int8", "--dynamic")
     assert code == 2 and "int8" in err

@@ -14,13 +14,14 @@ LAYERS = [  # bottom first
     ["config"],
     ["data"],
     ["precision"],
-    ["decoding", "evaluation", "distributed", "callbacks", "schedule", "checkpoint", "trainer_state", "training"],
+    ["decoding", "evaluation", "adaptation", "distributed", "callbacks", "schedule", "checkpoint", "trainer_state",
+     "training"],
     ["runs", "recipes", "speed", "ratebook"],
     ["plan"],
     ["suggest", "export"],
     ["keyboard"],
     ["pipeline"],
-    ["cli_args", "serve", "cli_chats", "cli", "__main__", "__init__"],
+    ["cli_args", "serve", "cli_chats", "cli_inference", "cli", "__main__", "__init__"],
 ]
 LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -12,8 +12,9 @@ from rnnlab.config import DataConfig, GenerateConfig, ModelConfig, RunConfig, Tr
 from rnnlab.data import Tokenizer, Vocab
 from rnnlab.decoding import generate_text
 from rnnlab.errors import UsageError
-from rnnlab.models import build_model, minstack, native
-from rnnlab.models.minstack import linear_scan, log_scan
+from rnnlab.models import build_model, native
+from rnnlab.models.cells import mingru
+from rnnlab.models.cells.mingru import linear_scan, log_scan
 from rnnlab.pipeline import stored_configs, train_run
 from rnnlab.suggest import SuggestEngine
 
@@ -52,7 +53,7 @@ def test_parallel_scan_equals_the_recurrence(cell, dtype, kernel, monkeypatch):
         pytest.skip(f"no C++ loops here: {native.reason()}")
     monkeypatch.setattr(native, "USE", kernel == "native")
     calls = []
-    monkeypatch.setattr(minstack.NativeScan, "apply", (lambda f: lambda *a: calls.append(1) or f(*a))(minstack.NativeScan.apply))
+    monkeypatch.setattr(mingru.NativeScan, "apply", (lambda f: lambda *a: calls.append(1) or f(*a))(mingru.NativeScan.apply))
     ref, fast = _pair(cell, dtype)
     tokens = torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(1))
     start = tuple(torch.randn(s.shape, dtype=dtype, generator=torch.Generator().manual_seed(2))

@@ -12,13 +12,14 @@ from torch import nn
 
 from rnnlab.config import ModelConfig
 from rnnlab.models import build_model
-from rnnlab.models.cells import get_cell
+from rnnlab.models.cells import cell_names, get_cell
 from rnnlab.models.stack import RecurrentStack
 
 TOL = 1e-10
 T, B, I, H = 7, 3, 5, 4  # steps, batch, input size, hidden size
 
 TORCH_LAYERS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+CONCISE = [n for n in cell_names() if "concise" in get_cell(n).impls]  # the registry's cells with a torch layer
 CASES = [(m, a, L) for m, a in [("rnn", "tanh"), ("rnn", "relu"), ("gru", "tanh"), ("lstm", "tanh")]
          for L in (1, 2)]
 
@@ -87,7 +88,7 @@ def test_scratch_matches_torch_outputs_states_and_gradients(model, activation, n
         assert (grads_a[name] - grads_b[name]).abs().max().item() <= TOL, name
 
 
-@pytest.mark.parametrize("model", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("model", CONCISE)
 def test_scratch_dropout_between_layers_only_in_training(model):
     ours, _ = _pair(model, "tanh", 2)
     ours.cfg.dropout = 0.5
@@ -168,7 +169,7 @@ def test_scratch_and_concise_models_agree(model, activation, embedding_dim):
 
 
 @pytest.mark.parametrize("impl", ["scratch", "concise"])
-@pytest.mark.parametrize("model", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("model", CONCISE)
 @pytest.mark.parametrize("embedding_dim", [0, 6])
 def test_contract_shapes_and_state_carry(impl, model, embedding_dim):
     torch.manual_seed(0)
@@ -190,7 +191,7 @@ def test_contract_shapes_and_state_carry(impl, model, embedding_dim):
     assert torch.equal(default, whole)
 
 
-@pytest.mark.parametrize("model", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("model", CONCISE)
 def test_book_initialisation_for_scratch(model):
     torch.manual_seed(0)
     m = build_model(ModelConfig(model=model, impl="scratch", vocab_size=50, hidden_size=64, num_layers=2))
@@ -242,7 +243,7 @@ def test_locked_dropout_uses_one_mask_per_sequence():
     assert torch.equal(m._dropout(x, 0.5), x)
 
 
-@pytest.mark.parametrize("model", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("model", CONCISE)
 def test_weight_drop_masks_the_recurrent_weights_in_training_only(model, monkeypatch):
     torch.manual_seed(0)
     m = build_model(ModelConfig(model=model, impl="fast", vocab_size=V, hidden_size=H, weight_drop=0.5))
@@ -267,3 +268,9 @@ def test_weight_drop_masks_the_recurrent_weights_in_training_only(model, monkeyp
         assert seen and (seen[0] == 0).sum() > 0 and not torch.equal(seen[0], m.rnn.weight_hh_l0)
     with pytest.raises(Exception, match="--weight-drop needs --impl fast"):
         build_model(ModelConfig(model=model, impl="concise", vocab_size=V, hidden_size=H, weight_drop=0.5))
+
+
+def test_every_cell_with_a_torch_layer_is_compared_with_it():
+    """The reference tests above loop over the registry's cells that have ``concise``: each needs its
+    torch layer here (a new cell with one is compared too, not skipped)."""
+    assert set(CONCISE) <= set(TORCH_LAYERS), sorted(set(CONCISE) - set(TORCH_LAYERS))

@@ -63,7 +63,7 @@ def test_bf16_training_follows_the_float32_loss_curve(model_name):
     assert fp32 != bf16  # bf16 did run: its arithmetic is not float32's
 
 
-@pytest.mark.parametrize("model_name", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("model_name", [n for n in cell_names() if "concise" in get_cell(n).impls])
 def test_bf16_concise_layers_follow_the_float32_loss_curve(model_name):
     fp32, bf16 = _curve(model_name, "concise", "fp32", 4), _curve(model_name, "concise", "bf16", 4)
     assert max(abs(a - b) for a, b in zip(fp32, bf16)) < CURVE_TOL and fp32 != bf16, (fp32, bf16)
@@ -96,15 +96,15 @@ def test_bf16_changes_the_arithmetic_not_the_parameters():
 def test_the_min_cells_scan_runs_in_float32_under_bf16(model_name, monkeypatch):
     """The scan multiplies up to T gates: it gets float32 coefficients under autocast (and in a
     bfloat16 copy), whichever scan runs (C++ or the log-space one)."""
-    from rnnlab.models import minstack
+    from rnnlab.models.cells import mingru
 
     seen = []
     for name in ("linear_scan", "log_scan"):
-        orig = getattr(minstack, name)
-        monkeypatch.setattr(minstack, name, lambda a, b, h0, *r, _f=orig: seen.append((a.dtype, h0.dtype)) or
+        orig = getattr(mingru, name)
+        monkeypatch.setattr(mingru, name, lambda a, b, h0, *r, _f=orig: seen.append((a.dtype, h0.dtype)) or
                             _f(a, b, h0, *r))
-    orig_apply = minstack.NativeScan.apply
-    monkeypatch.setattr(minstack.NativeScan, "apply", lambda a, b, h0: seen.append((a.dtype, h0.dtype)) or
+    orig_apply = mingru.NativeScan.apply
+    monkeypatch.setattr(mingru.NativeScan, "apply", lambda a, b, h0: seen.append((a.dtype, h0.dtype)) or
                         orig_apply(a, b, h0))
     ids, V = _ids()
     for impl in get_cell(model_name).impls:
@@ -155,13 +155,13 @@ def test_a_bfloat16_copy_is_saved_as_float32(tmp_path):
 
 
 def test_dynamic_evaluation_under_bf16_adapts_float32_weights(tmp_path):
-    from rnnlab.config import DynamicEval
+    from rnnlab.config import AdaptConfig
 
     src = tmp_path / "text.txt"
     src.write_text(TEXT)
     out = tmp_path / "run"
     train_run(*_configs(src, "fp32", epochs=2), out, log=lambda m: None)
-    dyn = DynamicEval(method="sgd", lr=0.3, chunk=10)
+    dyn = AdaptConfig(method="sgd", lr=0.3, chunk=10)
     a = evaluate_checkpoint(out, device="cpu", dynamic=dyn)
     b = evaluate_checkpoint(out, device="cpu", dynamic=dyn, precision="bf16")
     change32 = a["dynamic"]["loss"] - a["static_1row"]["loss"]
@@ -377,7 +377,7 @@ def test_serving_and_suggesting_a_bfloat16_copy():
     ck32 = load_for_inference(tiny_checkpoint(), "cpu")
     assert next(ck16.model.parameters()).dtype == torch.bfloat16
     assert next(ck32.model.parameters()).dtype == torch.float32  # the copy left the checkpoint's model alone
-    with TestClient(create_app(ck16, suggest_process=True), raise_server_exceptions=False) as c:
+    with TestClient(create_app(ck16), raise_server_exceptions=False) as c:
         r = c.post("/v1/suggest", json={"text": "the time trav", "k": 3})
         assert r.status_code == 200 and r.json()["completions"][0]["word"] == "traveller"
         r = c.post("/v1/generate", json={"prefix": "the time", "length": 30})
@@ -392,18 +392,21 @@ def test_serve_precision_defaults_and_guards(monkeypatch):
 
     from rnnlab.serve import cli as serve_cli
 
-    serving_precision = serve_cli.serving_precision
-    ns = lambda int8=False, **kw: argparse.Namespace(int8=int8, **kw)  # noqa: E731
+    def serving(adapting: bool, **given) -> tuple[str, bool]:  # the flags on the command line only
+        inference = serve_cli.serving_inference(argparse.Namespace(**given), adapting)
+        return inference.precision, inference.int8
+
     for default in ("fp32", "bf16", "auto"):  # not given: the measured default
         monkeypatch.setattr(serve_cli, "SERVING", default)
-        assert serving_precision(ns(), adapting=False) == (default, False)
-        assert serving_precision(ns(), adapting=True) == ("fp32", False)  # adapting copies train in float32
-        assert serving_precision(ns(int8=True), adapting=False) == ("fp32", True)  # the int8 copy is served
+        assert serving(False) == (default, False)
+        assert serving(True) == ("fp32", False)  # adapting copies train in float32
+        assert serving(False, int8=True) == ("fp32", True)  # the int8 copy is served
     monkeypatch.setattr(serve_cli, "SERVING", "int8")
-    assert serving_precision(ns(), adapting=False) == ("fp32", True)
-    assert serving_precision(ns(), adapting=True) == ("fp32", False)
-    assert serving_precision(ns(precision="bf16"), adapting=False) == ("bf16", False)  # given: as given
-    assert serving_precision(ns(precision="auto"), adapting=True) == ("fp32", False)
-    assert serving_precision(ns(int8=True, precision="bf16"), adapting=False) == ("bf16", True)  # refused on load
+    assert serving(False) == ("fp32", True)
+    assert serving(True) == ("fp32", False)
+    assert serving(False, precision="bf16") == ("bf16", False)  # given: as given
+    assert serving(True, precision="auto") == ("fp32", False)
+    with pytest.raises(UsageError, match="two different copies"):  # refused by the settings themselves
+        serving(False, int8=True, precision="bf16")
     with pytest.raises(UsageError, match="--adapt"):
-        serving_precision(ns(precision="bf16"), adapting=True)
+        serving(True, precision="bf16")

@@ -15,12 +15,12 @@ TEXT = "the recipe decides what the user did not. " * 200
 
 
 def fixed_rates(flops_per_s=2e10, calls=None):
-    """A machine whose training step runs at ``flops_per_s``: about 6 flops per parameter per token."""
+    """A machine whose training step runs at ``flops_per_s``: a step costs three forward passes of the
+    candidate (its cell's own cost, ``ModelConfig.flops_per_token``)."""
     def rate_of(cand):
         if calls is not None:
             calls.append(cand.hidden_size)
-        n = cand.parameter_count()
-        return flops_per_s / (6 * n), n
+        return flops_per_s / (3 * cand.flops_per_token()), cand.parameter_count()
     return rate_of
 
 

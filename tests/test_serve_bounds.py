@@ -212,6 +212,7 @@ def held_server():
     import uvicorn
 
     from rnnlab.checkpoint import load_checkpoint
+    from rnnlab.config import ServeConfig
     from rnnlab.serve import create_app
 
     ck = load_checkpoint(tiny_checkpoint(), "cpu")
@@ -224,8 +225,8 @@ def held_server():
     ck.model.step = held_step  # sampling (temperature > 0) steps the model token by token
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(ck, generate_workers=2, generate_queue=6),
-                                           log_level="warning"))
+    serve = ServeConfig(generate_workers=2, generate_queue=6, suggest_worker="thread")
+    server = uvicorn.Server(uvicorn.Config(create_app(ck, serve), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     _wait_for(lambda: server.started, "the server to start", 60)

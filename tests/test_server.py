@@ -1,6 +1,7 @@
 """The HTTP API through FastAPI's TestClient: happy paths, every validation error (never a 5xx),
 the body limit, streaming, and concurrent requests."""
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -10,7 +11,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from rnnlab.checkpoint import load_checkpoint  # noqa: E402
-from rnnlab.config import MAX_K, MAX_LENGTH, MAX_TEXT_CHARS  # noqa: E402
+from rnnlab.config import MAX_K, MAX_LENGTH, MAX_TEXT_CHARS, ServeConfig  # noqa: E402
 from rnnlab.decoding import generate  # noqa: E402
 from rnnlab.serve import create_app  # noqa: E402
 from tiny_keyboard_model import WORDS, tiny_checkpoint  # noqa: E402
@@ -23,7 +24,8 @@ def ckpt():
 
 @pytest.fixture(scope="module")
 def client(ckpt):
-    with TestClient(create_app(ckpt, max_body_bytes=16 * 1024), raise_server_exceptions=False) as c:
+    app = create_app(ckpt, ServeConfig(max_body_bytes=16 * 1024, suggest_worker="thread"))
+    with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 
 
@@ -75,6 +77,43 @@ def test_generate_matches_the_library(client, ckpt):
     assert client.post("/v1/generate", json={"prefix": "x", "length": 0}).json()["text"] == ""
 
 
+def test_an_empty_prompt_is_one_request_in_the_cli_the_library_and_http(client, ckpt):
+    """One rule for the empty prompt: ``generate`` with an empty prefix starts a new text from the
+    start token, ``suggest`` with an empty text gives the first words; the CLI, the library and
+    HTTP (both generate endpoints) answer alike."""
+    import subprocess
+    import sys
+
+    from rnnlab.config import SuggestConfig
+    from rnnlab.suggest import load_engine
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cli = lambda *args: subprocess.run([sys.executable, "-m", "rnnlab", *args], capture_output=True,  # noqa: E731
+                                       text=True, timeout=300, env=env)
+    library = generate(ckpt.model, ckpt.tokenizer, "", 30)
+    assert library and "<unk>" not in library
+    r = client.post("/v1/generate", json={"prefix": "", "length": 30})
+    assert r.status_code == 200 and r.json() == {"prefix": "", "text": library, "tokens": 30}
+    streamed = client.post("/v1/generate/stream", json={"prefix": "", "length": 30}).text.splitlines()
+    assert "".join(json.loads(line).get("text", "") for line in streamed) == library
+    run = cli("generate", str(tiny_checkpoint()), "--prefix", "", "--length", "30")
+    assert run.returncode == 0 and run.stdout == library + "\n", run.stderr
+
+    engine = load_engine(ckpt, SuggestConfig())
+    try:
+        library = engine.suggest("", 4).to_dict()
+    finally:
+        engine.close()
+    http = client.post("/v1/suggest", json={"text": "", "k": 4}).json()
+    run = cli("suggest", str(tiny_checkpoint()), "", "--k", "4", "--json")
+    assert run.returncode == 0, run.stderr
+    for got in (http, json.loads(run.stdout)):
+        assert got["mode"] == library["mode"] == "next_word" and got["partial"] == ""
+        assert [c["word"] for c in got["completions"]] == [c["word"] for c in library["completions"]]
+        assert library["completions"] and all(c["word"] in WORDS for c in library["completions"])
+        assert [c["text"] for c in got["next_chars"]] == [c["text"] for c in library["next_chars"]]
+
+
 def test_streaming_generation_sends_one_line_per_token(client):
     r = client.post("/v1/generate/stream", json={"prefix": "the time", "length": 30})
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
@@ -100,7 +139,6 @@ BAD_SUGGEST = [
 ]
 BAD_GENERATE = [
     ({}, "prefix"),
-    ({"prefix": ""}, "prefix"),
     ({"prefix": "a" * (MAX_TEXT_CHARS + 1)}, "prefix"),
     ({"prefix": "a", "length": -1}, "length"),
     ({"prefix": "a", "length": MAX_LENGTH + 1}, "length"),
@@ -199,9 +237,9 @@ def test_the_suggestion_process_answers_as_the_thread_does(ckpt):
     the in-process engine, the per-client cache kept in the child, bad requests still 422, and
     the child stopped when the app shuts down."""
     texts = ["the time trav", "we sat in the gar", "the ", "", "the traveller came back at din"]
-    with TestClient(create_app(ckpt), raise_server_exceptions=False) as threaded:
+    with TestClient(create_app(ckpt, ServeConfig(suggest_worker="thread")), raise_server_exceptions=False) as threaded:
         expected = {t: threaded.post("/v1/suggest", json={"text": t, "k": 4}).json() for t in texts}
-    app = create_app(ckpt, suggest_process=True)
+    app = create_app(ckpt, ServeConfig(suggest_worker="process"))
     with TestClient(app, raise_server_exceptions=False) as c:
         backend = app.state.suggest_backend
         with ThreadPoolExecutor(4) as pool:
@@ -250,9 +288,9 @@ def test_the_fast_path_answers_as_the_route(ckpt):
     """Valid suggest requests skip the framework (SuggestFastPath); their responses are the route's."""
     from rnnlab.serve.middleware import SuggestFastPath
 
-    app = create_app(ckpt)
+    app = create_app(ckpt, ServeConfig(suggest_worker="thread"))
     assert any(m.cls is SuggestFastPath for m in app.user_middleware)
-    plain = create_app(ckpt, suggest_fast_path=False)
+    plain = create_app(ckpt, ServeConfig(suggest_worker="thread", fast_path=False))
     assert not any(m.cls is SuggestFastPath for m in plain.user_middleware)
     texts = ("the ti", "the tim", "", "é€😀 the")
     with TestClient(app) as c:
@@ -292,7 +330,7 @@ def test_head_requests_and_oversized_headers(client):
 
 def test_the_host_header_must_name_this_server_when_asked(ckpt):
     """DNS rebinding: a page on another origin that resolves its name to 127.0.0.1 is refused."""
-    app = create_app(ckpt, allowed_hosts=["127.0.0.1", "localhost", "[::1]"])
+    app = create_app(ckpt, ServeConfig(suggest_worker="thread"), allowed_hosts=["127.0.0.1", "localhost", "[::1]"])
     with TestClient(app, base_url="http://127.0.0.1:8000") as c:
         assert c.get("/healthz").status_code == 200
         assert c.get("/healthz", headers={"host": "localhost:8000"}).status_code == 200
@@ -319,7 +357,7 @@ def test_the_server_never_emits_unk(tmp_path):
     with torch.no_grad():
         ck.model.head.bias[ck.vocab.unk_id] = 1e4
     save_checkpoint(tmp_path / "unk", ck.model, ck.tokenizer, ck.model_config, ck.data_config)
-    app = create_app(tmp_path / "unk")
+    app = create_app(tmp_path / "unk", ServeConfig(suggest_worker="thread"))
     with TestClient(app) as c:
         for body in ({"prefix": "the ", "length": 40}, {"prefix": "the ", "length": 40, "temperature": 1.0, "seed": 1}):
             r = c.post("/v1/generate", json=body)

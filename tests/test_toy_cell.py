@@ -1,13 +1,17 @@
 """A cell is one module: a toy cell written and registered in this file alone (nothing else in
-rnnlab edited) trains, generates, suggests, resumes, is served and exported — and the registry refuses what
-a cell does not have instead of running another cell's code."""
+rnnlab edited) trains, generates, suggests, resumes, is served and exported; a second one brings its
+own stack and cost per token, and the default recipe sizes it by that cost — and the registry
+refuses what a cell does not have instead of running another cell's code."""
 import json
 
 import pytest
 import torch
+from torch import nn
+
+from rnnlab import recipes
 
 from rnnlab.checkpoint import load_checkpoint
-from rnnlab.config import DataConfig, GenerateConfig, ModelConfig, RunConfig, TrainConfig
+from rnnlab.config import DataConfig, GenerateConfig, ModelConfig, RunConfig, ServeConfig, TrainConfig
 from rnnlab.decoding import generate_text
 from rnnlab.errors import UsageError
 from rnnlab.models import build_model, model_names
@@ -30,6 +34,90 @@ class LeakyCell(Cell):
 
 
 TEXT = "the leaky cell remembers half of what it saw. " * 40
+
+
+class DiagonalStack(nn.Module):
+    """The diagonal cell's own stack: per layer ``h_t = tanh(x_t W^T + b + d * h_{t-1})``, a
+    recurrence through a diagonal ``d`` (H weights, not H x H). x (T, B, I), state (h,) each
+    (L, B, H) -> (T, B, H), state; step: x (N, I) -> (N, H), state."""
+
+    def __init__(self, input_size, cfg):
+        super().__init__()
+        H = cfg.hidden_size
+        self.inputs = nn.ModuleList(nn.Linear(input_size if k == 0 else H, H) for k in range(cfg.num_layers))
+        self.decay = nn.Parameter(torch.full((cfg.num_layers, H), 0.5))
+
+    def forward(self, x, state):
+        last = []
+        for k, layer in enumerate(self.inputs):
+            xw, h, out = layer(x), state[0][k], []  # xw (T, B, H): one product over all T*B rows
+            for t in range(x.shape[0]):
+                h = torch.tanh(xw[t] + self.decay[k] * h)
+                out.append(h)
+            x = torch.stack(out)  # (T, B, H)
+            last.append(h)
+        return x, (torch.stack(last),)  # (L, B, H)
+
+    def step(self, x, state):
+        out, state = self(x[None], state)  # (1, N, H)
+        return out[0], state
+
+
+@register
+class DiagonalCell(Cell):
+    name = "diagonal"
+    impls = ("scratch",)
+    recurrent_weight = None
+
+    def make_stack(self, impl, input_size, cfg):
+        return DiagonalStack(input_size, cfg)
+
+    def flops_per_token(self, input_size, cfg):
+        """Each layer's input product (2 I H) and its diagonal recurrence and tanh (counted as 3 H)."""
+        H = cfg.hidden_size
+        return sum(2 * (input_size if k == 0 else H) * H + 3 * H for k in range(cfg.num_layers))
+
+
+def test_a_cell_with_its_own_stack_and_cost_is_sized_by_the_default_recipe_and_trains(tmp_path):
+    """Adding a cell is one module and one test: the diagonal cell above (its stack, its cost) is
+    sized by the default recipe from its own cost at a fixed measured speed, trains and generates."""
+    cfg = ModelConfig(model="diagonal", impl="scratch", vocab_size=30, hidden_size=8, embedding_dim=4, num_layers=2)
+    cell = get_cell("diagonal")
+    assert cell.parameter_count(4, cfg) == (4 * 8 + 8) + (8 * 8 + 8) + 2 * 8  # two Linear layers and d
+    assert cfg.parameter_count() == 30 * 4 + cell.parameter_count(4, cfg) + (8 * 30 + 30)  # embedding, stack, head
+    assert cfg.flops_per_token() == (2 * 4 * 8 + 3 * 8) + (2 * 8 * 8 + 3 * 8) + 2 * 8 * 30  # the cell's, the head's
+
+    flops_per_s = 1e9  # a machine measured once: the training step costs three forward passes
+
+    def rate_of(cand):
+        return flops_per_s / (3 * cand.flops_per_token()), cand.parameter_count()
+
+    m, t, r = ModelConfig(model="diagonal", impl="scratch"), TrainConfig(), RunConfig(recipe="default", budget=120.0)
+    plan = recipes.resolve("default", m, t, r, {"model", "impl", "budget"}, 200_000, 30, rate_of=rate_of)
+    width = plan.values["hidden_size"]
+    assert width in recipes.WIDTHS and m.hidden_size == width and m.embedding_dim == recipes.EMBEDDING
+
+    def fits(w):  # the size rule by hand: >= 8 tokens per parameter at this width's own rate
+        cand = recipes.candidate(m, w)
+        rate, n = rate_of(cand)
+        return recipes.tokens_seen(rate, 120.0, 0, 200_000) >= recipes.TOKENS_PER_PARAMETER * n
+    assert fits(width) and not fits(recipes.WIDTHS[recipes.WIDTHS.index(width) + 1])
+    slower = recipes.resolve("default", ModelConfig(model="diagonal", impl="scratch"), TrainConfig(),
+                             RunConfig(recipe="default", budget=120.0), {"model", "impl", "budget"}, 200_000, 30,
+                             rate_of=lambda cand: (rate_of(cand)[0] / 8, cand.parameter_count()))
+    assert slower.values["hidden_size"] < width  # the same cell at an eighth of the speed: a smaller model
+
+    src = tmp_path / "t.txt"
+    src.write_text(TEXT)
+    small = ModelConfig(model="diagonal", impl="scratch", hidden_size=16, embedding_dim=8)
+    run = train_run(DataConfig(path=str(src)), small, TrainConfig(batch_size=4, num_steps=12, optimizer="adam",
+                                                                  lr=0.02, seed=1),
+                    RunConfig(epochs=3, predict_every=0), tmp_path / "run", log=lambda msg: None)
+    assert run.history[-1]["train_loss"] < run.history[0]["train_loss"]
+    ck = load_checkpoint(tmp_path / "run")
+    assert isinstance(ck.model.rnn, DiagonalStack)
+    text = generate_text(ck.model, ck.tokenizer, "the le", GenerateConfig(length=12))[0]
+    assert text.startswith("the le") and len(text) == len("the le") + 12
 
 
 def _configs(path, epochs):
@@ -75,7 +163,7 @@ def test_a_cell_registered_in_a_test_trains_generates_suggests_resumes_and_serve
 
     from rnnlab.serve import create_app
 
-    with TestClient(create_app(tmp_path / "full")) as c:
+    with TestClient(create_app(tmp_path / "full", ServeConfig(suggest_worker="thread"))) as c:
         assert c.get("/healthz").json()["model"]["model"] == "leaky"
         assert c.post("/v1/suggest", json={"text": "the leaky ce", "k": 3}).json()["completions"]
         lines = [json.loads(x) for x in c.post("/v1/generate/stream", json={"prefix": "the ", "length": 8}).text.splitlines()]
@@ -111,8 +199,12 @@ def test_no_code_outside_models_names_a_cell():
 
     import rnnlab
 
+    from rnnlab.models.cells import get_cell as cell_of
+
     root = Path(rnnlab.__file__).parent
-    pattern = re.compile(r"""["'](rnn|gru|lstm)["']""")
+    ours = [n for n in cell_names() if type(cell_of(n)).__module__.startswith("rnnlab.")]  # not this file's toys
+    assert {"rnn", "gru", "lstm", "mingru", "minlstm"} <= set(ours)
+    pattern = re.compile(r"""["'](%s)["']""" % "|".join(ours))
     offenders = [f"{p.relative_to(root)}:{i}" for p in root.rglob("*.py") if "models" not in p.relative_to(root).parts
                  for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert offenders == []

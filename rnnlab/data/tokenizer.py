@@ -2,7 +2,9 @@
 
 It holds the vocabulary and the settings the text was read with (preset, char/word tokens, the
 file encoding), so generation, suggestions, evaluation and the server all read a prompt exactly as
-the corpus was read in training. Every caller turns a prompt into ids with ``encode_prompt``.
+the corpus was read in training. ``ids`` is the one way a model text becomes token ids: generation
+(``encode_prompt``, which also reports unknown tokens), suggestions (the engine, which continues a
+cached state), online adaptation and the keyboard measurement (through the engine) all call it.
 
 **The empty prompt** is the start of a text: the model reads the *start token* instead — a line
 break if the vocabulary has one, else a space, else (a word vocabulary) its most frequent token —
@@ -69,6 +71,16 @@ class Tokenizer:
             raise RnnlabError("the vocabulary has no token to start from; give a non-empty prompt")
         return [max(range(len(counts)), key=lambda i: (counts[i], -i))]
 
+    def ids(self, model_text: str, after: int | None = None) -> list[int]:
+        """The token ids of ``model_text`` (a text after ``model_text()``), the one way in. ``after``
+        None: read from the model's initial state, where the empty text is the start token;
+        ``after`` n: the tokens after the first n, for a state that has read those (nothing left:
+        no ids). Tokens the vocabulary lacks are ``<unk>`` (``encode_prompt`` says which)."""
+        tokens = self.split(model_text)
+        if not tokens and after is None:
+            return self.start_ids()
+        return self.vocab.encode(tokens[after or 0:])
+
     def encode_prompt(self, text: str, strict: bool = False, warn: Callable[[str], None] | None = None) -> Prompt:
         """The one way a prompt becomes ids. Tokens the vocabulary lacks become ``<unk>`` (``warn``
         is told which), or raise with ``strict`` or when the vocabulary has no ``<unk>``."""
@@ -85,10 +97,7 @@ class Tokenizer:
                                  f"--strict to read them as <unk>")
             if warn is not None:
                 warn(f"the prompt has tokens this model never saw ({shown}); they are read as <unk>")
-        ids = self.vocab.encode(tokens)
-        if not ids:
-            return Prompt(text, mtext, self.start_ids(), unknown, at_start=True)
-        return Prompt(text, mtext, ids, unknown)
+        return Prompt(text, mtext, self.ids(mtext), unknown, at_start=not tokens)
 
     # -- ids -> text ----------------------------------------------------------------------------
     def decode(self, ids) -> str:

@@ -68,3 +68,18 @@ class ModelConfig(Settings):
 
         with torch.device("meta"):
             return sum(p.numel() for p in build_model(self).parameters())
+
+    def flops_per_token(self) -> int:
+        """Floating-point operations of the model's forward pass per token: its cell's stack
+        (``Cell.flops_per_token``) and the output layer (H x V); an embedding is a lookup. The
+        unrolled network: every matrix of it, once per token."""
+        if self.model == "unrolled":
+            import torch
+
+            from . import build_model
+
+            with torch.device("meta"):
+                model = build_model(self)
+            return 2 * sum(p.numel() for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n)
+        input_size = self.embedding_dim or self.vocab_size
+        return get_cell(self.model).flops_per_token(input_size, self) + 2 * self.hidden_size * self.vocab_size

@@ -13,7 +13,7 @@ Every request is validated before it reaches the model, against the bounds decla
 ``max_body_bytes`` is refused with 413 before it is read, request headers over 16 KiB with 431, a
 ``Host`` that is not this server's with 400 (DNS rebinding), malformed JSON with 400, out-of-range
 values with 422, each with a one-line ``error`` message. Suggest requests go to the engine's
-batching worker (a thread of this process, or with ``suggest_process=True`` a process of its own,
+batching worker (a process of its own, or with ``ServeConfig(suggest_worker="thread")`` a thread,
 ``rnnlab.serve.backend``); the generate endpoints run the one decoder (``rnnlab.decoding``) on
 the generation pool's own threads (``rnnlab.serve.pool``: a bounded queue, 503 with
 ``Retry-After`` when it is full), so ``<unk>`` is never emitted, a failing stream ends with an
@@ -35,8 +35,9 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..adaptation import training_ids
 from ..checkpoint import Checkpoint, load_checkpoint
-from ..config import MAX_TEXT_CHARS, AdaptConfig, GenerateConfig, SuggestConfig
+from ..config import MAX_TEXT_CHARS, AdaptConfig, GenerateConfig, ServeConfig, SuggestConfig
 from ..decoding import decode, generate_ids
 from ..errors import RnnlabError
 from ..suggest import AdaptiveSuggester, StateCache, checkpoint_words, load_engine, words_summary
@@ -44,11 +45,9 @@ from ..version import __version__
 from .backend import AdaptiveBackend, ProcessBackend, ThreadBackend, WorkerUnavailable
 from .middleware import BodyLimit, HeaderLimit, HostCheck, SuggestFastPath, error_json
 from .pool import RETRY_AFTER_S, Busy, WorkPool
-from .protocol import READ_TIMEOUT
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_CLIENT_ID = 64
-DEFAULT_MAX_BODY_BYTES = 64 * 1024  # the longest text, fully \u-escaped, still fits
 
 
 def _utf8(value: str) -> str:
@@ -93,7 +92,8 @@ class ResetBody(_Body):
 
 GenerateBody = create_model(
     "GenerateBody", __base__=_Body,
-    prefix=(str, Field(min_length=1, max_length=MAX_TEXT_CHARS, description="text to continue")),
+    prefix=(str, Field(max_length=MAX_TEXT_CHARS, description="text to continue (empty: a new text, read from the "
+                                                                 "start token, as `rnnlab generate --prefix ''`)")),
     **{name: _field(GenerateConfig, name) for name in ("length", "temperature", "top_k", "top_p", "seed")},
     __validators__={"_check_prefix": field_validator("prefix")(_utf8)},
 )
@@ -128,22 +128,6 @@ class GenerateResponse(BaseModel):
     tokens: int
 
 
-def _training_ids(ckpt: Checkpoint, log):
-    """The checkpoint's training text as ids (the adaptation's step scale), or None if it is gone."""
-    import dataclasses
-
-    from ..data.text_data import prepare_data
-
-    try:
-        return prepare_data(dataclasses.replace(ckpt.data_config), vocab=ckpt.vocab).train_ids
-    except OSError as exc:
-        log(f"rnnlab: the training text cannot be read ({exc}); adaptation takes plain SGD steps")
-        return None
-    except RnnlabError as exc:
-        log(f"rnnlab: the training text is not available ({exc}); adaptation takes plain SGD steps")
-        return None
-
-
 class _Stream(StreamingResponse):
     """A streaming response whose body iterator is closed however the response ends (a client that
     leaves stops its generation thread at the next token)."""
@@ -164,47 +148,48 @@ def _validation_message(errors: list[dict]) -> tuple[int, str, list[dict]]:
     return 422, "invalid request: " + "; ".join(parts), detail
 
 
-def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device = "cpu",
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, cache_clients: int = 256,
-               cache_per_client: int = 16, suggest: SuggestConfig | None = None,
-               max_batch: int = 64, suggest_process: bool = False, suggest_threads: int = 1,
-               suggest_fast_path: bool = True, allowed_hosts: list[str] | None = None,
-               adapt: AdaptConfig | None = None, generate_workers: int = 2, generate_queue: int = 32,
-               read_timeout: float = READ_TIMEOUT, log=lambda msg: None) -> FastAPI:
-    """The app for one checkpoint (a directory, or an already loaded ``Checkpoint``).
+def create_app(checkpoint: str | Path | Checkpoint, serve: ServeConfig | None = None,
+               suggest: SuggestConfig | None = None, adapt: AdaptConfig | None = None, *,
+               allowed_hosts: list[str] | None = None, log=lambda msg: None) -> FastAPI:
+    """The app for one checkpoint (a directory, loaded on the CPU, or an already loaded ``Checkpoint``).
 
-    ``suggest_process=True`` answers ``/v1/suggest`` from an engine in a child process (with
-    ``suggest_threads`` torch threads), so that the search does not take turns with the event
-    loop on one GIL (see ``rnnlab.serve.backend``); the default keeps it in this process.
-    ``suggest_fast_path`` answers valid suggest requests before the framework (``SuggestFastPath``).
-    ``allowed_hosts`` (e.g. ``["127.0.0.1", "localhost"]``) refuses other ``Host`` headers.
-    ``adapt`` turns on online adaptation per client (``rnnlab.suggest.adapt``; in this process,
-    answered one at a time) and ``POST /v1/adapt/reset``. ``generate_workers`` generations run at
-    once and ``generate_queue`` more wait; beyond, 503 with ``Retry-After``. ``read_timeout``: the
-    seconds a client has to send a request's body (its head is the protocol's, ``serve.protocol``).
+    ``serve`` (``config.ServeConfig``, the same settings as ``rnnlab serve``'s flags): the bounds,
+    the generation pool and where suggestions run: ``suggest_worker="process"`` answers
+    ``/v1/suggest`` from an engine in a child process (with this process's torch threads), so that
+    the search does not take turns with the event loop on one GIL (``rnnlab.serve.backend``).
+    ``suggest``: the keyboard's search. ``adapt`` turns on online adaptation per client
+    (``rnnlab.suggest.adapt``; in this process, answered one at a time) and ``POST /v1/adapt/reset``.
+    ``allowed_hosts`` (e.g. ``["127.0.0.1", "localhost"]``, ``serve.cli.allowed_hosts``) refuses
+    other ``Host`` headers; None accepts any.
     """
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, device)
+    serve = serve if serve is not None else ServeConfig()
+    serve.validate()
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, "cpu")
     model, tokenizer = ckpt.model, ckpt.tokenizer
     model.eval()
     scfg = suggest if suggest is not None else SuggestConfig()
     scfg.validate()
+    cache = (serve.cache_clients, serve.cache_per_client)
     # the word search (the checkpoint's word model, every client's recent words) unless --words off
     if adapt is not None:
+        adapt.validate()
         words = checkpoint_words(ckpt, scfg, log)
-        backend = AdaptiveBackend(AdaptiveSuggester(model, tokenizer, scfg, adapt, _training_ids(ckpt, log),
-                                                    StateCache(cache_clients, cache_per_client), words=words))
+        train_ids = training_ids(ckpt, log) if adapt.method == "rms" else None
+        backend = AdaptiveBackend(AdaptiveSuggester(model, tokenizer, scfg, adapt, train_ids,
+                                                    StateCache(*cache), words=words))
         summary = words_summary(words)
-    elif suggest_process:
-        backend = ProcessBackend(ckpt, threads=suggest_threads, config=scfg, cache_clients=cache_clients,
-                                 cache_per_client=cache_per_client, max_batch=max_batch)
+    elif serve.suggest_worker == "process":
+        backend = ProcessBackend(ckpt, threads=torch.get_num_threads(), config=scfg, cache_clients=cache[0],
+                                 cache_per_client=cache[1], max_batch=serve.max_batch,
+                                 hang_seconds=serve.suggest_hang_seconds)
         for note in backend.notes:
             log(note)
         summary = backend.words
     else:
-        engine = load_engine(ckpt, scfg, StateCache(cache_clients, cache_per_client), max_batch, log=log)
+        engine = load_engine(ckpt, scfg, StateCache(*cache), serve.max_batch, log=log)
         backend = ThreadBackend(engine)
         summary = words_summary(engine.words)
-    generation = WorkPool(generate_workers, generate_queue, "rnnlab-generate", "generations")
+    generation = WorkPool(serve.generate_workers, serve.generate_queue, "rnnlab-generate", "generations")
     source = ckpt.info.get("source")
     info = {
         "status": "ok", "rnnlab_version": __version__,
@@ -216,7 +201,7 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
         "words": summary,  # the word search's word model and settings (None: the character beam alone)
         "limits": {"max_text_chars": MAX_TEXT_CHARS, "max_k": SuggestConfig.__dataclass_fields__["k"].metadata["max"],
                    "max_length": GenerateConfig.__dataclass_fields__["length"].metadata["max"],
-                   "max_body_bytes": max_body_bytes},
+                   "max_body_bytes": serve.max_body_bytes},
     }
 
     @asynccontextmanager
@@ -243,9 +228,9 @@ def create_app(checkpoint: str | Path | Checkpoint, device: str | torch.device =
         elapsed = json.dumps((time.perf_counter() - start) * 1e3)
         return 200, body[:-1] + b',"elapsed_ms":' + elapsed.encode() + b"}"
 
-    if suggest_fast_path:
+    if serve.fast_path:
         app.add_middleware(SuggestFastPath, body_model=SuggestBody, answer=answer_suggest, retry_after=RETRY_AFTER_S)
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, timeout=read_timeout)  # every body is bounded first
+    app.add_middleware(BodyLimit, max_bytes=serve.max_body_bytes, timeout=serve.read_timeout)  # every body is bounded first
     if allowed_hosts:
         app.add_middleware(HostCheck, allowed=allowed_hosts)
     app.add_middleware(HeaderLimit)  # the outermost: oversized headers never get further

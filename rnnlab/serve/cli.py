@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from ..cli_args import add_settings, build
-from ..config import AdaptConfig, Precision, ServeConfig, SuggestConfig, Threads
+from ..config import AdaptConfig, InferenceConfig, ServeConfig, SuggestConfig, Threads
 from ..errors import RnnlabError, UsageError
 from ..io import json_text
 from ..precision import SERVING
@@ -18,16 +18,15 @@ def add_parsers(sub) -> None:
     """Register the ``suggest`` and ``serve`` subcommands on ``rnnlab``'s subparsers."""
     p = sub.add_parser("suggest", help="suggest the next characters and completions of the current word",
                        description="Print the top-k next characters and the top-k completions of the word "
-                                   "being typed (the next words when TEXT ends with a space or punctuation).",
+                                   "being typed (the next words when TEXT ends with a space or punctuation; "
+                                   "an empty TEXT gives the first words).",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", metavar="DIR", help="a run directory written by `rnnlab train --out DIR`")
     p.add_argument("text", metavar="TEXT", help='the text typed so far, e.g. "the time trav"')
     add_settings(p, SuggestConfig)
     p.add_argument("--json", action="store_true", help="print the suggestions as one JSON object")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--int8", action="store_true", help="run an int8 copy of the model on the CPU (about 4x less memory)")
+    add_settings(p, InferenceConfig)
     add_settings(p, Threads)
-    add_settings(p, Precision)
     p.set_defaults(func=cmd_suggest)
 
     p = sub.add_parser("serve", help="serve suggestions and generation over HTTP, with a web page",
@@ -35,42 +34,30 @@ def add_parsers(sub) -> None:
                                    "/v1/generate, /v1/generate/stream; GET /healthz, /openapi.json).",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", metavar="DIR", help="a run directory written by `rnnlab train --out DIR`")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (the default serves this machine only)")
-    p.add_argument("--int8", action="store_true", help="serve an int8 copy of the model on the CPU (about 4x less memory)")
-    add_settings(p, Precision, help_default={"precision": SERVING})
-    p.add_argument("--device", default="auto")
+    add_settings(p, InferenceConfig, help_default={"precision": SERVING})
     add_settings(p, Threads)
     add_settings(p, ServeConfig)
     add_settings(p, SuggestConfig, skip=("k",))
-    p.add_argument("--allowed-host", action="append", dest="allowed_hosts", metavar="HOST",
-                   help="a Host header to accept besides the bound address and localhost (repeatable; "
-                        "'*' accepts any: only behind a proxy that checks it)")
-    p.add_argument("--suggest-worker", choices=("process", "thread"), default="process",
-                   help="where suggestions are computed: a process of their own (the search and the HTTP "
-                        "event loop run on two cores) or a thread of the server (they share one GIL)")
     a = p.add_argument_group("online adaptation", "--adapt: each client's own copy of the model learns from the "
                                                    "text that client types (dynamic evaluation; in memory only, "
                                                    "never written to the checkpoint; POST /v1/adapt/reset forgets a client)")
     a.add_argument("--adapt", action="store_true", help="adapt to each client (answers one request at a time)")
     add_settings(a, AdaptConfig, prefix="adapt_")
-    p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=cmd_serve)
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
     from ..checkpoint import load_for_inference
     from ..config import check_text
-    from ..runtime import select_device, use_threads
+    from ..runtime import use_threads
     from ..suggest import SuggestRequest, load_engine
 
-    scfg = build(args, SuggestConfig)
-    scfg.validate()
-    threads = build(args, Threads)
-    threads.validate()
+    scfg, inference, threads = build(args, SuggestConfig), build(args, InferenceConfig), build(args, Threads)
+    for settings in (scfg, inference, threads):
+        settings.validate()
     check_text(args.text)
     args.threads_note = use_threads(threads.threads, small_steps=True)  # said by rnnlab.cli.main on success
-    device = select_device("cpu" if args.int8 and args.device == "auto" else args.device)
-    ckpt = load_for_inference(args.checkpoint, device, args.int8, build(args, Precision).precision, log=_say)
+    ckpt = load_for_inference(args.checkpoint, inference, log=_say)
     engine = load_engine(ckpt, scfg, log=lambda msg: print(msg, file=sys.stderr))  # the served search
     s = engine.suggest_batch([SuggestRequest(args.text, scfg.k)])[0]  # in this thread: no worker to stop
     if args.json:
@@ -89,9 +76,13 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    serve, threads = build(args, ServeConfig), build(args, Threads)
-    serve.validate()
-    threads.validate()
+    serve, threads, scfg = build(args, ServeConfig), build(args, Threads), build(args, SuggestConfig)
+    adapt = build(args, AdaptConfig, prefix="adapt_")
+    for settings in (serve, threads, scfg):
+        settings.validate()
+    adapt.validate(prefix="adapt_")  # given without --adapt, a wrong value is still wrong
+    adapt = adapt if args.adapt else None
+    inference = serving_inference(args, adapt is not None)
     try:
         import uvicorn
     except ImportError:
@@ -99,31 +90,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import torch
 
     from ..checkpoint import load_for_inference
-    from ..runtime import select_device, use_threads
+    from ..runtime import use_threads
     from .app import create_app
     from .protocol import bounded_protocol
 
-    scfg = build(args, SuggestConfig)
-    scfg.validate()
-    adapt = build(args, AdaptConfig, prefix="adapt_")
-    adapt.validate(prefix="adapt_")  # given without --adapt, a wrong value is still wrong
-    adapt = adapt if args.adapt else None
-    if adapt is not None:
-        if args.int8:
-            raise UsageError("--adapt trains each client's copy of the model; an int8 copy cannot be trained "
-                             "(drop --int8 or --adapt)")
     note = use_threads(threads.threads, small_steps=True)
-    precision, int8 = serving_precision(args, adapt is not None)
-    device = select_device("cpu" if int8 and args.device == "auto" else args.device)
-    ckpt = load_for_inference(args.checkpoint, device, int8, precision, log=_say)
-    sock = _bind(args.host, serve.port)
-    app = create_app(ckpt, max_body_bytes=serve.max_body_bytes, max_batch=serve.max_batch, suggest=scfg,
-                     suggest_process=args.suggest_worker == "process", suggest_threads=torch.get_num_threads(),
-                     allowed_hosts=allowed_hosts(args.host, args.allowed_hosts or []), adapt=adapt,
-                     generate_workers=serve.generate_workers, generate_queue=serve.generate_queue,
-                     read_timeout=serve.read_timeout, log=lambda msg: print(msg, file=sys.stderr))
+    ckpt = load_for_inference(args.checkpoint, inference, log=_say)
+    sock = _bind(serve.host, serve.port)
+    app = create_app(ckpt, serve, scfg, adapt, allowed_hosts=allowed_hosts(serve.host, serve.allowed_host),
+                     log=lambda msg: print(msg, file=sys.stderr))
     host, port = sock.getsockname()[:2]
-    config = uvicorn.Config(app, log_level=args.log_level, access_log=False,
+    config = uvicorn.Config(app, log_level=serve.log_level, access_log=False,
                             http=bounded_protocol(timeout=serve.read_timeout))
     server = uvicorn.Server(config)
     shown = f"[{host}]" if ":" in host else host
@@ -133,19 +110,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def serving_precision(args: argparse.Namespace, adapting: bool) -> tuple[str, bool]:
-    """(precision, int8) the server runs: ``--precision`` / ``--int8`` as given, else the measured
+def serving_inference(args: argparse.Namespace, adapting: bool) -> InferenceConfig:
+    """How the server runs the model: ``--precision`` / ``--int8`` as given, else the measured
     default (``precision.SERVING``: fp32, bf16, auto or int8); float32 with ``--adapt`` (each
     client's copy takes steps too small for bfloat16 weights, and an int8 copy cannot learn)."""
+    inference = build(args, InferenceConfig)
+    inference.validate()
     given = "precision" in vars(args)
-    if adapting and given and args.precision == "bf16":
+    if adapting and inference.int8:
+        raise UsageError("--adapt trains each client's copy of the model; an int8 copy cannot be trained "
+                         "(drop --int8 or --adapt)")
+    if adapting and inference.precision == "bf16":
         raise UsageError("--adapt trains each client's copy of the model in float32 (its small steps vanish in "
                          "bfloat16 weights); drop --precision bf16 or --adapt")
-    if adapting or args.int8:
-        return "fp32" if adapting or not given else args.precision, args.int8
-    if given:
-        return args.precision, False
-    return ("fp32", True) if SERVING == "int8" else (SERVING, False)
+    if adapting:
+        return inference.replace(precision="fp32")
+    if inference.int8 or given:
+        return inference
+    return inference.replace(int8=True) if SERVING == "int8" else inference.replace(precision=SERVING)
 
 
 def _say(msg: str) -> None:

@@ -1,7 +1,7 @@
 """Online adaptation of the keyboard: each client's own copy of the model learns what that client
 types (``rnnlab serve --adapt``).
 
-A client that has typed enough gets an ``Adapter`` (``rnnlab.evaluation``: dynamic evaluation,
+A client that has typed enough gets an ``Adapter`` (``rnnlab.adaptation``: dynamic evaluation,
 Krause et al. 2018): a private copy of the weights that takes one RMS-scaled gradient step per
 ``chunk`` characters of the client's *finished* text (up to its last word boundary: the word being
 typed may still change). Its suggestions then come from an engine over that copy.
@@ -31,7 +31,7 @@ from ..config import AdaptConfig, SuggestConfig, check_text
 from ..data.batching import Ids
 from ..data.tokenizer import Tokenizer
 from ..errors import UsageError
-from ..evaluation import SGD_FALLBACK_LR, Adapter, rms_scale
+from ..adaptation import Adapter, rms_scale, step_rule
 from ..models import LanguageModel
 from .cache import StateCache
 from .engine import SuggestEngine
@@ -87,7 +87,7 @@ class _Client:
     def observe(self, text: str) -> int:
         """Read the new finished text of ``text`` (whole chunks, bounded); return the steps taken."""
         tok = self.owner.tokenizer
-        ids = tok.vocab.encode(tok.split(finished_text(tok.model_text(text))))
+        ids = tok.ids(finished_text(tok.model_text(text)), after=0)  # the adapter reads on from its own state
         n = 0
         limit = min(len(ids), len(self.seen))
         while n < limit and ids[n] == self.seen[n]:
@@ -115,7 +115,7 @@ def ids_tensor(ids: list[int]) -> Ids:
 
 class AdaptiveSuggester:
     """Suggestions that adapt to each client (see the module docstring). ``train_ids``: the model's
-    training text, for the RMS step scale; without it the steps are plain SGD at ``SGD_FALLBACK_LR``.
+    training text, for the RMS step scale; without it the steps are plain SGD (``adaptation.step_rule``).
     ``words``: the word model of the word search (each client's adapted copy scores its candidates;
     the recent-word cache is shared). Thread-safe: requests are answered one at a time."""
 
@@ -129,8 +129,8 @@ class AdaptiveSuggester:
         self.config = config if config is not None else SuggestConfig()
         self.settings = settings if settings is not None else AdaptConfig()
         self.settings.validate()
-        self.scale = rms_scale(model, train_ids, self.settings.chunk) if train_ids is not None else None
-        self.lr = self.settings.lr if self.scale is not None else SGD_FALLBACK_LR
+        self.method, self.lr = step_rule(self.settings, train_ids)
+        self.scale = rms_scale(model, train_ids, self.settings.chunk) if self.method == "rms" else None
         self.words = words  # the word search's model (``store.Words``), shared by every client's engine
         self.base = SuggestEngine(model, tokenizer, self.config, cache, max_batch=1, words=words)
         self.client_bound = self._client_bound()
@@ -200,7 +200,7 @@ class AdaptiveSuggester:
             return {"clients": len(self.clients), "max_clients": self.settings.clients, "bytes": sum(sizes),
                     "largest_client_bytes": max(sizes, default=0), "bytes_per_client": self.client_bound,
                     "max_bytes": self.max_bytes, "steps": self.steps,
-                    "method": "rms" if self.scale is not None else "sgd", "lr": self.lr}
+                    "method": self.method, "lr": self.lr}
 
     def close(self) -> None:
         with self._lock:

@@ -105,11 +105,8 @@ class SuggestEngine:
         the empty text is the tokenizer's start token (``rnnlab.data.tokenizer``)."""
         key = self.key(mtext)
         hit_key, hit = self.cache.longest_prefix(client, key)
-        tokens = self.tokenizer.split(key)
-        if not tokens:
-            return key, hit, [] if hit is not None else self.tokenizer.start_ids()
-        done = len(self.tokenizer.split(hit_key)) if hit is not None else 0
-        return key, hit, self.vocab.encode(tokens[done:])
+        done = len(self.tokenizer.split(hit_key)) if hit is not None else None  # tokens the cached state has read
+        return key, hit, self.tokenizer.ids(key, after=done)
 
     def context_entry(self, mtext: str, client: str = "") -> tuple[Entry, int]:
         """The state and next-token log-probs after the model text ``mtext``, and the number of

@@ -84,6 +84,24 @@ class Cell:
 
         return RecurrentStack(self, impl, input_size, cfg)
 
+    # -- size and cost ------------------------------------------------------------------------------
+    def parameter_count(self, input_size: int, cfg: Config) -> int:
+        """Parameters of this cell's stack (``make_stack``: ``cfg.num_layers`` layers over inputs of
+        ``input_size``), counted on the meta device: nothing is allocated."""
+        return sum(p.numel() for p in self._meta_stack(input_size, cfg).parameters())
+
+    def flops_per_token(self, input_size: int, cfg: Config) -> int:
+        """Floating-point operations of the stack's forward pass per token: a multiply and an add for
+        every weight of every matrix (each is applied once per token); the elementwise work (gates,
+        norms, a scan) grows with H, not H^2, and is left out. A training step costs about three
+        times this (the backward pass computes two products per forward one). A cell whose stack
+        applies a matrix more or less often than once per token overrides this."""
+        return 2 * sum(p.numel() for p in self._meta_stack(input_size, cfg).parameters() if p.dim() >= 2)
+
+    def _meta_stack(self, input_size: int, cfg: Config) -> nn.Module:
+        with torch.device("meta"):
+            return self.make_stack(cfg.impl, input_size, cfg)
+
     # -- scratch --------------------------------------------------------------------------------
     def step(self, x: torch.Tensor, state: CellState, params: Params, cfg: Config) -> CellState:
         """The reference maths of one step: x (B, I), state each (B, H) -> the new state (h first)."""

@@ -5,7 +5,7 @@ normalised to sum to one (so the state stays on the scale of the candidates)::
     f'_t = f_t / (f_t + i_t),  i'_t = i_t / (f_t + i_t)
     h_t  = f'_t * h_{t-1} + i'_t * g(v_t)
 
-a parallel scan in log space (``minstack.py``): log f'_t = -softplus(d), log i'_t = -softplus(-d)
+a parallel scan in log space (``mingru.py``'s stack): log f'_t = -softplus(d), log i'_t = -softplus(-d)
 with d = softplus(-f~) - softplus(-i~).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from .base import register
-from .mingru import MinGRUCell
+from .mingru import MinGRUCell, g, log_g
 
 
 @register
@@ -23,15 +23,11 @@ class MinLSTMCell(MinGRUCell):
     gates = 3  # f, i, v
 
     def coefficients(self, pre: torch.Tensor):
-        from ..minstack import g
-
         f, i, v = pre.chunk(3, dim=-1)
         f, i = torch.sigmoid(f), torch.sigmoid(i)
         return f / (f + i), i / (f + i) * g(v)
 
     def log_coefficients(self, pre: torch.Tensor):
-        from ..minstack import log_g
-
         f, i, v = pre.chunk(3, dim=-1)
         d = F.softplus(-f) - F.softplus(-i)
         return -F.softplus(d), -F.softplus(-d) + log_g(v)
