@@ -77,3 +77,23 @@ def test_health_says_unresponsive_before_the_watchdog_acts(ckpt):
         assert backend.status()["state"] == "ready"
     finally:
         backend.close()
+
+
+def test_a_real_server_answers_503_for_a_hung_worker_then_recovers():
+    """`rnnlab serve --suggest-hang-seconds 1` over real HTTP: the worker stopped by a signal holds a
+    request; the watchdog kills it, the request gets 503 naming the hang, the next ones 200."""
+    from test_serve_process import _request, start_server, stop_server
+
+    proc, url = start_server(tiny_checkpoint(), "--suggest-hang-seconds", "1")
+    try:
+        health = _request(url + "/healthz")[1]
+        worker = health["suggest_worker"]["pid"]
+        os.kill(worker, signal.SIGSTOP)
+        status, body = _request(url + "/v1/suggest", {"text": "the psy", "k": 3}, timeout=120)
+        assert status == 503 and "hung" in body["error"], body
+        _wait_for(lambda: _request(url + "/healthz")[1]["suggest_worker"].get("restarts") == 1, "the restart")
+        status, body = _request(url + "/v1/suggest", {"text": "the psy", "k": 3}, timeout=120)
+        assert status == 200 and body["completions"][0]["word"] == "psychologist", body
+    finally:
+        err = stop_server(proc)
+    assert "answered nothing for 1 s" in err
