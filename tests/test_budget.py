@@ -13,6 +13,7 @@ from rnnlab.errors import UsageError
 from rnnlab.models import build_model
 from rnnlab.schedule import ANNEAL
 from rnnlab.training import Trainer
+from guards import HANG_GUARD  # noqa: E402
 
 
 def _ids(n=3000, period="abcdefghijk"):
@@ -35,7 +36,7 @@ def test_bad_durations_are_usage_errors(text):
     with pytest.raises(UsageError, match="write it like 90s, 10m, 2h"):
         parse_duration(text)
     r = subprocess.run([sys.executable, "-m", "rnnlab", "train", f"--budget={text}"], capture_output=True, text=True,
-                       timeout=60)
+                       timeout=HANG_GUARD)
     assert r.returncode == 2 and "write it like 90s" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -117,7 +118,7 @@ def test_early_stopping_through_the_cli_keeps_best_and_final_alike(tmp_path):
                         "--hidden-size", "32", "--embedding-dim", "8", "--optimizer", "adam", "--lr", "0.02",
                         "--val-fraction", "0.1", "--epochs", "200", "--patience", "3", "--restore-best",
                         "--batch-size", "8", "--num-steps", "16", "--out", str(tmp_path / "run"), "--quiet",
-                        "--predict-every", "0"], capture_output=True, text=True, timeout=300)
+                        "--predict-every", "0"], capture_output=True, text=True, timeout=HANG_GUARD)
     assert r.returncode == 0, r.stderr
     assert "early stop" in r.stdout and "best selection weights restored" in r.stdout
     final, best = load_file(str(tmp_path / "run" / "model.safetensors")), load_file(str(tmp_path / "run" / "best" / "model.safetensors"))

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from rnnlab.speed import SIMULATED_CLOCK_ENV
+from guards import HANG_GUARD  # noqa: E402
 
 TEXT = "".join(f"note {i}: the budget decides how long we train, the clock says when. " for i in range(300))
 ARGS = ["--budget", "12s", "--hidden-size", "16", "--batch-size", "4", "--num-steps", "16", "--quiet", "--seed", "5"]
@@ -23,7 +24,7 @@ def _env():
 
 def _train(path, out, *extra):
     return subprocess.run([sys.executable, "-m", "rnnlab", "train", str(path), *ARGS, "--out", str(out), *extra],
-                          capture_output=True, text=True, timeout=600, env=_env())
+                          capture_output=True, text=True, timeout=HANG_GUARD, env=_env())
 
 
 def _weights(run):
@@ -47,9 +48,9 @@ def test_a_budget_run_killed_at_any_moment_resumes_to_the_same_weights(tmp_path)
         time.sleep(rng.uniform(0, 0.5))  # somewhere after the first snapshot: a save may be under way
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
-        p.wait(timeout=60)
+        p.wait(timeout=HANG_GUARD)
         resumed = subprocess.run([sys.executable, "-m", "rnnlab", "train", "--resume", "--out", str(out), "--quiet"],
-                                 capture_output=True, text=True, timeout=600, env=_env())
+                                 capture_output=True, text=True, timeout=HANG_GUARD, env=_env())
         assert resumed.returncode == 0, resumed.stderr
         want, got = _weights(tmp_path / "whole"), _weights(out)
         assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
@@ -62,7 +63,7 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir() if p.is_file()}
     w = _weights(tmp_path / "run")
     r = subprocess.run([sys.executable, "-m", "rnnlab", "train", "--resume", "--out", str(tmp_path / "run")],
-                       capture_output=True, text=True, timeout=300, env=_env())
+                       capture_output=True, text=True, timeout=HANG_GUARD, env=_env())
     assert r.returncode == 0 and "nothing to resume" in r.stdout, r.stdout + r.stderr
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir() if p.is_file()}
     assert before == after and all(torch.equal(w[k], v) for k, v in _weights(tmp_path / "run").items())

@@ -18,13 +18,14 @@ from rnnlab.config import CHAT_FORMATS, DataConfig, SuggestConfig
 from rnnlab.data.chats import FORMATS, read_chat, repair_mojibake
 from rnnlab.errors import RnnlabError, UsageError
 from rnnlab.suggest import SuggestEngine, SuggestRequest
+from guards import HANG_GUARD  # noqa: E402
 
 LRM, FSI, PDI, NNBSP = "\u200e", "\u2068", "\u2069", "\u202f"
 
 
 def run(*args):
     return subprocess.run([sys.executable, "-m", "rnnlab", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, PYTHONIOENCODING="utf-8"))
+                          timeout=HANG_GUARD, env=dict(os.environ, PYTHONIOENCODING="utf-8"))
 
 
 def write(path, text):

@@ -46,7 +46,7 @@ def test_non_finite_weights_are_refused_by_every_command(ckpt, tmp_path, value):
                  ["export", d], ["serve", d, "--port", "0"],
                  ["train", ckpt.parent / "t.txt", "--init-from", d,
                   "--epochs", "1", "--out", tmp_path / "ft", *TINY]):
-        one_line_error(run(*args, timeout=120), 1, *expected)
+        one_line_error(run(*args, timeout=HANG_GUARD), 1, *expected)
 
 
 def test_suggest_and_eval_json_are_always_valid_json(ckpt):
@@ -64,7 +64,7 @@ def test_checkpoint_files_that_are_fifos_do_not_hang(ckpt, tmp_path, name):
     (d / name).unlink()
     os.mkfifo(d / name)
     for args in (["generate", d, "--length", "5"], ["eval", d]):
-        r = run(*args, timeout=60)  # a hang is a TimeoutExpired: the test fails
+        r = run(*args, timeout=HANG_GUARD)  # a hang is a TimeoutExpired: the test fails
         assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
         one_line_error(r, 1, name)
 
@@ -73,11 +73,11 @@ def test_checkpoint_files_that_are_devices_are_not_read(ckpt, tmp_path):
     d = _copy(ckpt, tmp_path)
     (d / "config.json").unlink()
     os.symlink("/dev/zero", d / "config.json")
-    one_line_error(run("generate", d, "--length", "5", timeout=60), 1, "config.json")
+    one_line_error(run("generate", d, "--length", "5", timeout=HANG_GUARD), 1, "config.json")
     d = _copy(ckpt, tmp_path, "ck2")
     (d / "vocab.json").unlink()
     os.symlink("/dev/zero", d / "vocab.json")
-    one_line_error(run("generate", d, "--length", "5", timeout=60), 1, "vocab.json", "not a regular file")
+    one_line_error(run("generate", d, "--length", "5", timeout=HANG_GUARD), 1, "vocab.json", "not a regular file")
 
 
 def test_a_fifo_trainer_state_does_not_hang_resume(ckpt, tmp_path):
@@ -85,7 +85,7 @@ def test_a_fifo_trainer_state_does_not_hang_resume(ckpt, tmp_path):
     shutil.copytree(ckpt, d)
     (d / "trainer_state.json").unlink()
     os.mkfifo(d / "trainer_state.json")
-    r = run("train", "--resume", "--out", d, "--epochs", "3", timeout=120)  # a hang: TimeoutExpired
+    r = run("train", "--resume", "--out", d, "--epochs", "3", timeout=HANG_GUARD)  # a hang: TimeoutExpired
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert "using the last complete snapshot" in r.stderr  # the damaged top level is passed over
 
@@ -97,7 +97,7 @@ def test_a_json_file_too_large_for_memory_is_refused_before_reading(ckpt, tmp_pa
     script = ("import sys, rnnlab.runtime as rt; rt.available_memory = lambda: 10_000; "
               "from rnnlab.cli import main; sys.exit(main(sys.argv[1:]))")
     r = subprocess.run([sys.executable, "-c", script, "generate", str(d), "--length", "5"], capture_output=True,
-                       text=True, timeout=120)
+                       text=True, timeout=HANG_GUARD)
     one_line_error(r, 1, "config.json", "too large to read")
 
 
@@ -111,6 +111,7 @@ def test_init_from_an_empty_path_is_refused(ckpt, tmp_path):
 PEAK = r"""
 import sys, torch
 from rnnlab.checkpoint import load_checkpoint
+from guards import HANG_GUARD  # noqa: E402
 
 def peak():  # this process's peak resident memory (VmHWM: since exec, unlike ru_maxrss, which counts the parent's)
     with open("/proc/self/status") as f:
@@ -136,7 +137,7 @@ def test_loading_a_large_checkpoint_peaks_at_about_its_size(tmp_path):
     cfg = ModelConfig(model="lstm", impl="concise", hidden_size=768, num_layers=4, vocab_size=len(vocab))
     save_checkpoint(tmp_path / "big", build_model(cfg), Tokenizer(vocab, "raw", "char"), cfg)
     r = subprocess.run([sys.executable, "-c", PEAK, str(tmp_path / "big")], capture_output=True, text=True,
-                       timeout=300)
+                       timeout=HANG_GUARD)
     assert r.returncode == 0, r.stderr
     grown, weights = map(int, r.stdout.split())
     print(f"loading {weights / 2**20:.1f} MiB of weights raised the peak RSS by {grown / 2**20:.1f} MiB")
@@ -170,12 +171,12 @@ def test_eval_from_another_directory_finds_a_relative_corpus(tmp_path):
     (tmp_path / "b").mkdir()
     (tmp_path / "a" / "t.txt").write_text(CORPUS)
     r = subprocess.run([sys.executable, "-m", "rnnlab", "train", "t.txt", "--val-fraction", "0.2", "--epochs", "1",
-                        "--out", "run", *TINY], capture_output=True, text=True, cwd=tmp_path / "a", timeout=300)
+                        "--out", "run", *TINY], capture_output=True, text=True, cwd=tmp_path / "a", timeout=HANG_GUARD)
     assert r.returncode == 0, r.stderr
     for args in (["eval", "../a/run", "--json"], ["train", "--resume", "--out", "../a/run", "--epochs", "2"],
                  ["train", "../a/t.txt", "--resume", "--out", "../a/run", "--epochs", "3"]):
         r = subprocess.run([sys.executable, "-m", "rnnlab", *args], capture_output=True, text=True,
-                           cwd=tmp_path / "b", timeout=300)
+                           cwd=tmp_path / "b", timeout=HANG_GUARD)
         assert r.returncode == 0, (args, r.stderr)
 
 

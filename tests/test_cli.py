@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from guards import HANG_GUARD  # noqa: E402
 
 CORPUS = ("the time traveller for so it will be convenient to speak of him "
           "was expounding a recondite matter to us his grey eyes shone and twinkled ") * 8
@@ -13,7 +14,7 @@ CORPUS = ("the time traveller for so it will be convenient to speak of him "
 def run(*args, cwd=None, env=None):
     e = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", "rnnlab", *args], capture_output=True, text=True, cwd=cwd, env=e,
-                          timeout=300)
+                          timeout=HANG_GUARD)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ CORPUS = ("the time traveller for so it will be convenient to speak of him "
 
 def run(*args, cwd=None, input=None):
     return subprocess.run([sys.executable, "-m", "rnnlab", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300, input=input, env=dict(os.environ, PYTHONIOENCODING="utf-8"))
+                          timeout=HANG_GUARD, input=input, env=dict(os.environ, PYTHONIOENCODING="utf-8"))
 
 
 def one_line_error(r, code, fragment):
@@ -119,7 +119,7 @@ def test_max_seconds_stops_evaluates_and_checkpoints(tmp_path):
     (tmp_path / "t.txt").write_text(CORPUS * 20)
     r = subprocess.run([sys.executable, "-m", "rnnlab", "train", str(tmp_path / "t.txt"), "--epochs", "100000",
                         "--max-seconds", "3", "--val-fraction", "0.1", "--hidden-size", "16", "--out", str(tmp_path / "o"),
-                        "--quiet", "--predict-every", "0"], capture_output=True, text=True, timeout=300,
+                        "--quiet", "--predict-every", "0"], capture_output=True, text=True, timeout=HANG_GUARD,
                        env=dict(os.environ, **{SIMULATED_CLOCK_ENV: "0.02"}))
     assert r.returncode == 0, r.stderr
     assert "time limit" in r.stdout
@@ -139,6 +139,7 @@ def poisoned(logits, targets):
     return loss * float("nan") if calls["n"] > 40 else loss   # diverges in a later epoch
 tr.lm_loss = poisoned
 from rnnlab.cli import main
+from guards import HANG_GUARD  # noqa: E402
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -148,7 +149,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     r = subprocess.run([sys.executable, "-c", NAN_SCRIPT, "train", str(tmp_path / "t.txt"), "--epochs", "50",
                         "--hidden-size", "16", "--batch-size", "4", "--num-steps", "16", "--out", str(tmp_path / "o"),
                         "--quiet", "--save-every", "1", "--predict-every", "0"], capture_output=True, text=True,
-                       timeout=300)
+                       timeout=HANG_GUARD)
     one_line_error(r, 1, "lower --lr")
     from rnnlab.checkpoint import load_checkpoint
     import torch

@@ -72,7 +72,7 @@ def tiny(tmp_path_factory):
     r = subprocess.run([sys.executable, "-m", "rnnlab", "train", str(d / "t.txt"), "--recipe", "book", "--model", "lstm",
                         "--hidden-size", "16", "--batch-size", "4", "--num-steps", "10", "--epochs", "2",
                         "--val-fraction", "0.2", "--predict-every", "0", "--out", str(d / "run"), "--quiet"],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=HANG_GUARD)
     assert r.returncode == 0, r.stderr
     return d
 
@@ -110,7 +110,7 @@ def test_every_readme_command_parses_and_the_cheap_ones_run(tiny, where, argv, r
         _RAN.add(tuple(args))
         if args[0] == "export":
             pytest.importorskip("onnxruntime")
-        r = subprocess.run([sys.executable, "-m", "rnnlab", *args], capture_output=True, text=True, timeout=300,
+        r = subprocess.run([sys.executable, "-m", "rnnlab", *args], capture_output=True, text=True, timeout=HANG_GUARD,
                            cwd=tiny, env=dict(os.environ, PYTHONIOENCODING="utf-8"))
         assert r.returncode == 0, f"{where}: `rnnlab {' '.join(argv)}`: {r.stderr[-1500:]}"
 
@@ -122,14 +122,14 @@ def test_positionals_anywhere_among_the_options(tiny):
                  ["generate", "--length", "5", str(tiny / "run")],
                  ["suggest", "--k", "3", str(tiny / "run"), "the ti"],
                  ["prepare", "--out", str(tiny / "prep"), str(tiny / "t.txt")]):
-        r = subprocess.run([sys.executable, "-m", "rnnlab", *args], capture_output=True, text=True, timeout=300)
+        r = subprocess.run([sys.executable, "-m", "rnnlab", *args], capture_output=True, text=True, timeout=HANG_GUARD)
         assert r.returncode == 0, (args, r.stderr)
 
 
 # -- one program name, flags as typed -------------------------------------------------------------
 
 def _err(*args):
-    r = subprocess.run([sys.executable, "-m", "rnnlab", *map(str, args)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "rnnlab", *map(str, args)], capture_output=True, text=True, timeout=HANG_GUARD)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     return r.stderr
 
@@ -219,6 +219,7 @@ def test_the_int8_device_rule_is_one_function(monkeypatch):
 
 THREADS = r"""
 import sys, torch, rnnlab.cli as cli
+from guards import HANG_GUARD  # noqa: E402
 code = cli.main(sys.argv[1:])
 print("THREADS", torch.get_num_threads(), file=sys.stderr)
 sys.exit(code)
@@ -235,7 +236,7 @@ sys.exit(code)
 ])
 def test_small_step_commands_choose_one_thread_and_say_so(tiny, args, threads, said):
     args = [str(tiny / "run") if a == "RUN" else str(tiny / "t.txt") if a == "TEXT" else a for a in args]
-    r = subprocess.run([sys.executable, "-c", THREADS, *args], capture_output=True, text=True, timeout=300,
+    r = subprocess.run([sys.executable, "-c", THREADS, *args], capture_output=True, text=True, timeout=HANG_GUARD,
                        env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"})
     assert r.returncode == 0, r.stderr
     assert f"THREADS {threads}" in r.stderr

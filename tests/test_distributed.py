@@ -25,6 +25,7 @@ from rnnlab.errors import UsageError
 from rnnlab.models import build_model
 from rnnlab.runtime import seed_everything
 from rnnlab.training import Trainer
+from guards import HANG_GUARD  # noqa: E402
 
 TOL = 1e-5
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +148,7 @@ def two_ranks(tmp_path_factory):
         procs.append(subprocess.Popen([sys.executable, str(script), str(out), str(Path(__file__).parent)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
-        outs = [p.communicate(timeout=180)[0] for p in procs]
+        outs = [p.communicate(timeout=HANG_GUARD)[0] for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -197,17 +198,17 @@ def test_torchrun_cli_trains_resumes_and_only_rank0_writes(tmp_path, model):
               "--log-every", "1", "--seed", "2"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     single = subprocess.run([sys.executable, "-m", "rnnlab", "train", *common, "--epochs", "3", "--out",
-                             str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=120)
+                             str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=HANG_GUARD)
     assert single.returncode == 0, single.stderr
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "rnnlab", "train"]
     ddp = tmp_path / "ddp"
     first = subprocess.run([*torchrun, *common, "--epochs", "2", "--out", str(ddp)], env=env, capture_output=True,
-                           text=True, timeout=180)
+                           text=True, timeout=HANG_GUARD)
     assert first.returncode == 0, first.stdout + first.stderr
     assert first.stdout.count("done:") == 1 and "2 processes (DDP, 2 rows each)" in first.stdout
     second = subprocess.run([*torchrun, "--resume", "--epochs", "3", "--out", str(ddp)], env=env,
-                            capture_output=True, text=True, timeout=180)
+                            capture_output=True, text=True, timeout=HANG_GUARD)
     assert second.returncode == 0, second.stdout + second.stderr
     assert second.stdout.count("resuming") == 1
     rows = [json.loads(x) for x in (ddp / "metrics.jsonl").read_text().splitlines()]
@@ -227,7 +228,7 @@ def test_torchrun_refuses_a_batch_that_does_not_divide(tmp_path):
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         "-m", "rnnlab", "train", str(src), "--batch-size", "3", "--num-steps", "5", "--epochs", "1",
                         "--hidden-size", "8", "--quiet", "--out", str(tmp_path / "run")],
-                       env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=120)
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=HANG_GUARD)
     assert r.returncode != 0
     assert "--batch-size 3 is the global batch and must be divisible by the 2 processes" in r.stderr
 
@@ -240,13 +241,13 @@ def test_nproc_launches_the_ranks_and_checks_settings_first(tmp_path):
     common = ["train", str(src), "--hidden-size", "8", "--batch-size", "4", "--num-steps", "8", "--epochs", "1",
               "--predict-every", "0", "--quiet", "--recipe", "book"]
     r = subprocess.run([sys.executable, "-m", "rnnlab", *common, "--nproc", "2", "--out", str(tmp_path / "run")],
-                       env=env, capture_output=True, text=True, timeout=180)
+                       env=env, capture_output=True, text=True, timeout=HANG_GUARD)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "2 processes (DDP, 2 rows each)" in r.stdout and (tmp_path / "run" / "model.safetensors").is_file()
     for bad, says in ((["--lr", "-1"], "--lr"), (["--batch-size", "3"], "divisible by the 2 processes"),
                       (["--nproc=0"], "--nproc")):
         r = subprocess.run([sys.executable, "-m", "rnnlab", *common, "--nproc", "2", *bad, "--out",
-                            str(tmp_path / "bad")], env=env, capture_output=True, text=True, timeout=120)
+                            str(tmp_path / "bad")], env=env, capture_output=True, text=True, timeout=HANG_GUARD)
         assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
         assert "ChildFailedError" not in r.stderr and r.stderr.count("\n") == 1, (bad, r.stderr)
 
@@ -294,7 +295,7 @@ def _start_budget_run(tmp_path):
 def test_a_signal_to_the_launcher_saves_and_exits_with_its_code(tmp_path, sig, code):
     p, ranks, out = _start_budget_run(tmp_path)
     p.send_signal(sig)
-    stdout, stderr = p.communicate(timeout=120)
+    stdout, stderr = p.communicate(timeout=HANG_GUARD)
     assert p.returncode == code, (stdout, stderr)
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) <= 1, stderr
     assert "continue with: rnnlab train --resume" in stdout
@@ -316,6 +317,6 @@ def test_nproc_is_checked_after_the_recipe_sets_the_batch(tmp_path):
     src.write_text(TEXT)
     r = subprocess.run([sys.executable, "-m", "rnnlab", "train", str(src), "--nproc", "32", "--epochs", "1",
                         "--hidden-size", "8", "--out", str(tmp_path / "run")],
-                       env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=120)
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=HANG_GUARD)
     assert r.returncode == 2 and "divisible by the 32 processes" in r.stderr, r.stderr
     assert r.stderr.count("\n") == 1 and not (tmp_path / "run").exists()

@@ -11,6 +11,7 @@ from rnnlab.checkpoint import load_checkpoint
 from rnnlab.adaptation import dynamic_evaluate
 from rnnlab.evaluation import evaluate
 from tiny_keyboard_model import tiny_checkpoint
+from guards import HANG_GUARD  # noqa: E402
 
 REPEATED = "we sat in the machine and talked about the garden. " * 12  # a text of its own, said again and again
 
@@ -39,7 +40,7 @@ def test_eval_dynamic_through_the_cli_leaves_the_checkpoint_on_disk_unchanged(tm
     (tmp_path / "rep.txt").write_text(REPEATED)
     before = _sha(ckpt)
     r = subprocess.run([sys.executable, "-m", "rnnlab", "eval", str(ckpt), str(tmp_path / "rep.txt"), "--dynamic",
-                        "--json"], capture_output=True, text=True, timeout=300)
+                        "--json"], capture_output=True, text=True, timeout=HANG_GUARD)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["dynamic"]["loss"] < out["static_1row"]["loss"] and out["dynamic"]["method"] == "rms"

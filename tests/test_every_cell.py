@@ -25,6 +25,7 @@ from rnnlab.cli import main
 from rnnlab.config import ServeConfig
 from rnnlab.models.cells import cell_names, get_cell
 from tiny_keyboard_model import SENTENCES
+from guards import HANG_GUARD  # noqa: E402
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -48,7 +49,7 @@ def _model_flags(name: str) -> list[str]:
     return ["--embedding-dim", "16"] if get_cell(name).width_is_embedding else []
 
 
-def _cli(*args, timeout=300) -> subprocess.CompletedProcess:
+def _cli(*args, timeout=HANG_GUARD) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rnnlab", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout)
 

@@ -11,7 +11,7 @@ LONG = "the time traveller " * 150  # a long context: the worker is busy in torc
 
 
 def _run(args, **kw):
-    return subprocess.run(args, capture_output=True, text=True, timeout=300, **kw)
+    return subprocess.run(args, capture_output=True, text=True, timeout=HANG_GUARD, **kw)
 
 
 def test_suggest_command_exits_zero_every_time():
@@ -29,6 +29,7 @@ def test_a_script_that_leaves_the_engine_worker_running_exits_cleanly():
     script = f"""
 from rnnlab.checkpoint import load_checkpoint
 from rnnlab.suggest import SuggestEngine
+from guards import HANG_GUARD  # noqa: E402
 ck = load_checkpoint({str(tiny_checkpoint())!r})
 engine = SuggestEngine(ck.model, ck.tokenizer)
 futures = [engine.submit({LONG!r} + str(i), 20, client=str(i)) for i in range(4)]

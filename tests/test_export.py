@@ -20,6 +20,7 @@ from rnnlab import (
 from rnnlab.export import check_onnx, export_onnx, load_quantized, quantize_model
 
 from rnnlab.data.tokenizer import Tokenizer
+from guards import HANG_GUARD  # noqa: E402
 
 VOCAB = Vocab.build(list("the time traveller smiled at us, 0123456789!"))
 TEXT = Tokenizer(VOCAB, preset="letters")
@@ -232,7 +233,7 @@ def test_without_onnx_the_export_is_one_line_and_writes_nothing(tmp_path):
 
     ckpt = _checkpoint(tmp_path, "gru", 0, 1)
     code = "import sys; sys.modules['onnx'] = None; from rnnlab.cli import main; sys.exit(main(sys.argv[1:]))"
-    r = subprocess.run([sys.executable, "-c", code, "export", str(ckpt)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code, "export", str(ckpt)], capture_output=True, text=True, timeout=HANG_GUARD)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "pip install 'rnnlab[export]'" in r.stderr
     assert not (ckpt / "onnx").exists()
 

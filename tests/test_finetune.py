@@ -15,6 +15,7 @@ from rnnlab.data import Tokenizer, Vocab
 from rnnlab.errors import RnnlabError
 from rnnlab.models import build_model, grow_vocabulary
 from rnnlab.pipeline import stored_configs, train_run
+from guards import HANG_GUARD  # noqa: E402
 
 BASE_TEXT = "the time traveller smiled at us and the machine stood still. " * 30
 NEW_TEXT = "Zazie dans le métro: zut! the time zone was odd. " * 30  # Z, z, é, :, ! ... are new
@@ -22,7 +23,7 @@ NEW_TEXT = "Zazie dans le métro: zut! the time zone was odd. " * 30  # Z, z, é
 
 def run(*args):
     return subprocess.run([sys.executable, "-m", "rnnlab", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, PYTHONIOENCODING="utf-8"))
+                          timeout=HANG_GUARD, env=dict(os.environ, PYTHONIOENCODING="utf-8"))
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from guards import HANG_GUARD  # noqa: E402
 
 CORPUS = ("the time traveller for so it will be convenient to speak of him "
           "was expounding a recondite matter to us his grey eyes shone and twinkled\n") * 12
@@ -18,7 +19,7 @@ REST = ["--recipe", "book", "--batch-size", "4", "--num-steps", "10", "--predict
 TINY = ["--hidden-size", "16", *REST]
 
 
-def run(*args, timeout=300, preexec_fn=None, env=None):
+def run(*args, timeout=HANG_GUARD, preexec_fn=None, env=None):
     return subprocess.run([sys.executable, "-m", "rnnlab", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, preexec_fn=preexec_fn, env=env or dict(os.environ, PYTHONIOENCODING="utf-8"))
 
@@ -111,7 +112,7 @@ def test_a_second_training_into_the_same_out_is_refused(text, tmp_path):
         one_line_error(r, 2, "another `rnnlab train` is writing to")
     finally:
         first.send_signal(signal.SIGINT)
-        first.communicate(timeout=120)
+        first.communicate(timeout=HANG_GUARD)
     assert first.returncode == 130 and json.loads((out / "config.json").read_text())["info"]["step"] > 0
 
 
@@ -148,11 +149,11 @@ def test_a_save_that_fails_midway_leaves_no_temporary_folders_and_the_last_check
 
 def test_inputs_that_are_not_readable_text_files(tmp_path):
     one_line_error(run("train", tmp_path, *TINY), 1, "is a directory")
-    one_line_error(run("train", "/dev/zero", "--out", tmp_path / "o", *TINY, timeout=60), 1, "not a regular file")
+    one_line_error(run("train", "/dev/zero", "--out", tmp_path / "o", *TINY, timeout=HANG_GUARD), 1, "not a regular file")
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    one_line_error(run("train", fifo, "--out", tmp_path / "o", *TINY, timeout=60), 1, "not a regular file")
-    one_line_error(run("prepare", fifo, "--out", tmp_path / "p", timeout=60), 1, "not a regular file")
+    one_line_error(run("train", fifo, "--out", tmp_path / "o", *TINY, timeout=HANG_GUARD), 1, "not a regular file")
+    one_line_error(run("prepare", fifo, "--out", tmp_path / "p", timeout=HANG_GUARD), 1, "not a regular file")
     loop = tmp_path / "loop"
     os.symlink(loop, loop)
     one_line_error(run("train", loop, "--out", tmp_path / "o", *TINY), 1, "symbolic-link loop")
@@ -187,7 +188,7 @@ def test_utf16_text_is_read_with_its_encoding(tmp_path):
     (["--hidden-size", "16384", "--num-layers", "64"], 2, "available"),
 ])
 def test_sizes_are_checked_before_allocating(text, tmp_path, args, code, fragment):
-    r = run("train", text, "--out", tmp_path / "o", *REST, *args, timeout=120)
+    r = run("train", text, "--out", tmp_path / "o", *REST, *args, timeout=HANG_GUARD)
     assert r.returncode == code and fragment in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
@@ -239,7 +240,7 @@ def test_damaged_checkpoints_give_one_line_per_problem(ckpt, tmp_path, name, edi
     for command in (["generate", d], ["eval", d, d.parent.parent / "hard0" / "t.txt"], ["suggest", d, "the ti"]):
         r = run(*command)
         one_line_error(r, 1, fragment)
-    r = run("serve", d, "--port", "0", timeout=60)
+    r = run("serve", d, "--port", "0", timeout=HANG_GUARD)
     one_line_error(r, 1, fragment)
 
 

@@ -24,6 +24,7 @@ from rnnlab.keyboard import (
 from rnnlab.keyboard import presage
 from rnnlab.keyboard.stats import bootstrap_ratios, word_units
 from rnnlab.suggest import MixParams, WordModel, word_spans, words_of
+from guards import HANG_GUARD  # noqa: E402
 
 # -- words ------------------------------------------------------------------------------------------
 
@@ -361,7 +362,7 @@ def test_bootstrap_intervals_resample_words():
 
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "rnnlab", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=HANG_GUARD)
 
 
 def test_eval_keyboard_cli_types_a_users_text(tmp_path):

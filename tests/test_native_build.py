@@ -21,6 +21,7 @@ HOLD = """
 import sys, time
 from filelock import FileLock
 from rnnlab.models import native
+from guards import HANG_GUARD  # noqa: E402
 d = native._build_dir(native.build_name(*native._FLAG_SETS[0]))
 lock = FileLock(str(d / "build.lock"))
 lock.acquire()
@@ -59,7 +60,7 @@ def _killed_holder(env):
 def test_a_builder_killed_with_sigkill_does_not_block_the_next_process(tmp_path):
     env = _env(_copy_cache(tmp_path))
     _killed_holder(env)  # leaves torch's `lock` file behind, as a build killed mid-compile does
-    out = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=HANG_GUARD)
     assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr
     assert "waiting" not in out.stderr
 
@@ -70,7 +71,7 @@ def test_a_live_builder_is_waited_for_with_a_notice_and_a_bound(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         # the holder never lets go: returning at all (before the timeout) is the bound
-        out = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=120)
+        out = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=HANG_GUARD)
     finally:
         holder.kill()
         holder.wait(10)
@@ -78,7 +79,7 @@ def test_a_live_builder_is_waited_for_with_a_notice_and_a_bound(tmp_path):
     assert "another process is compiling" in out.stderr and "waiting up to 1 s" in out.stderr
     assert out.stderr.count("using the Python loops") == 1  # one notice, then the fallback
     # once the holder is gone the cached build loads at once
-    out = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=HANG_GUARD)
     assert out.stdout.strip() == "True", out.stderr
 
 
@@ -93,7 +94,7 @@ def test_a_compile_killed_midway_then_two_concurrent_builders_make_one_good_buil
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     procs = [_start(CHECK, env) for _ in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
+    outs = [p.communicate(timeout=HANG_GUARD) for p in procs]
     for p, (stdout, stderr) in zip(procs, outs):
         assert p.returncode == 0 and stdout.strip() == "True", stderr
     assert sum("compiling the C++ time loops (once" in err for _, err in outs) <= 1

@@ -20,6 +20,7 @@ from rnnlab.models.cells import cell_names, get_cell
 from rnnlab.pipeline import evaluate_checkpoint, stored_configs, train_run
 from rnnlab.runtime import seed_everything
 from rnnlab.training import Trainer
+from guards import HANG_GUARD  # noqa: E402
 
 TEXT = ("it was the best of times, it was the worst of times, it was the age of wisdom, "
         "it was the age of foolishness, it was the epoch of belief, it was the epoch of incredulity. ") * 6
@@ -28,7 +29,7 @@ CURVE_TOL = 0.02  # nats/token: bf16's per-epoch training loss against float32's
 TIMING = ("tokens_per_sec", "elapsed_s")
 
 
-def _run(*args, env=None, timeout=180):
+def _run(*args, env=None, timeout=HANG_GUARD):
     env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.run([sys.executable, "-m", "rnnlab", *args], capture_output=True, text=True, env=env,
                           timeout=timeout)

@@ -10,6 +10,7 @@ import pytest
 from rnnlab import recipes
 from rnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from rnnlab.errors import UsageError
+from guards import HANG_GUARD  # noqa: E402
 
 TEXT = "the recipe decides what the user did not. " * 200
 
@@ -160,7 +161,7 @@ def test_the_cli_applies_the_recipe_and_says_which_values_are_in_force(tmp_path)
     (tmp_path / "t.txt").write_text(TEXT)
     r = subprocess.run([sys.executable, "-m", "rnnlab", "train", str(tmp_path / "t.txt"), "--budget", "4s",
                         "--hidden-size", "24", "--out", str(tmp_path / "run"), "--quiet"], capture_output=True, text=True,
-                       timeout=300, env=dict(os.environ, RNNLAB_SIMULATED_STEP_SECONDS="0.02"))  # 200 steps, any host
+                       timeout=HANG_GUARD, env=dict(os.environ, RNNLAB_SIMULATED_STEP_SECONDS="0.02"))  # 200 steps, any host
     assert r.returncode == 0, r.stderr
     first = r.stdout.splitlines()[0]
     assert first.startswith("recipe default:") and "model lstm" in first and "hidden-size" not in first
@@ -172,7 +173,7 @@ def test_the_cli_applies_the_recipe_and_says_which_values_are_in_force(tmp_path)
     assert cfg["run"]["budget"] == 4.0 and cfg["data"]["val_fraction"] == 0.05
     book = subprocess.run([sys.executable, "-m", "rnnlab", "train", str(tmp_path / "t.txt"), "--recipe", "book",
                            "--epochs", "1", "--hidden-size", "8", "--out", str(tmp_path / "book"), "--quiet",
-                           "--predict-every", "0"], capture_output=True, text=True, timeout=300)
+                           "--predict-every", "0"], capture_output=True, text=True, timeout=HANG_GUARD)
     assert book.returncode == 0 and not book.stdout.startswith("recipe"), book.stderr
     cfg = json.loads((tmp_path / "book" / "config.json").read_text())
     assert (cfg["model"]["model"], cfg["train"]["optimizer"], cfg["train"]["lr"]) == ("rnn", "sgd", 1.0)

@@ -134,6 +134,7 @@ def dying(path, data):
     return orig(path, data)
 ck.atomic_write = dying
 from rnnlab.cli import main
+from guards import HANG_GUARD  # noqa: E402
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -144,14 +145,14 @@ def test_kill_9_during_checkpoint_write_leaves_previous_checkpoint_loadable(tmp_
     run = tmp_path / "run"
     p = subprocess.run([sys.executable, "-c", KILL_SCRIPT, "train", str(src), "--epochs", "3", "--save-every", "1",
                         "--hidden-size", "16", "--batch-size", "4", "--num-steps", "10", "--out", str(run), "--quiet",
-                        "--predict-every", "0"], capture_output=True, text=True, timeout=300)
+                        "--predict-every", "0"], capture_output=True, text=True, timeout=HANG_GUARD)
     assert p.returncode == -signal.SIGKILL
     ck = load_checkpoint(run)  # epoch 1's checkpoint, whole
     assert ck.info["epoch"] in (1, 2)
     x = torch.tensor([[1, 2, 3]])
     assert torch.isfinite(ck.model(x)[0]).all()
     r = subprocess.run([sys.executable, "-m", "rnnlab", "train", "--resume", "--out", str(run), "--quiet"],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=HANG_GUARD)
     assert r.returncode == 0, r.stderr
     assert load_checkpoint(run).info["epoch"] == 3
 
@@ -170,7 +171,7 @@ def test_sigint_finishes_the_step_checkpoints_and_resumes(tmp_path):
     while time.time() < deadline and not (run / "metrics.jsonl").read_text():
         time.sleep(0.2)
     p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=120)
+    out, err = p.communicate(timeout=HANG_GUARD)
     assert p.returncode == 130, err
     assert "Traceback" not in err and "--resume" in out
     ck = load_checkpoint(run)

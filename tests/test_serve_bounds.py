@@ -20,6 +20,7 @@ import pytest
 
 from test_serve_process import _healthy, _request, _wait_for, start_server, stop_server
 from tiny_keyboard_model import CORPUS, tiny_checkpoint
+from guards import HANG_GUARD  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +238,7 @@ def held_server():
     sock.close()
 
 
-def _post(url, body, timeout=120):
+def _post(url, body, timeout=HANG_GUARD):
     """(status, headers, JSON or NDJSON text) of a POST."""
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
     try:

@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 
 from tiny_keyboard_model import tiny_checkpoint
+from guards import HANG_GUARD  # noqa: E402
 
 
 def _request(url, body=None, timeout=60):
@@ -162,7 +163,7 @@ def test_suggest_serve_the_library_and_eval_give_the_same_words(server):
     try:
         for i, text in enumerate(TEXTS):
             cli = subprocess.run([sys.executable, "-m", "rnnlab", "suggest", str(tiny_checkpoint()), text, "--json"],
-                                 capture_output=True, text=True, timeout=120)
+                                 capture_output=True, text=True, timeout=HANG_GUARD)
             said = [line for line in cli.stderr.splitlines() if "torch thread" not in line]  # the thread choice is said
             assert cli.returncode == 0 and said == [], cli.stderr
             by_cli = [c["word"] for c in json.loads(cli.stdout)["completions"]]

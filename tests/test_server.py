@@ -15,6 +15,7 @@ from rnnlab.config import MAX_K, MAX_LENGTH, MAX_TEXT_CHARS, ServeConfig  # noqa
 from rnnlab.decoding import generate  # noqa: E402
 from rnnlab.serve import create_app  # noqa: E402
 from tiny_keyboard_model import WORDS, tiny_checkpoint  # noqa: E402
+from guards import HANG_GUARD  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ def test_an_empty_prompt_is_one_request_in_the_cli_the_library_and_http(client, 
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cli = lambda *args: subprocess.run([sys.executable, "-m", "rnnlab", *args], capture_output=True,  # noqa: E731
-                                       text=True, timeout=300, env=env)
+                                       text=True, timeout=HANG_GUARD, env=env)
     library = generate(ckpt.model, ckpt.tokenizer, "", 30)
     assert library and "<unk>" not in library
     r = client.post("/v1/generate", json={"prefix": "", "length": 30})

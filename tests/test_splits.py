@@ -11,6 +11,7 @@ import rnnlab.pipeline as pipeline
 import rnnlab.training as training
 from rnnlab import DataConfig, ModelConfig, RunConfig, TrainConfig, train_run
 from rnnlab.data import prepare_data, split_points, split_stream
+from guards import HANG_GUARD  # noqa: E402
 
 TEXT = "".join(f"line {i} of a small text with some words in it.\n" for i in range(400))
 
@@ -61,7 +62,7 @@ def test_choosing_weights_without_a_selection_slice_is_refused(tmp_path):
     (tmp_path / "t.txt").write_text(TEXT)
     r = subprocess.run([sys.executable, "-m", "rnnlab", "train", str(tmp_path / "t.txt"), "--recipe", "book",
                         "--val-fraction", "0.1", "--patience", "2", "--epochs", "2", "--hidden-size", "8",
-                        "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+                        "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=HANG_GUARD)
     assert r.returncode == 2 and "--select-fraction" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
 
@@ -71,7 +72,7 @@ def test_a_book_run_with_a_test_split_scores_it_for_the_record_and_keeps_no_best
     r = subprocess.run([sys.executable, "-m", "rnnlab", "train", str(tmp_path / "t.txt"), "--recipe", "book",
                         "--val-fraction", "0.1", "--epochs", "2", "--hidden-size", "8", "--batch-size", "4",
                         "--num-steps", "8", "--predict-every", "0", "--out", str(tmp_path / "run"), "--quiet"],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=HANG_GUARD)
     assert r.returncode == 0, r.stderr
     assert "val ppl" in r.stdout and not (tmp_path / "run" / "best").exists()
 
@@ -98,5 +99,5 @@ def test_resume_refuses_a_run_whose_text_splits_otherwise(tmp_path):
         check_ranges(tmp_path / "run", ranges)
     r = subprocess.run([sys.executable, "-m", "rnnlab", "train", str(tmp_path / "t.txt"), "--recipe", "book",
                         "--val-fraction", "0.1", "--select-fraction", "0.05", "--out", str(tmp_path / "run"),
-                        "--resume", "--epochs", "2"], capture_output=True, text=True, timeout=600)
+                        "--resume", "--epochs", "2"], capture_output=True, text=True, timeout=HANG_GUARD)
     assert r.returncode == 2 and "split its text as" in r.stderr and r.stderr.count("\n") == 1, r.stderr
