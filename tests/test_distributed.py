@@ -89,7 +89,7 @@ WORKER = textwrap.dedent("""
     sys.path.insert(0, sys.argv[2])
     from test_distributed import RUN, SETUP, _cfg, _ids
     from rnnlab.config import ModelConfig
-    from rnnlab.distributed import cleanup, setup
+    from rnnlab.distributed import cleanup, reduce_over_ranks, setup, sum_over_ranks
     from rnnlab.models import build_model
     from rnnlab.runtime import seed_everything
     from rnnlab.training import Trainer
@@ -97,7 +97,9 @@ WORKER = textwrap.dedent("""
     out = sys.argv[1]
     ctx = setup(torch.device("cpu"))
     assert ctx.world_size == 2
-    result = {}
+    cpu, mine = torch.device("cpu"), [float(ctx.rank + 1), torch.tensor([10.0 * (ctx.rank + 1)]), 7 - ctx.rank]
+    result = {"reduced": {op: reduce_over_ranks(mine, ctx, cpu, op) for op in ("sum", "min", "max")}}
+    result["reduced"]["sum, rank 0's clock"] = sum_over_ranks(mine, ctx, cpu, main_only=(1,))
     for sampling in ("sequential", "random"):
         seed_everything(5)
         model = build_model(ModelConfig(vocab_size=11, **SETUP))
@@ -171,6 +173,22 @@ def test_two_processes_with_half_batches_equal_one_process(two_ranks, sampling):
     assert ddp.keys() == weights.keys()
     for k in weights:
         assert torch.allclose(ddp[k], weights[k], atol=TOL, rtol=0), k
+
+
+def test_reductions_over_the_ranks(two_ranks):
+    """Rank 0 holds [1, 10, 7], rank 1 [2, 20, 6]: every rank gets the same reductions."""
+    _, ranks = two_ranks
+    for r in ranks:
+        assert r["reduced"] == {"sum": [3.0, 30.0, 13.0], "min": [1.0, 10.0, 6.0], "max": [2.0, 20.0, 7.0],
+                                "sum, rank 0's clock": [3.0, 10.0, 13.0]}
+
+
+def test_reductions_in_one_process_are_the_values_themselves():
+    from rnnlab.distributed import LOCAL, reduce_over_ranks, sum_over_ranks
+
+    for op in ("sum", "min", "max"):
+        assert reduce_over_ranks([1.5, torch.tensor(2.0), 3], LOCAL, torch.device("cpu"), op) == [1.5, 2.0, 3]
+    assert sum_over_ranks([1.5, 4], LOCAL, torch.device("cpu"), main_only=(0,)) == [1.5, 4]
 
 
 def test_a_stop_on_one_rank_stops_all_and_resumes_exactly(two_ranks):
