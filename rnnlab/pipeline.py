@@ -167,8 +167,8 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
     trainer = Trainer(model, tcfg, data.train_ids, data.select_ids if selecting else data.val_ids, run=rcfg,
                       dist_ctx=ctx, label="select" if selecting else "val", step_seconds=simulated_step_seconds())
     if not resume:
-        if rcfg.budget and not trainer.step_seconds:
-            trainer.count_setup(plan.setup_seconds)  # measuring counts against a budget
+        if rcfg.budget and not trainer.timing.step_seconds:
+            trainer.timing.count_setup(plan.setup_seconds)  # measuring counts against a budget
     if resume:
         ck = load_checkpoint(out, device)
         model.load_state_dict(ck.model.state_dict())
@@ -260,7 +260,7 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
     if selecting and trainer.schedule.best < float("inf"):
         val += f", best selection loss {trainer.schedule.best:.4f}"
     why = f" ({trainer.stop_reason})" if trainer.stop_reason not in ("", "epochs done") else ""
-    best = ", the best selection weights restored" if rcfg.restore_best and trainer.best_state is not None else ""
+    best = ", the best selection weights restored" if rcfg.restore_best and trainer.evals.best_state is not None else ""
     log(f"done{why}: epoch {trainer.epoch}, train perplexity {final['train_ppl']:.3f}{val}{best}, "
         f"median {speed:,.0f} tokens/s; checkpoint in {out}")
     return RunResult(model, tokenizer, trainer.history, out, info=final)

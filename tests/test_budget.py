@@ -47,8 +47,8 @@ def test_the_cosine_schedule_spans_the_budget_not_the_epochs():
     assert tr.schedule.lr_at(50, 0.0) == pytest.approx(0.01)
     assert tr.schedule.lr_at(50, 50.0) == pytest.approx(0.001 + 0.009 * 0.5)
     assert tr.schedule.lr_at(50, 100.0) == pytest.approx(0.001) and tr.schedule.lr_at(50, 150.0) == pytest.approx(0.001)
-    assert tr.time_limit == 100.0
-    assert Trainer(_model(), cfg, _ids(), run=RunConfig(budget=100.0, max_seconds=30.0)).time_limit == 30.0
+    assert tr.timing.limit == 100.0
+    assert Trainer(_model(), cfg, _ids(), run=RunConfig(budget=100.0, max_seconds=30.0)).timing.limit == 30.0
 
 
 def test_a_budget_stops_training_and_evaluation_time_counts_in_it():
@@ -70,30 +70,30 @@ def test_a_budget_stops_training_and_evaluation_time_counts_in_it():
 
 def test_evaluations_score_a_bounded_slice():
     calls = []
-    import rnnlab.training as training
+    import rnnlab.evalpoints as evalpoints
 
-    real = training.evaluate
+    real = evalpoints.evaluate
 
     def spy(model, ids, *a, **k):
         calls.append(len(ids))
         return real(model, ids, *a, **k)
 
-    training.evaluate = spy
+    evalpoints.evaluate = spy
     try:
         Trainer(_model(), TrainConfig(batch_size=4, num_steps=8), _ids(), _ids(5000),
                 run=RunConfig(epochs=2, eval_tokens=300)).fit()
     finally:
-        training.evaluate = real
+        evalpoints.evaluate = real
     assert calls == [301, 301]
 
 
 def test_early_stopping_and_the_best_weights_restored(monkeypatch):
     """Validation losses that improve twice, then not: training stops after ``patience``
     evaluations without improvement and ends with the weights of the best one."""
-    import rnnlab.training as training
+    import rnnlab.evalpoints as evalpoints
 
     losses = iter([3.0, 2.0, 1.5, 1.6, 1.5, 1.7] + [9.0] * 100)
-    monkeypatch.setattr(training, "evaluate", lambda *a, **k: {"loss": next(losses), "ppl": 1.0, "bpc": 1.0})
+    monkeypatch.setattr(evalpoints, "evaluate", lambda *a, **k: {"loss": next(losses), "ppl": 1.0, "bpc": 1.0})
     cfg = TrainConfig(batch_size=4, num_steps=8, optimizer="adam", lr=0.01)
     model = _model()
     seen = []
@@ -128,10 +128,10 @@ def test_early_stopping_through_the_cli_keeps_best_and_final_alike(tmp_path):
 def test_a_plateau_under_a_budget_starts_the_final_decay_before_stopping(monkeypatch):
     """Under a time budget with a cosine schedule, the first plateau restores the best weights and
     decays the rate from where it is to min_lr over ANNEAL of the budget; the end of the decay stops."""
-    import rnnlab.training as training
+    import rnnlab.evalpoints as evalpoints
 
     losses = iter([3.0, 2.0, 2.5, 2.6] + [9.0] * 100_000)
-    monkeypatch.setattr(training, "evaluate", lambda *a, **k: {"loss": next(losses), "ppl": 1.0, "bpc": 1.0})
+    monkeypatch.setattr(evalpoints, "evaluate", lambda *a, **k: {"loss": next(losses), "ppl": 1.0, "bpc": 1.0})
     cfg = TrainConfig(batch_size=4, num_steps=8, optimizer="adam", lr=0.01, min_lr=1e-4, lr_schedule="cosine")
     model = _model()
     seen = []
