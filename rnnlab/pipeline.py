@@ -179,7 +179,7 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
                 f"{trainer.step}); nothing to resume. Give a larger --epochs or --budget to train further")
             return RunResult(model, data.tokenizer, trainer.history, out, info=dict(ck.info))
         log(f"resuming {out} at epoch {trainer.epoch} (step {trainer.step}"
-            f"{', inside the epoch' if trainer.epoch_rng_state is not None else ''})")
+            f"{', inside the epoch' if trainer.position.rng_state is not None else ''})")
     # --overwrite: the old run goes when the new one first saves (a run that fails before leaves it whole)
     replacing = {"run": overwrite and not resume and main, "best": overwrite and not resume and main}
     bar = ProgressBar(0, enabled=False)  # replaced below once the trainer knows its length
@@ -244,7 +244,7 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
     if trainer.interrupted:
         if main:
             save(trainer, f"interrupted-step-{trainer.step:08d}")
-        log(f"stopped at epoch {trainer.epoch} + {trainer.batch_in_epoch} minibatches; checkpoint saved in {out}; "
+        log(f"stopped at epoch {trainer.epoch} + {trainer.position.batch} minibatches; checkpoint saved in {out}; "
             f"continue with: rnnlab train --resume --out {out}")
         return RunResult(model, tokenizer, trainer.history, out, interrupted=True, signal=stopper.signum)
     final = dict(trainer.history[-1])

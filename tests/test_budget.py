@@ -59,7 +59,7 @@ def test_a_budget_stops_training_and_evaluation_time_counts_in_it():
     tr = Trainer(_model(16), cfg, _ids(20000), _ids(3000), run=RunConfig(epochs=10_000, budget=1.5, eval_every=0.5),
                  clock=StepClock(0.001))
     hist = tr.fit()
-    assert tr.time_up and 1.5 <= tr.elapsed < 1.5 + 0.01  # stopped at the first step past the budget
+    assert tr.time_up and 1.5 <= tr.timing.elapsed < 1.5 + 0.01  # stopped at the first step past the budget
     assert tr.batches_per_epoch < tr.step < 2 * tr.batches_per_epoch  # in the second epoch
     points = [h for h in hist if not isinstance(h["epoch"], int)]
     assert len(points) == 2 and all("val_loss" in h for h in points)  # evaluations inside epochs
@@ -147,7 +147,7 @@ def test_a_plateau_under_a_budget_starts_the_final_decay_before_stopping(monkeyp
     assert tr.early_stopped and [h["val_loss"] for h in hist][:4] == [3.0, 2.0, 2.5, 2.6]
     start, lr0 = tr.schedule.anneal
     assert start == pytest.approx(hist[3]["elapsed_s"]) and lr0 > 0.005  # still high, early in the budget
-    assert start + ANNEAL * budget <= tr.elapsed < budget  # the decay ran to its end, then stopped
+    assert start + ANNEAL * budget <= tr.timing.elapsed < budget  # the decay ran to its end, then stopped
     assert tr.schedule.lr_at(tr.step, start + ANNEAL * budget) == pytest.approx(1e-4)
     assert tr.schedule.lr_at(tr.step, start + ANNEAL * budget / 2) == pytest.approx((lr0 + 1e-4) / 2, rel=1e-3)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in seen[1].items())  # ends with the best (2.0)

@@ -120,8 +120,8 @@ WORKER = textwrap.dedent("""
     tr = Trainer(model, _cfg("sequential"), _ids(), run=RUN, dist_ctx=ctx, step_callbacks=[stop_on_rank1])
     tr.fit()
     state = tr.state_dict()
-    result["interrupted"] = {"epoch": tr.epoch, "step": tr.step, "batch_in_epoch": tr.batch_in_epoch,
-                             "carry_rows": tr.carry[0].shape[1]}
+    result["interrupted"] = {"epoch": tr.epoch, "step": tr.step, "batch_in_epoch": tr.position.batch,
+                             "carry_rows": tr.position.carry[0].shape[1]}
     model2 = build_model(ModelConfig(vocab_size=11, **SETUP))
     model2.load_state_dict(model.state_dict())
     tr2 = Trainer(model2, _cfg("sequential"), _ids(), run=RUN, dist_ctx=ctx)
