@@ -100,6 +100,28 @@ WORKER = textwrap.dedent("""
     cpu, mine = torch.device("cpu"), [float(ctx.rank + 1), torch.tensor([10.0 * (ctx.rank + 1)]), 7 - ctx.rank]
     result = {"reduced": {op: reduce_over_ranks(mine, ctx, cpu, op) for op in ("sum", "min", "max")}}
     result["reduced"]["sum, rank 0's clock"] = sum_over_ranks(mine, ctx, cpu, main_only=(1,))
+
+    # the measuring's decisions (plan) on ranks that see different things: rank 0 steps at 100 tokens/s,
+    # rank 1 at 50, has no bfloat16, and only rank 0 remembers a rate
+    import rnnlab.plan as plan
+    from rnnlab.config import RunConfig
+    from rnnlab.speed import Rates
+    plan.step_rates = lambda cand, tcfg, device, rows=None, precisions=("fp32",), seconds=0.0, deadline=None: (
+        {p: 100.0 / (ctx.rank + 1) for p in precisions}, 7)
+    cand = ModelConfig(vocab_size=11, **SETUP)
+    rates, _ = plan._rates(cand, _cfg("random"), cpu, ctx, 2, ("fp32", "bf16"))
+    plan.not_worth_measuring = lambda device: "no bfloat16 here" if ctx.rank == 1 else ""
+    choice = plan._decide_precision(cand, _cfg("random"), RunConfig(), cpu, ctx, 2)
+
+    class Book:
+        def get(self, key):
+            return (400.0, 1.0) if ctx.rank == 0 else None
+
+        def put(self, rates):
+            pass
+
+    remembered, _ = plan._rates(cand, _cfg("random"), cpu, ctx, 2, ("fp32",), book=Rates(book=Book()))
+    result["plan"] = {"rates": rates, "precision": choice.precision, "why": choice.why, "book": remembered}
     for sampling in ("sequential", "random"):
         seed_everything(5)
         model = build_model(ModelConfig(vocab_size=11, **SETUP))
@@ -181,6 +203,18 @@ def test_reductions_over_the_ranks(two_ranks):
     for r in ranks:
         assert r["reduced"] == {"sum": [3.0, 30.0, 13.0], "min": [1.0, 10.0, 6.0], "max": [2.0, 20.0, 7.0],
                                 "sum, rank 0's clock": [3.0, 10.0, 13.0]}
+
+
+def test_the_measuring_decides_the_same_on_every_rank(two_ranks):
+    """The slowest rank's rate (50 tokens/s x 2 ranks), no bfloat16 measuring when one rank has
+    none, and a remembered rate only when every rank remembers it (else all measure)."""
+    _, ranks = two_ranks
+    for r in ranks:
+        p = r["plan"]
+        assert p["rates"] == {"fp32": 100.0, "bf16": 100.0} and p["precision"] == "fp32"
+        assert p["book"] == {"fp32": 100.0}
+    assert ranks[0]["plan"]["why"] == "another process's device has no bfloat16"
+    assert ranks[1]["plan"]["why"] == "no bfloat16 here"
 
 
 def test_reductions_in_one_process_are_the_values_themselves():
