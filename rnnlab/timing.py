@@ -72,7 +72,7 @@ class RunClock:
 
     @property
     def snapshot_due(self) -> bool:
-        return bool(self.save_seconds) and self.elapsed >= self.next_snapshot
+        return self.elapsed >= self.next_snapshot  # (never without a cadence: next_snapshot is inf)
 
     def evaluated(self) -> None:
         """An evaluation was recorded now: the next one is ``eval_every`` seconds later."""

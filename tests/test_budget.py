@@ -68,6 +68,26 @@ def test_a_budget_stops_training_and_evaluation_time_counts_in_it():
     assert hist[-1]["elapsed_s"] >= 1.5
 
 
+def test_the_time_of_evaluations_counts_as_training_time(monkeypatch):
+    """Each evaluation takes 0.25 s of a fake clock that otherwise advances 1 ms a read (two reads a
+    step, one at the start of an epoch): the record's ``elapsed_s`` holds it, the next epoch goes on from there."""
+    import rnnlab.evalpoints as evalpoints
+
+    clock, real = StepClock(0.001), evalpoints.evaluate
+
+    def slow(*a, **k):
+        clock.t += 0.25
+        return real(*a, **k)
+
+    monkeypatch.setattr(evalpoints, "evaluate", slow)
+    tr = Trainer(_model(), TrainConfig(batch_size=4, num_steps=8), _ids(), _ids(300), run=RunConfig(epochs=2),
+                 clock=clock)
+    hist = tr.fit()
+    first = 2 * tr.batches_per_epoch * 0.001 + 0.25 + 0.001  # the steps, the evaluation, the read after it
+    assert [h["elapsed_s"] for h in hist] == pytest.approx([first, 2 * first], abs=1e-9)
+    assert tr.timing.elapsed == hist[-1]["elapsed_s"]
+
+
 def test_evaluations_score_a_bounded_slice():
     calls = []
     import rnnlab.evalpoints as evalpoints
