@@ -110,16 +110,26 @@ def cleanup(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def sum_over_ranks(values: list, ctx: DistContext, device: torch.device, main_only: tuple[int, ...] = ()) -> list:
-    """Each of ``values`` (numbers or one-element tensors) summed over every rank, as float64
-    numbers, in one all-reduce; a position in ``main_only`` counts rank 0's value alone (its clock,
-    its compute seconds: the same figure on every rank). In a single process, the values as numbers."""
+REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+
+
+def reduce_over_ranks(values: list, ctx: DistContext, device: torch.device, op: str = "sum") -> list:
+    """Each of ``values`` (numbers or one-element tensors) reduced over every rank by ``op``
+    (``"sum"``, ``"min"`` or ``"max"``), as float64 numbers, in one all-reduce: the same list on
+    every rank. In a single process, the values themselves as numbers."""
     if not ctx.enabled:
         return [v.item() if isinstance(v, torch.Tensor) else v for v in values]
-    t = torch.stack([torch.as_tensor(0.0 if i in main_only and not ctx.is_main else v, dtype=torch.float64,
-                                     device=device).reshape(()) for i, v in enumerate(values)])
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in values])
+    dist.all_reduce(t, op=REDUCE_OPS[op])
     return t.tolist()
+
+
+def sum_over_ranks(values: list, ctx: DistContext, device: torch.device, main_only: tuple[int, ...] = ()) -> list:
+    """``reduce_over_ranks(values, ..., "sum")``, except that a position in ``main_only`` counts
+    rank 0's value alone (its clock, its compute seconds: the same figure on every rank)."""
+    if ctx.enabled and not ctx.is_main:
+        values = [0.0 if i in main_only else v for i, v in enumerate(values)]
+    return reduce_over_ranks(values, ctx, device, "sum")
 
 
 def all_gather_rows(t: torch.Tensor, ctx: DistContext, dim: int) -> torch.Tensor:
@@ -154,7 +164,8 @@ def check_batch(batch_size: int, ctx: DistContext) -> int:
 
 
 __all__ = ["DistContext", "LOCAL", "all_gather_object", "all_gather_rows", "barrier",
-           "check_batch", "cleanup", "device_for", "env_context", "launched_by_torchrun", "setup", "sum_over_ranks"]
+           "check_batch", "cleanup", "device_for", "env_context", "launched_by_torchrun", "reduce_over_ranks", "setup",
+           "sum_over_ranks"]
 
 
 def launch_local(argv: list[str], nproc: int) -> int:

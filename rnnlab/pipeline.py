@@ -168,8 +168,8 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
     trainer = Trainer(model, tcfg, data.train_ids, data.select_ids if selecting else data.val_ids, run=rcfg,
                       dist_ctx=ctx, label="select" if selecting else "val", step_seconds=simulated_step_seconds())
     if not resume:
-        if rcfg.budget and not trainer.step_seconds:
-            trainer.count_setup(plan.setup_seconds)  # measuring counts against a budget
+        if rcfg.budget and not trainer.timing.step_seconds:
+            trainer.timing.count_setup(plan.setup_seconds)  # measuring counts against a budget
     if resume:
         ck = load_checkpoint(out, device)
         model.load_state_dict(ck.model.state_dict())
@@ -180,7 +180,7 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
                 f"{trainer.step}); nothing to resume. Give a larger --epochs or --budget to train further")
             return RunResult(model, data.tokenizer, trainer.history, out, info=dict(ck.info))
         log(f"resuming {out} at epoch {trainer.epoch} (step {trainer.step}"
-            f"{', inside the epoch' if trainer.epoch_rng_state is not None else ''})")
+            f"{', inside the epoch' if trainer.position.rng_state is not None else ''})")
     # --overwrite: the old run goes when the new one first saves (a run that fails before leaves it whole)
     replacing = {"run": overwrite and not resume and main, "best": overwrite and not resume and main}
     bar = ProgressBar(0, enabled=False)  # replaced below once the trainer knows its length
@@ -245,7 +245,7 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
     if trainer.interrupted:
         if main:
             save(trainer, f"interrupted-step-{trainer.step:08d}")
-        log(f"stopped at epoch {trainer.epoch} + {trainer.batch_in_epoch} minibatches; checkpoint saved in {out}; "
+        log(f"stopped at epoch {trainer.epoch} + {trainer.position.batch} minibatches; checkpoint saved in {out}; "
             f"continue with: rnnlab train --resume --out {out}")
         return RunResult(model, tokenizer, trainer.history, out, interrupted=True, signal=stopper.signum)
     final = dict(trainer.history[-1])
@@ -261,7 +261,7 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
     if selecting and trainer.schedule.best < float("inf"):
         val += f", best selection loss {trainer.schedule.best:.4f}"
     why = f" ({trainer.stop_reason})" if trainer.stop_reason not in ("", "epochs done") else ""
-    best = ", the best selection weights restored" if rcfg.restore_best and trainer.best_state is not None else ""
+    best = ", the best selection weights restored" if rcfg.restore_best and trainer.evals.best_state is not None else ""
     log(f"done{why}: epoch {trainer.epoch}, train perplexity {final['train_ppl']:.3f}{val}{best}, "
         f"median {speed:,.0f} tokens/s; checkpoint in {out}")
     return RunResult(model, tokenizer, trainer.history, out, info=final)

@@ -27,7 +27,7 @@ import torch
 from .checkpoint import load_checkpoint
 from .config import ARCHITECTURE, DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data import PreparedData, prepare_data
-from .distributed import LOCAL, DistContext
+from .distributed import LOCAL, DistContext, reduce_over_ranks
 from .errors import RnnlabError, UsageError
 from .fields import flag
 from .models import precision_notes
@@ -154,18 +154,13 @@ def _rates(cand: ModelConfig, tcfg: TrainConfig, device: torch.device, ctx: Dist
     keys = {p: ratebook.key(cand, tcfg, device, rows, p) for p in precisions}
     if book is not None and book.book is not None and not book.remeasure:
         got = {p: book.book.get(k) for p, k in keys.items()}
-        have = torch.tensor([1.0 if all(got.values()) else 0.0], dtype=torch.float64, device=device)
-        if ctx.enabled:
-            torch.distributed.all_reduce(have, op=torch.distributed.ReduceOp.MIN)
-        if have.item():
+        if reduce_over_ranks([1.0 if all(got.values()) else 0.0], ctx, device, "min")[0]:  # every rank has them
             book.remembered = min([book.remembered or float("inf")] + [at for _, at in got.values()])
             return {p: got[p][0] * world for p in precisions}, cand.parameter_count()
     rates, params = step_rates(cand, tcfg, device, rows=rows, precisions=precisions, seconds=seconds,
                                deadline=deadline)
     if ctx.enabled:  # the slowest rank's rate, on every rank
-        r = torch.tensor([-rates[p] for p in precisions], dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(r, op=torch.distributed.ReduceOp.MAX)
-        rates = {p: -float(v) for p, v in zip(precisions, r.tolist())}
+        rates = dict(zip(precisions, reduce_over_ranks([rates[p] for p in precisions], ctx, device, "min")))
     if book is not None and book.book is not None and ctx.is_main and not simulated_step_seconds():
         book.book.put({keys[p]: rates[p] for p in precisions})
     return {p: v * world for p, v in rates.items()}, params
@@ -185,9 +180,8 @@ def _decide_precision(cand: ModelConfig, tcfg: TrainConfig, rcfg: RunConfig, dev
 
     why = not_worth_measuring(device)
     if ctx.enabled:  # ranks on different machines could see different CPUs: all measure, or none
-        skip = torch.tensor([1.0 if why else 0.0], dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(skip, op=torch.distributed.ReduceOp.MAX)
-        why = why or ("another process's device has no bfloat16" if skip.item() else "")
+        skip = reduce_over_ranks([1.0 if why else 0.0], ctx, device, "max")[0]
+        why = why or ("another process's device has no bfloat16" if skip else "")
     what = f"the training step at H={cand.hidden_size}"
     if sizing:
         what = f"{what}, the first candidate; the others measured in the precision chosen"
@@ -205,10 +199,7 @@ def _measurer(tcfg: TrainConfig, rcfg: RunConfig, device: torch.device, ctx: Dis
     cache: dict[tuple[int, int], tuple[float, int]] = {}
 
     def spent() -> bool:  # the same answer on every rank
-        over = torch.tensor([1.0 if rates.seconds >= rates.allowance else 0.0], dtype=torch.float64, device=device)
-        if ctx.enabled:
-            torch.distributed.all_reduce(over, op=torch.distributed.ReduceOp.MAX)
-        return bool(over.item())
+        return bool(reduce_over_ranks([1.0 if rates.seconds >= rates.allowance else 0.0], ctx, device, "max")[0])
 
     def measure(cand: ModelConfig) -> tuple[float, int]:
         key = (cand.hidden_size, cand.embedding_dim)

@@ -3,7 +3,10 @@
 The trainer knows the model only through its contract (``begin_state``, ``forward``). What to do
 after each step or epoch (progress bar, metrics file, samples, checkpoints) is a callback. The
 learning rate and the decisions taken at evaluations (best loss, plateau, final decay, early stop)
-are ``rnnlab.schedule``'s; the state saved for an exact resume is ``rnnlab.trainer_state``'s.
+are ``rnnlab.schedule``'s; the clock, the time limit and when evaluations and snapshots are due
+``rnnlab.timing``'s; what an evaluation does (score, decide, keep the best weights)
+``rnnlab.evalpoints``'; the position inside an unfinished epoch ``rnnlab.position``'s; the state
+saved for an exact resume is ``rnnlab.trainer_state``'s.
 
 Under ``torchrun`` (a ``DistContext`` with ``world_size`` W > 1) each process trains on its
 ``B/W`` rows of every global minibatch (``rnnlab.data.batching``) through
@@ -17,21 +20,23 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from typing import Callable
 
 import torch
 
 from .config import RunConfig, TrainConfig
 from .data.batching import Ids, epoch_batches, min_tokens_needed, num_batches
-from .distributed import LOCAL, DistContext, all_gather_object, all_gather_rows, check_batch, sum_over_ranks
+from .distributed import LOCAL, DistContext, check_batch, sum_over_ranks
 from .errors import RnnlabError
-from .evaluation import evaluate, lm_loss, to_device  # lm_loss: the one LM loss (also rnnlab.training.lm_loss)
+from .evaluation import lm_loss, to_device  # lm_loss: the one LM loss (also rnnlab.training.lm_loss)
+from .evalpoints import EvalPoints
 from .metrics import perplexity
 from .models import LanguageModel, State, detach_state
+from .position import EpochPosition, EpochSums
 from .precision import autocast
 from .runtime import keep_freed_memory
 from .schedule import Schedule
+from .timing import RunClock
 from .trainer_state import TrainerState
 
 DIVERGED = 100.0  # nats/token: far above any vocabulary's uniform loss (ln 2^24 = 16.6): the run has diverged
@@ -76,22 +81,18 @@ class Trainer:
     """Trains ``model`` on the 1-D id tensor ``train_ids`` as ``cfg`` (how to optimise) and ``run``
     (how long) say. ``fit()`` runs epochs until ``run.epochs`` are done, the time limit is spent,
     the schedule stops the run or ``request_stop()`` is called (the step finishes, then ``fit``
-    returns with ``interrupted`` set and the position kept for resume). Each epoch end and each
-    evaluation point (every ``run.eval_every`` seconds) calls the epoch callbacks with ``epoch``,
-    ``step``, ``train_loss``, ``train_ppl``, ``tokens_per_sec``, ``lr``, ``elapsed_s`` and, with
-    evaluation ids, ``{label}_loss/_ppl/_bpc`` (``label="select"`` for a selection slice).
+    returns with ``interrupted`` set and the ``position`` kept for resume). Each epoch end and each
+    evaluation point calls the epoch callbacks with ``epoch``, ``step``, ``train_loss``,
+    ``train_ppl``, ``tokens_per_sec``, ``lr``, ``elapsed_s`` and, with evaluation ids,
+    ``{label}_loss/_ppl/_bpc`` (``label="select"`` for a selection slice). The parts: ``timing``
+    (``clock``, ``step_seconds`` > 0 simulates it), ``evals``, ``schedule``, ``position``.
 
     ``dist_ctx``: one rank of a data-parallel run (``cfg.batch_size`` is the global batch; every
     rank gets the same metrics; ``state_dict`` holds all rows' carried state and every rank's RNG).
-    ``clock`` is the one clock of every time rule (tests give a fake one); ``step_seconds`` > 0
-    simulates it. ``run.precision`` bf16 runs the forward pass and loss under autocast.
     """
 
-    clock: Callable[[], float] = staticmethod(time.perf_counter)
-
-    def __init__(self, model: LanguageModel, cfg: TrainConfig, train_ids: Ids,
-                 val_ids: Ids | None = None, run: RunConfig | None = None,
-                 optimizer: torch.optim.Optimizer | None = None,
+    def __init__(self, model: LanguageModel, cfg: TrainConfig, train_ids: Ids, val_ids: Ids | None = None,
+                 run: RunConfig | None = None, optimizer: torch.optim.Optimizer | None = None,
                  callbacks: list[EpochCallback] = (), step_callbacks: list[StepCallback] = (),
                  dist_ctx: DistContext = LOCAL, label: str = "val", step_seconds: float = 0.0,
                  clock: Callable[[], float] | None = None):
@@ -99,16 +100,10 @@ class Trainer:
         check_batch(cfg.batch_size, dist_ctx)
         self.model, self.cfg, self.dist, self.label = model, cfg, dist_ctx, label
         self.run = run if run is not None else RunConfig()
-        self.step_seconds, self.setup_seconds = step_seconds, 0.0
-        if clock is not None:
-            self.clock = clock
         if model.device.type == "cpu":
             keep_freed_memory()  # no page faults for the per-minibatch buffers
         self.train_ids = to_device(train_ids, model.device)
-        self.val_ids = to_device(val_ids, model.device) if val_ids is not None else None
-        # the validation text scored at each evaluation: all of it, or its first eval_tokens (+1 for the last target)
-        bounded = self.val_ids is not None and self.run.eval_tokens and len(self.val_ids) > self.run.eval_tokens + 1
-        self.eval_ids = self.val_ids[:self.run.eval_tokens + 1] if bounded else self.val_ids
+        val_ids = to_device(val_ids, model.device) if val_ids is not None else None
         self.forward_model = data_parallel(model, dist_ctx)
         self.optimizer = optimizer or make_optimizer(model, cfg)
         self.callbacks, self.step_callbacks = list(callbacks), list(step_callbacks)
@@ -117,37 +112,19 @@ class Trainer:
         self.batches_per_epoch = num_batches(len(train_ids), cfg.batch_size, cfg.num_steps, cfg.sampling,
                                              cfg.num_steps // 2)
         self.schedule = Schedule.of(cfg, self.run, self.batches_per_epoch, label)
+        self.evals = EvalPoints(model, val_ids, cfg, self.run, self.schedule, label)
+        self.timing = RunClock(self.run, step_seconds, clock)
         # progress; all of it is saved by state_dict()
         self.epoch = self.step = 0  # finished epochs, optimizer steps taken
-        self.elapsed = 0.0  # seconds of training so far, across resumes
         self.history: list[dict] = []
-        self.best_state: dict[str, torch.Tensor] | None = None  # the weights of the best evaluation (restore_best)
-        self.next_eval = self.run.eval_every or math.inf
-        self.next_snapshot = self.run.save_seconds or math.inf  # the time cadence of snapshots inside epochs
-        # an unfinished epoch (after an interruption): the batching RNG at its start, minibatches done,
-        # the hidden state carried into the next one, its loss sum (nats), tokens and compute seconds
-        self.epoch_rng_state, self.batch_in_epoch, self.carry, self.partial = None, 0, None, [0.0, 0, 0.0]
-        self.rank_rng_states: list[torch.Tensor] | None = None  # every rank's torch RNG (DDP), for saving
+        self.position = EpochPosition()  # inside an unfinished epoch (after an interruption)
         self.interrupted = self.time_up = self.stop_requested = False
         self.stop_reason = ""  # why the last fit() ended: "time limit", "early stop: ...", "interrupted", ...
 
     # -- control ---------------------------------------------------------------------------
-    def count_setup(self, seconds: float) -> None:
-        """Count ``seconds`` spent setting the run up (measuring candidates) as training time: the
-        budget's clock starts there, and the first evaluation point follows it."""
-        self.elapsed = self.setup_seconds = seconds
-        self.next_eval = seconds + self.run.eval_every if self.run.eval_every else math.inf
-        self.next_snapshot = seconds + self.run.save_seconds if self.run.save_seconds else math.inf
-
     def request_stop(self) -> None:
         """Finish the current step, then return from ``fit`` keeping the position for resume."""
         self.stop_requested = True
-
-    @property
-    def time_limit(self) -> float:
-        """Seconds of training after which ``fit`` stops: the budget or ``max_seconds``, the sooner."""
-        limits = [t for t in (self.run.budget, self.run.max_seconds) if t]
-        return min(limits) if limits else 0.0
 
     @property
     def early_stopped(self) -> bool:
@@ -157,15 +134,7 @@ class Trainer:
     def finished(self) -> bool:
         """Nothing left to train under the run's controls: every epoch done, the time limit spent or
         the run stopped early (a resumed run with a larger --epochs or --budget goes on)."""
-        limit = self.time_limit
-        return self.epoch >= self.run.epochs or self.early_stopped or bool(limit and self.elapsed >= limit)
-
-    def _clock(self, elapsed0: float, wall0: float, now: float | None = None) -> float:
-        """Training seconds so far: ``self.clock`` since ``wall0`` on top of ``elapsed0``, or with
-        ``step_seconds`` the simulated time of the steps taken (exactly the same after a resume)."""
-        if self.step_seconds:
-            return self.setup_seconds + self.step * self.step_seconds
-        return elapsed0 + ((self.clock() if now is None else now) - wall0)
+        return self.epoch >= self.run.epochs or self.early_stopped or self.timing.spent
 
     # -- training --------------------------------------------------------------------------
     def fit(self) -> list[dict]:
@@ -174,8 +143,8 @@ class Trainer:
             self._run_epoch()
         self.stop_reason = ("interrupted" if self.interrupted else "time limit" if self.time_up else
                             self.schedule.stopped if self.early_stopped else "epochs done")
-        if self.run.restore_best and self.best_state is not None and not self.interrupted:
-            self.model.load_state_dict(self.best_state)  # end with the best validation weights
+        if not self.interrupted:
+            self.evals.restore_best()  # end with the best validation weights (--restore-best)
         return self.history
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, state: State | None) -> tuple[State, torch.Tensor]:
@@ -186,7 +155,7 @@ class Trainer:
             state = model.begin_state(x.shape[0], device)  # random windows: nothing to carry
         else:
             state = detach_state(state)  # sequential: keep the values, cut the graph
-        lr = self.schedule.lr_at(self.step, self.elapsed)
+        lr = self.schedule.lr_at(self.step, self.timing.elapsed)
         for g in opt.param_groups:
             g["lr"] = lr
         with autocast(device, self.run.precision):  # bf16: the products in bfloat16, weights and loss float32
@@ -200,161 +169,112 @@ class Trainer:
         return state, loss.detach()
 
     def _run_epoch(self) -> None:
-        cfg, ctx, device = self.cfg, self.dist, self.model.device
+        cfg, ctx, device, timing, pos = self.cfg, self.dist, self.model.device, self.timing, self.position
         self.model.train()
-        if self.epoch_rng_state is None:  # a fresh epoch
-            self.epoch_rng_state = self.rng.getstate()
-            self.batch_in_epoch, self.carry, self.partial = 0, None, [0.0, 0, 0.0]
-        else:  # resuming inside an epoch: replay its plan from the start state, skip what is done
-            self.rng.setstate(self.epoch_rng_state)
+        pos.begin(self.rng)
         batches = epoch_batches(self.train_ids, cfg.batch_size, cfg.num_steps, cfg.sampling, self.rng,
-                                start=self.batch_in_epoch, rank=ctx.rank, world_size=ctx.world_size)
-        part = self.partial if ctx.is_main else [0.0, 0, 0.0]  # (global, after an interruption) on rank 0 only
-        loss_sum = torch.tensor(part[0], dtype=torch.float64, device=device)
-        n_tokens, compute, stop, state = part[1], part[2], False, self.carry
-        if state is not None and ctx.enabled:  # the saved state holds all B rows: keep this rank's
-            per = cfg.batch_size // ctx.world_size
-            state = tuple(s[:, ctx.rank * per:(ctx.rank + 1) * per] for s in state)  # (L, B/W, H)
-        wall0, elapsed0 = self.clock(), self.elapsed
-        self._mark = [loss_sum.item(), n_tokens, compute]  # sums at the last record (evaluation points)
+                                start=pos.batch, rank=ctx.rank, world_size=ctx.world_size)
+        sums, stop, state = pos.sums(ctx, device), False, pos.rank_carry(ctx, cfg.batch_size)
+        timing.start()
         for x, y in batches:
-            t0 = self.clock()
+            t0 = timing.clock()
             state, step_loss = self._train_step(x, y, state)
-            loss_sum += step_loss * y.numel()
-            n_tokens += y.numel()
             self.step += 1
-            self.batch_in_epoch += 1
-            now = self.clock()
-            compute += now - t0
-            self.elapsed = self._clock(elapsed0, wall0, now)
+            pos.batch += 1
+            now = timing.clock()
+            sums.add(step_loss, y.numel(), now - t0)
+            timing.tick(self.step, now)
             stop = self.stop_requested
             if ctx.enabled:  # one small all-reduce: global step loss, any rank stopping, rank 0's clock
-                total, stops, self.elapsed = sum_over_ranks([step_loss, float(stop), self.elapsed], ctx, device, (2,))
+                total, stops, timing.elapsed = sum_over_ranks([step_loss, float(stop), timing.elapsed], ctx, device, (2,))
                 step_loss, stop = total / ctx.world_size, stops > 0
                 self.stop_requested = self.stop_requested or stop
             for cb in self.step_callbacks:
                 cb(self, step_loss, y.numel() * ctx.world_size)
             if stop or (self.stop_requested and not ctx.enabled):
                 break
-            if self.time_limit and self.elapsed >= self.time_limit:  # the same clock on every rank
+            if timing.spent:  # the same clock on every rank
                 self.time_up = True
                 break
-            if self.elapsed >= self.next_eval and self.eval_ids is not None and self.batch_in_epoch < self.batches_per_epoch:
-                self._evaluation_point(loss_sum, n_tokens, compute, elapsed0, wall0)
+            if timing.eval_due and self.evals.ids is not None and pos.batch < self.batches_per_epoch:
+                self._evaluation_point(sums)
                 if self.early_stopped:
                     break
-                self._snapshot_point(state, loss_sum, n_tokens, compute)
-            elif self.run.save_seconds and self.elapsed >= self.next_snapshot:
-                self._snapshot_point(state, loss_sum, n_tokens, compute)
+                self._snapshot_point(state, sums)
+            elif timing.snapshot_due:
+                self._snapshot_point(state, sums)
         # under DDP a stop requested after the last all-reduce (e.g. in a callback) waits for the next step
         stopped = stop if ctx.enabled else self.stop_requested
-        loss_total, n_tokens, compute = sum_over_ranks([loss_sum, n_tokens, compute], ctx, device, (2,))
-        n_tokens = int(n_tokens)
-        mean = loss_total / max(n_tokens, 1)
+        totals = sums.total(ctx)
+        mean = totals[0] / max(totals[1], 1)
         if not math.isfinite(mean) or mean > DIVERGED:
             raise RnnlabError(f"training diverged: the loss became {mean:.4g} nats/token in epoch {self.epoch + 1}; "
                               f"lower --lr or set --clip-norm (e.g. 1) and train again")
         if stopped:  # keep the unfinished epoch for resume
             self.interrupted = True
-            self._keep_position(state, [loss_total, n_tokens, compute])
+            pos.keep(state, totals, ctx, cfg.sampling == "sequential")
             return
         self.epoch += 1
-        self.epoch_rng_state, self.batch_in_epoch, self.carry, self.partial = None, 0, None, [0.0, 0, 0.0]
-        metrics = self._metrics(self.epoch, mean, n_tokens, compute)
-        self._validate(metrics, elapsed0, wall0)
-        self._gather_rng()
-        self._record(metrics)
+        pos.finish()
+        self._evaluate(self.epoch, mean, *totals[1:])
 
-    def _metrics(self, epoch: float, loss: float, tokens: int, seconds: float) -> dict:
-        return {"epoch": epoch, "step": self.step, "train_loss": loss, "train_ppl": perplexity(loss),
-                "tokens_per_sec": tokens / seconds if seconds > 0 else 0.0, "lr": self.optimizer.param_groups[0]["lr"]}
-
-    def _validate(self, metrics: dict, elapsed0: float, wall0: float) -> None:
-        """Score the validation text (its bounded slice) into ``metrics``; the time counts as training
-        time (inside a budget). Under DDP every rank scores and the clocks agree on rank 0's."""
-        if self.eval_ids is not None:
-            v = evaluate(self.model, self.eval_ids, self.cfg.batch_size, self.cfg.num_steps)
-            self.model.train()
-            metrics.update({f"{self.label}_loss": v["loss"], f"{self.label}_ppl": v["ppl"], f"{self.label}_bpc": v["bpc"]})
-            self.elapsed = self._clock(elapsed0, wall0)
+    def _evaluate(self, epoch: float, loss: float, tokens: int, seconds: float) -> None:
+        """A record: the training figures since the last one, the held-out text scored (the time counts
+        as training time; under DDP the clocks agree on rank 0's); the schedule's decisions, callbacks."""
+        metrics = {"epoch": epoch, "step": self.step, "train_loss": loss, "train_ppl": perplexity(loss),
+                   "tokens_per_sec": tokens / seconds if seconds > 0 else 0.0, "lr": self.optimizer.param_groups[0]["lr"]}
+        if self.evals.score(metrics):
+            self.timing.tick(self.step)
         if self.dist.enabled:  # validation took each rank its own time: agree on rank 0's clock
-            self.elapsed = sum_over_ranks([self.elapsed], self.dist, self.model.device, (0,))[0]
-        metrics["elapsed_s"] = self.elapsed
-
-    def _record(self, metrics: dict) -> None:
-        """Keep an evaluation's metrics: the schedule's decisions, best weights, history, callbacks."""
-        if self.schedule.record(metrics.get(f"{self.label}_loss"), self.step, self.elapsed, self.best_state is not None):
-            self.model.load_state_dict(self.best_state)  # the final decay starts from the best weights
-        if self.schedule.improved and self.run.restore_best:
-            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        if self.schedule.stopped:
-            self.stop_reason = self.schedule.stopped
-        self.next_eval = self.elapsed + self.run.eval_every if self.run.eval_every else math.inf
+            self.timing.elapsed = sum_over_ranks([self.timing.elapsed], self.dist, self.model.device, (0,))[0]
+        metrics["elapsed_s"] = self.timing.elapsed
+        self.position.gather_rngs(self.dist)  # for a callback that saves (a collective under DDP)
+        self.evals.decide(metrics, self.step, self.timing.elapsed)
+        self.stop_reason = self.schedule.stopped or self.stop_reason
+        self.timing.evaluated()
         self.history.append(metrics)
         for cb in self.callbacks:
             cb(self, metrics)
 
-    def _evaluation_point(self, loss_sum: torch.Tensor, n_tokens: int, compute: float, elapsed0: float,
-                          wall0: float) -> None:
+    def _evaluation_point(self, sums: EpochSums) -> None:
         """An evaluation inside an epoch (every ``eval_every`` seconds): a record whose ``epoch`` is
         the fractional progress and whose training loss is the mean since the last record."""
-        now = [loss_sum.item(), n_tokens, compute]
-        since = [a - b for a, b in zip(now, self._mark)]  # this rank's sums since the last record of the epoch
-        self._mark = now
-        loss, tokens, seconds = sum_over_ranks(since, self.dist, self.model.device, (2,))
+        loss, tokens, seconds = sum_over_ranks(sums.since_record(), self.dist, self.model.device, (2,))
         tokens = int(tokens)
-        progress = round(self.epoch + self.batch_in_epoch / max(self.batches_per_epoch, 1), 3)
-        metrics = self._metrics(progress, loss / max(tokens, 1), tokens, seconds)
-        self._validate(metrics, elapsed0, wall0)
-        self._record(metrics)
+        progress = round(self.epoch + self.position.batch / max(self.batches_per_epoch, 1), 3)
+        self._evaluate(progress, loss / max(tokens, 1), tokens, seconds)
 
-    def _snapshot_point(self, state, loss_sum: torch.Tensor, n_tokens: int, compute: float) -> None:
+    def _snapshot_point(self, state: State, sums: EpochSums) -> None:
         """A resumable position inside an epoch for the snapshot callbacks (a run killed later
         resumes from here exactly). A collective under DDP."""
-        self.next_snapshot = self.elapsed + self.run.save_seconds if self.run.save_seconds else math.inf
+        self.timing.snapshotted()
         if not self.snapshot_callbacks and not self.dist.enabled:
             return
-        total, tokens, seconds = sum_over_ranks([loss_sum, n_tokens, compute], self.dist, self.model.device, (2,))
-        self._keep_position(state, [total, int(tokens), seconds])
+        self.position.keep(state, sums.total(self.dist), self.dist, self.cfg.sampling == "sequential")
         for cb in self.snapshot_callbacks:
             cb(self, self.history[-1] if self.history else {})
 
     # -- saving and restoring --------------------------------------------------------------
-    def _keep_position(self, state: State | None, sums: list) -> None:
-        """Keep an unfinished epoch for ``state_dict``: its global sums, the carried state of every
-        rank's rows, (L, B/W, H) -> (L, B, H), and every rank's RNG. A collective under DDP."""
-        self.partial = sums
-        self.carry = None
-        if self.cfg.sampling == "sequential" and state is not None:
-            self.carry = tuple(all_gather_rows(s, self.dist, dim=1) for s in detach_state(state))
-        self._gather_rng()
-
-    def _gather_rng(self) -> None:
-        """Under DDP, collect every rank's torch RNG state (dropout masks differ per rank), so
-        that ``state_dict`` on rank 0 can save them all. A collective: every rank calls it."""
-        if self.dist.enabled:
-            self.rank_rng_states = all_gather_object(torch.get_rng_state(), self.dist)
-
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
         """Everything needed to continue exactly, as (tensors, JSON-able dict): ``rnnlab.trainer_state``."""
+        t, pos = self.timing, self.position
         return TrainerState(
-            self.epoch, self.step, self.elapsed, self.history, self.rng.getstate(), self.epoch_rng_state,
-            self.batch_in_epoch, self.partial, self.optimizer.state_dict(), self.schedule.state_dict(),
-            self.next_eval, self.setup_seconds, self.stop_reason, carry=self.carry, best_weights=self.best_state,
-            rank_rngs=self.rank_rng_states if self.dist.enabled else None).to_files()
+            self.epoch, self.step, t.elapsed, self.history, self.rng.getstate(), pos.rng_state, pos.batch,
+            pos.partial, self.optimizer.state_dict(), self.schedule.state_dict(), t.next_eval, t.setup_seconds,
+            self.stop_reason, carry=pos.carry, best_weights=self.evals.best_state,
+            rank_rngs=pos.rank_rngs if self.dist.enabled else None).to_files()
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         s = TrainerState.from_files(tensors, meta, self.model.device, self.dist.rank, self.run.eval_every)
         if s.carry is not None and s.carry[0].shape[1] != self.cfg.batch_size:
             raise RnnlabError(f"the saved state has {s.carry[0].shape[1]} rows but --batch-size is "
                               f"{self.cfg.batch_size}; resume with the run's batch size")
-        self.epoch, self.step, self.elapsed, self.history = s.epoch, s.step, s.elapsed, s.history
+        self.epoch, self.step, self.history = s.epoch, s.step, s.history
         self.rng.setstate(s.batch_rng)
-        self.epoch_rng_state, self.batch_in_epoch, self.partial, self.carry = s.epoch_rng, s.batch_in_epoch, s.partial, s.carry
+        self.position = EpochPosition(s.epoch_rng, s.batch_in_epoch, s.carry, s.partial)
         self.schedule.load_state_dict(s.schedule)
-        self.best_state, self.next_eval, self.setup_seconds, self.stop_reason = (
-            s.best_weights, s.next_eval, s.setup_seconds, s.stop_reason)
-        self.next_snapshot = self.elapsed + self.run.save_seconds if self.run.save_seconds else math.inf
+        self.evals.best_state, self.stop_reason = s.best_weights, s.stop_reason
+        self.timing.resume(s.elapsed, s.next_eval, s.setup_seconds)
         s.restore_rngs()
         self.optimizer.load_state_dict(s.optimizer)
 

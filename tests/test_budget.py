@@ -48,8 +48,8 @@ def test_the_cosine_schedule_spans_the_budget_not_the_epochs():
     assert tr.schedule.lr_at(50, 0.0) == pytest.approx(0.01)
     assert tr.schedule.lr_at(50, 50.0) == pytest.approx(0.001 + 0.009 * 0.5)
     assert tr.schedule.lr_at(50, 100.0) == pytest.approx(0.001) and tr.schedule.lr_at(50, 150.0) == pytest.approx(0.001)
-    assert tr.time_limit == 100.0
-    assert Trainer(_model(), cfg, _ids(), run=RunConfig(budget=100.0, max_seconds=30.0)).time_limit == 30.0
+    assert tr.timing.limit == 100.0
+    assert Trainer(_model(), cfg, _ids(), run=RunConfig(budget=100.0, max_seconds=30.0)).timing.limit == 30.0
 
 
 def test_a_budget_stops_training_and_evaluation_time_counts_in_it():
@@ -60,7 +60,7 @@ def test_a_budget_stops_training_and_evaluation_time_counts_in_it():
     tr = Trainer(_model(16), cfg, _ids(20000), _ids(3000), run=RunConfig(epochs=10_000, budget=1.5, eval_every=0.5),
                  clock=StepClock(0.001))
     hist = tr.fit()
-    assert tr.time_up and 1.5 <= tr.elapsed < 1.5 + 0.01  # stopped at the first step past the budget
+    assert tr.time_up and 1.5 <= tr.timing.elapsed < 1.5 + 0.01  # stopped at the first step past the budget
     assert tr.batches_per_epoch < tr.step < 2 * tr.batches_per_epoch  # in the second epoch
     points = [h for h in hist if not isinstance(h["epoch"], int)]
     assert len(points) == 2 and all("val_loss" in h for h in points)  # evaluations inside epochs
@@ -69,32 +69,52 @@ def test_a_budget_stops_training_and_evaluation_time_counts_in_it():
     assert hist[-1]["elapsed_s"] >= 1.5
 
 
+def test_the_time_of_evaluations_counts_as_training_time(monkeypatch):
+    """Each evaluation takes 0.25 s of a fake clock that otherwise advances 1 ms a read (two reads a
+    step, one at the start of an epoch): the record's ``elapsed_s`` holds it, the next epoch goes on from there."""
+    import rnnlab.evalpoints as evalpoints
+
+    clock, real = StepClock(0.001), evalpoints.evaluate
+
+    def slow(*a, **k):
+        clock.t += 0.25
+        return real(*a, **k)
+
+    monkeypatch.setattr(evalpoints, "evaluate", slow)
+    tr = Trainer(_model(), TrainConfig(batch_size=4, num_steps=8), _ids(), _ids(300), run=RunConfig(epochs=2),
+                 clock=clock)
+    hist = tr.fit()
+    first = 2 * tr.batches_per_epoch * 0.001 + 0.25 + 0.001  # the steps, the evaluation, the read after it
+    assert [h["elapsed_s"] for h in hist] == pytest.approx([first, 2 * first], abs=1e-9)
+    assert tr.timing.elapsed == hist[-1]["elapsed_s"]
+
+
 def test_evaluations_score_a_bounded_slice():
     calls = []
-    import rnnlab.training as training
+    import rnnlab.evalpoints as evalpoints
 
-    real = training.evaluate
+    real = evalpoints.evaluate
 
     def spy(model, ids, *a, **k):
         calls.append(len(ids))
         return real(model, ids, *a, **k)
 
-    training.evaluate = spy
+    evalpoints.evaluate = spy
     try:
         Trainer(_model(), TrainConfig(batch_size=4, num_steps=8), _ids(), _ids(5000),
                 run=RunConfig(epochs=2, eval_tokens=300)).fit()
     finally:
-        training.evaluate = real
+        evalpoints.evaluate = real
     assert calls == [301, 301]
 
 
 def test_early_stopping_and_the_best_weights_restored(monkeypatch):
     """Validation losses that improve twice, then not: training stops after ``patience``
     evaluations without improvement and ends with the weights of the best one."""
-    import rnnlab.training as training
+    import rnnlab.evalpoints as evalpoints
 
     losses = iter([3.0, 2.0, 1.5, 1.6, 1.5, 1.7] + [9.0] * 100)
-    monkeypatch.setattr(training, "evaluate", lambda *a, **k: {"loss": next(losses), "ppl": 1.0, "bpc": 1.0})
+    monkeypatch.setattr(evalpoints, "evaluate", lambda *a, **k: {"loss": next(losses), "ppl": 1.0, "bpc": 1.0})
     cfg = TrainConfig(batch_size=4, num_steps=8, optimizer="adam", lr=0.01)
     model = _model()
     seen = []
@@ -129,10 +149,10 @@ def test_early_stopping_through_the_cli_keeps_best_and_final_alike(tmp_path):
 def test_a_plateau_under_a_budget_starts_the_final_decay_before_stopping(monkeypatch):
     """Under a time budget with a cosine schedule, the first plateau restores the best weights and
     decays the rate from where it is to min_lr over ANNEAL of the budget; the end of the decay stops."""
-    import rnnlab.training as training
+    import rnnlab.evalpoints as evalpoints
 
     losses = iter([3.0, 2.0, 2.5, 2.6] + [9.0] * 100_000)
-    monkeypatch.setattr(training, "evaluate", lambda *a, **k: {"loss": next(losses), "ppl": 1.0, "bpc": 1.0})
+    monkeypatch.setattr(evalpoints, "evaluate", lambda *a, **k: {"loss": next(losses), "ppl": 1.0, "bpc": 1.0})
     cfg = TrainConfig(batch_size=4, num_steps=8, optimizer="adam", lr=0.01, min_lr=1e-4, lr_schedule="cosine")
     model = _model()
     seen = []
@@ -148,7 +168,7 @@ def test_a_plateau_under_a_budget_starts_the_final_decay_before_stopping(monkeyp
     assert tr.early_stopped and [h["val_loss"] for h in hist][:4] == [3.0, 2.0, 2.5, 2.6]
     start, lr0 = tr.schedule.anneal
     assert start == pytest.approx(hist[3]["elapsed_s"]) and lr0 > 0.005  # still high, early in the budget
-    assert start + ANNEAL * budget <= tr.elapsed < budget  # the decay ran to its end, then stopped
+    assert start + ANNEAL * budget <= tr.timing.elapsed < budget  # the decay ran to its end, then stopped
     assert tr.schedule.lr_at(tr.step, start + ANNEAL * budget) == pytest.approx(1e-4)
     assert tr.schedule.lr_at(tr.step, start + ANNEAL * budget / 2) == pytest.approx((lr0 + 1e-4) / 2, rel=1e-3)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in seen[1].items())  # ends with the best (2.0)

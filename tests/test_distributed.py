@@ -90,7 +90,7 @@ WORKER = textwrap.dedent("""
     sys.path.insert(0, sys.argv[2])
     from test_distributed import RUN, SETUP, _cfg, _ids
     from rnnlab.config import ModelConfig
-    from rnnlab.distributed import cleanup, setup
+    from rnnlab.distributed import cleanup, reduce_over_ranks, setup, sum_over_ranks
     from rnnlab.models import build_model
     from rnnlab.runtime import seed_everything
     from rnnlab.training import Trainer
@@ -98,7 +98,31 @@ WORKER = textwrap.dedent("""
     out = sys.argv[1]
     ctx = setup(torch.device("cpu"))
     assert ctx.world_size == 2
-    result = {}
+    cpu, mine = torch.device("cpu"), [float(ctx.rank + 1), torch.tensor([10.0 * (ctx.rank + 1)]), 7 - ctx.rank]
+    result = {"reduced": {op: reduce_over_ranks(mine, ctx, cpu, op) for op in ("sum", "min", "max")}}
+    result["reduced"]["sum, rank 0's clock"] = sum_over_ranks(mine, ctx, cpu, main_only=(1,))
+
+    # the measuring's decisions (plan) on ranks that see different things: rank 0 steps at 100 tokens/s,
+    # rank 1 at 50, has no bfloat16, and only rank 0 remembers a rate
+    import rnnlab.plan as plan
+    from rnnlab.config import RunConfig
+    from rnnlab.speed import Rates
+    plan.step_rates = lambda cand, tcfg, device, rows=None, precisions=("fp32",), seconds=0.0, deadline=None: (
+        {p: 100.0 / (ctx.rank + 1) for p in precisions}, 7)
+    cand = ModelConfig(vocab_size=11, **SETUP)
+    rates, _ = plan._rates(cand, _cfg("random"), cpu, ctx, 2, ("fp32", "bf16"))
+    plan.not_worth_measuring = lambda device: "no bfloat16 here" if ctx.rank == 1 else ""
+    choice = plan._decide_precision(cand, _cfg("random"), RunConfig(), cpu, ctx, 2)
+
+    class Book:
+        def get(self, key):
+            return (400.0, 1.0) if ctx.rank == 0 else None
+
+        def put(self, rates):
+            pass
+
+    remembered, _ = plan._rates(cand, _cfg("random"), cpu, ctx, 2, ("fp32",), book=Rates(book=Book()))
+    result["plan"] = {"rates": rates, "precision": choice.precision, "why": choice.why, "book": remembered}
     for sampling in ("sequential", "random"):
         seed_everything(5)
         model = build_model(ModelConfig(vocab_size=11, **SETUP))
@@ -119,8 +143,8 @@ WORKER = textwrap.dedent("""
     tr = Trainer(model, _cfg("sequential"), _ids(), run=RUN, dist_ctx=ctx, step_callbacks=[stop_on_rank1])
     tr.fit()
     state = tr.state_dict()
-    result["interrupted"] = {"epoch": tr.epoch, "step": tr.step, "batch_in_epoch": tr.batch_in_epoch,
-                             "carry_rows": tr.carry[0].shape[1]}
+    result["interrupted"] = {"epoch": tr.epoch, "step": tr.step, "batch_in_epoch": tr.position.batch,
+                             "carry_rows": tr.position.carry[0].shape[1]}
     model2 = build_model(ModelConfig(vocab_size=11, **SETUP))
     model2.load_state_dict(model.state_dict())
     tr2 = Trainer(model2, _cfg("sequential"), _ids(), run=RUN, dist_ctx=ctx)
@@ -172,6 +196,34 @@ def test_two_processes_with_half_batches_equal_one_process(two_ranks, sampling):
     assert ddp.keys() == weights.keys()
     for k in weights:
         assert torch.allclose(ddp[k], weights[k], atol=TOL, rtol=0), k
+
+
+def test_reductions_over_the_ranks(two_ranks):
+    """Rank 0 holds [1, 10, 7], rank 1 [2, 20, 6]: every rank gets the same reductions."""
+    _, ranks = two_ranks
+    for r in ranks:
+        assert r["reduced"] == {"sum": [3.0, 30.0, 13.0], "min": [1.0, 10.0, 6.0], "max": [2.0, 20.0, 7.0],
+                                "sum, rank 0's clock": [3.0, 10.0, 13.0]}
+
+
+def test_the_measuring_decides_the_same_on_every_rank(two_ranks):
+    """The slowest rank's rate (50 tokens/s x 2 ranks), no bfloat16 measuring when one rank has
+    none, and a remembered rate only when every rank remembers it (else all measure)."""
+    _, ranks = two_ranks
+    for r in ranks:
+        p = r["plan"]
+        assert p["rates"] == {"fp32": 100.0, "bf16": 100.0} and p["precision"] == "fp32"
+        assert p["book"] == {"fp32": 100.0}
+    assert ranks[0]["plan"]["why"] == "another process's device has no bfloat16"
+    assert ranks[1]["plan"]["why"] == "no bfloat16 here"
+
+
+def test_reductions_in_one_process_are_the_values_themselves():
+    from rnnlab.distributed import LOCAL, reduce_over_ranks, sum_over_ranks
+
+    for op in ("sum", "min", "max"):
+        assert reduce_over_ranks([1.5, torch.tensor(2.0), 3], LOCAL, torch.device("cpu"), op) == [1.5, 2.0, 3]
+    assert sum_over_ranks([1.5, 4], LOCAL, torch.device("cpu"), main_only=(0,)) == [1.5, 4]
 
 
 def test_a_stop_on_one_rank_stops_all_and_resumes_exactly(two_ranks):

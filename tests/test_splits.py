@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import rnnlab.pipeline as pipeline
-import rnnlab.training as training
+import rnnlab.evalpoints as evalpoints
 from rnnlab import DataConfig, ModelConfig, RunConfig, TrainConfig, train_run
 from rnnlab.data import prepare_data, split_points, split_stream
 from guards import HANG_GUARD  # noqa: E402
@@ -43,8 +43,8 @@ def test_no_decision_sees_the_test_split(tmp_path, monkeypatch):
     (tmp_path / "t.txt").write_text(TEXT)
     data = prepare_data(DataConfig(path=str(tmp_path / "t.txt"), val_fraction=0.1, select_fraction=0.05))
     during, after = [], []
-    real = training.evaluate
-    monkeypatch.setattr(training, "evaluate", lambda m, ids, *a, **k: (during.append(ids.clone()), real(m, ids, *a, **k))[1])
+    real = evalpoints.evaluate
+    monkeypatch.setattr(evalpoints, "evaluate", lambda m, ids, *a, **k: (during.append(ids.clone()), real(m, ids, *a, **k))[1])
     monkeypatch.setattr(pipeline, "evaluate", lambda m, ids, *a, **k: (after.append(ids.clone()), real(m, ids, *a, **k))[1])
     result = train_run(DataConfig(path=str(tmp_path / "t.txt"), val_fraction=0.1),
                        ModelConfig(model="gru", hidden_size=16, embedding_dim=8),
