@@ -1,7 +1,6 @@
 """Reading a corpus: UTF-8 text with clear errors, preprocessing presets, char/word tokens."""
 from __future__ import annotations
 
-import codecs
 import os
 import re
 import zipfile
@@ -11,27 +10,9 @@ from typing import Any, Sequence
 
 from ..errors import RnnlabError, UsageError
 from ..io import check_fits_in_memory, os_error_hint
-from ..io import check_input_file as _check_input_file
-
-#: bytes of memory per byte of text when a corpus is read whole (the text, its token list, the ids)
-IN_MEMORY_FACTOR = 40
+from .textfile import IN_MEMORY_FACTOR, check_input_file, is_wide_encoding  # noqa: F401 (re-exported)
 
 NON_LETTERS = re.compile(r"[^A-Za-z]+")
-
-
-def is_wide_encoding(encoding: str) -> bool:
-    """Whether ``encoding`` is UTF-16 or UTF-32 (whose text has NUL bytes); an unknown name is a
-    ``UsageError``."""
-    try:
-        name = codecs.lookup(encoding).name
-    except LookupError:
-        raise UsageError(f"unknown --encoding {encoding!r}; use a Python codec name such as utf-8 or latin-1") from None
-    return name.startswith(("utf-16", "utf-32"))
-
-
-def check_input_file(p: Path) -> int:
-    """``rnnlab.io.check_input_file`` for a text (the fix names ``--dataset`` too)."""
-    return _check_input_file(p, "text file", "check the path or use --dataset NAME")
 
 
 def read_text(path: str | Path, encoding: str = "utf-8", errors: str = "strict", allow_empty: bool = False) -> str:

@@ -32,7 +32,7 @@ import numpy as np
 from ..config import DataConfig
 from ..errors import RnnlabError, UsageError
 from ..io import atomic_write, atomic_write_json, os_error_hint, read_json
-from .corpus import check_input_file, is_wide_encoding
+from .textfile import check_input_file, is_wide_encoding
 from .vocab import Vocab
 
 IDS, VOCAB, META = "ids.bin", "vocab.json", "prepared.json"

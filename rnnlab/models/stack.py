@@ -16,21 +16,19 @@ Dropout (training only) is applied to each layer's output except the last, as in
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-if TYPE_CHECKING:  # the cell builds its stack (cells/base.py): a type-only import keeps that one-way
-    from .cells import Cell
 
 
 class RecurrentStack(nn.Module):
     """forward: x (T, B, I) float — or token ids (T, B) long meaning one-hot rows of size I, with
     ``impl="fast"`` (``accepts_ids``) — and a state tuple of (L, B, H) -> out (T, B, H), state."""
 
-    def __init__(self, cell: Cell, impl: str, input_size: int, cfg):
+    def __init__(self, cell: Any, impl: str, input_size: int, cfg):  # cell: a cells.base.Cell (it builds its stack)
         super().__init__()
         self.cell, self.impl, self.cfg = cell, impl, cfg
         self.num_layers = cfg.num_layers

@@ -18,7 +18,7 @@ from typing import Any
 
 from ...errors import RnnlabError, UsageError
 from ...runtime import available_memory
-from ..corpus import IN_MEMORY_FACTOR, check_input_file, is_wide_encoding
+from ..textfile import IN_MEMORY_FACTOR, check_input_file, is_wide_encoding
 from . import discord, messenger, slack, telegram, whatsapp
 
 JSON_FORMATS = {"telegram": telegram, "messenger": messenger, "discord": discord, "slack": slack}
