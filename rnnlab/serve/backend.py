@@ -31,9 +31,6 @@ import asyncio
 import atexit
 import json
 import math
-import multiprocessing
-import pickle
-import queue
 import sys
 import threading
 import time
@@ -41,7 +38,8 @@ import weakref
 
 from ..checkpoint import Checkpoint
 from ..errors import RnnlabError
-from ..suggest import AdaptiveSuggester, StateCache, SuggestEngine, SuggestRequest, load_engine, run_worker, words_summary
+from ..suggest import AdaptiveSuggester, SuggestEngine
+from .engine_process import EngineProcess, checkpoint_bytes, process_state
 
 
 def suggestions_json(d: dict) -> bytes:
@@ -108,85 +106,6 @@ class WorkerUnavailable(RnnlabError):
     started): the server answers 503 with this message."""
 
 
-class _Worker:
-    """One engine process and the two threads of this process that talk to it.
-
-    The pipe is ``multiprocessing.connection`` (its own length-prefixed framing, pickled messages,
-    blocking reads and writes only): a *reader* thread blocks in ``recv`` and hands each batch of
-    answers to the event loop; a *writer* thread sends the queued requests, so the event loop never
-    blocks on a full pipe and no end of the pipe is ever made non-blocking (which tears a message
-    that arrives in two writes: the server's old bug).
-    """
-
-    def __init__(self, checkpoint: bytes, threads: int, engine_kwargs: dict, generation: int):
-        ctx = multiprocessing.get_context("spawn")  # never fork a process that runs torch threads
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_engine_main, args=(child, checkpoint, threads, engine_kwargs),
-                                name="rnnlab-suggest", daemon=True)
-        self.proc.start()
-        child.close()
-        self.generation = generation
-        self.hung = False  # the watchdog killed it
-        self.outbox: queue.SimpleQueue = queue.SimpleQueue()
-        self.threads: list[threading.Thread] = []
-
-    def wait_ready(self, timeout: float) -> dict:
-        """Wait for the child's "ready" (its notes and word search, a dict); raises ``RnnlabError``
-        with its reason if it does not come."""
-        if not self.conn.poll(timeout):
-            raise RnnlabError(f"the suggestion process did not start within {timeout:.0f} s")
-        try:
-            status, detail = self.conn.recv()
-        except (EOFError, OSError):
-            status, detail = "error", f"it exited (exit code {self.proc.exitcode})"
-        if status != "ready":
-            raise RnnlabError(f"the suggestion process failed to start: {detail}")
-        return detail
-
-    def start_threads(self, on_answers, on_exit) -> None:
-        def read() -> None:
-            try:
-                while True:
-                    on_answers(self, self.conn.recv())
-            except (EOFError, OSError):
-                pass
-            except Exception as exc:  # noqa: BLE001 - an unreadable message: treat as a dead worker
-                print(f"rnnlab: suggestion process: unreadable answer ({type(exc).__name__}: {exc})",
-                      file=sys.stderr)
-            on_exit(self)
-
-        def write() -> None:
-            while (msg := self.outbox.get()) is not None:
-                try:
-                    self.conn.send(msg)
-                except (OSError, ValueError):
-                    break  # the child is gone: the reader sees the end of the pipe too
-
-        self.threads = [threading.Thread(target=read, name="rnnlab-suggest-read", daemon=True),
-                        threading.Thread(target=write, name="rnnlab-suggest-write", daemon=True)]
-        for t in self.threads:
-            t.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Ask the child to stop (a ``None`` message), then make sure it has; close the pipe."""
-        self.outbox.put(None)  # ends the writer after what is queued
-        try:
-            self.conn.send(None)
-        except (OSError, ValueError):
-            pass
-        self.proc.join(timeout)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join(timeout)
-        try:
-            self.conn.close()
-        except OSError:
-            pass
-        for t in self.threads:
-            if t is not threading.current_thread():
-                t.join(timeout)
-
-
 class ProcessBackend:
     """The engine in a child process (see the module docstring), restarted when it dies.
 
@@ -217,7 +136,7 @@ class ProcessBackend:
         self.hang_seconds = hang_seconds
         self._sent: dict[int, float] = {}  # request id -> when it went to the current child
         self._last_answer = time.monotonic()
-        self._worker = _Worker(*self._args, generation=0)
+        self._worker = EngineProcess(*self._args, generation=0)
         try:
             ready = self._worker.wait_ready(start_timeout)
             self.notes, self.words = ready["notes"], ready["words"]  # the word search, as the child loaded it
@@ -254,7 +173,7 @@ class ProcessBackend:
         the pipe says."""
         with self._lock:
             pid, state = self._worker.proc.pid, self.state
-            if state == "ready" and _process_state(pid) in ("T", "t", "Z", "X"):
+            if state == "ready" and process_state(pid) in ("T", "t", "Z", "X"):
                 state = "stopped"
             elif state == "ready" and self._stalled() > min(5.0, self.hang_seconds / 2):
                 state = "unresponsive"  # alive, requests waiting, nothing answered for a while
@@ -286,7 +205,7 @@ class ProcessBackend:
                 worker.proc.kill()
 
     # -- the reader thread's side --------------------------------------------------------------
-    def _on_answers(self, worker: _Worker, answers: list) -> None:
+    def _on_answers(self, worker: EngineProcess, answers: list) -> None:
         for rid, ok, payload in answers:
             with self._lock:
                 entry = self._pending.pop(rid, None)
@@ -296,7 +215,7 @@ class ProcessBackend:
                 loop, future, _ = entry
                 _resolve(loop, future, payload if ok else None, None if ok else payload)
 
-    def _on_exit(self, worker: _Worker) -> None:
+    def _on_exit(self, worker: EngineProcess) -> None:
         """The pipe to ``worker`` closed: fail what it held; start a new worker unless closing."""
         with self._lock:
             if worker is not self._worker or self._closed:
@@ -317,7 +236,7 @@ class ProcessBackend:
         print(f"rnnlab: {self.last_error}; restarting it", file=sys.stderr, flush=True)
         threading.Thread(target=self._restart, args=(worker,), name="rnnlab-suggest-restart", daemon=True).start()
 
-    def _restart(self, dead: _Worker) -> None:
+    def _restart(self, dead: EngineProcess) -> None:
         dead.stop(timeout=1.0)
         failures = 0
         while True:
@@ -325,7 +244,7 @@ class ProcessBackend:
                 if self._closed:
                     return
                 generation = dead.generation + 1 + failures
-            worker = _Worker(*self._args, generation=generation)
+            worker = EngineProcess(*self._args, generation=generation)
             try:
                 worker.wait_ready(self.start_timeout)
             except RnnlabError as exc:
@@ -374,17 +293,6 @@ class ProcessBackend:
         _LIVE_BACKENDS.discard(self)
 
 
-def _process_state(pid: int | None) -> str | None:
-    """The kernel's one-letter state of process ``pid`` (R, S, D, T stopped, t traced, Z zombie, X
-    dead), or None where /proc is not available."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        return stat[stat.rindex(b")") + 2:][:1].decode()  # after "(comm)", which may hold spaces
-    except (OSError, ValueError):
-        return None
-
-
 def _resolve(loop: asyncio.AbstractEventLoop, future: asyncio.Future, result, exc) -> None:
     """Settle ``future`` on its own event loop, from any thread (a closed loop is skipped)."""
     def settle() -> None:
@@ -403,78 +311,3 @@ def _resolve(loop: asyncio.AbstractEventLoop, future: asyncio.Future, result, ex
 _LIVE_BACKENDS: "weakref.WeakSet[ProcessBackend]" = weakref.WeakSet()
 # stop the children and the pipe threads when the interpreter starts to exit, before it joins threads
 getattr(threading, "_register_atexit", atexit.register)(lambda: [b.close() for b in list(_LIVE_BACKENDS)])
-
-
-def checkpoint_bytes(checkpoint: Checkpoint) -> bytes:
-    """The checkpoint (model included) pickled *by value*, for the child process.
-
-    Handing the object itself to ``multiprocessing`` would share its tensors through file
-    descriptors (torch's reductions); an int8 model's packed weights are unpacked into temporary
-    tensors while pickling, whose descriptors are closed again before the child starts ("bad
-    value(s) in fds_to_keep"). Bytes made here, in our own process, from our own objects, are
-    the same for every model."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch's TypedStorage deprecation notice while pickling storages
-        return pickle.dumps(checkpoint, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _engine_main(conn, checkpoint: bytes, threads: int, engine_kwargs: dict) -> None:
-    """The child: the engine's batching loop (``rnnlab.suggest.run_worker``, as the worker thread
-    runs it), fed by the pipe instead of a queue of threads."""
-    import signal
-    import warnings
-
-    import torch
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle; it closes the pipe
-    try:
-        torch.set_num_threads(threads)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            checkpoint = pickle.loads(checkpoint)  # our own bytes (checkpoint_bytes), never a file's
-        model = checkpoint.model
-        model.eval()
-        kw = dict(engine_kwargs)
-        cache = StateCache(kw.pop("cache_clients", 256), kw.pop("cache_per_client", 16))
-        notes: list[str] = []
-        engine = load_engine(checkpoint, kw.pop("config", None), cache=cache, log=notes.append, **kw)
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
-        return
-    conn.send(("ready", {"notes": notes, "words": words_summary(engine.words)}))
-
-    def receive(block: bool):
-        """The requests that have arrived (waiting for one only when ``block``); None: stop."""
-        got = []
-        try:
-            if block:
-                conn.poll(None)
-            while conn.poll():
-                msg = conn.recv()
-                if msg is None:
-                    return None
-                rid, text, k, client = msg
-                got.append((rid, SuggestRequest(text, k, client)))
-        except (EOFError, OSError):
-            return None  # the server is gone
-        return got
-
-    def deliver(answers) -> None:
-        out = [(rid, True, a.to_dict()) if not isinstance(a, BaseException) else (rid, False, _picklable(a))
-               for rid, a in answers]
-        try:
-            conn.send(out)
-        except OSError:
-            pass  # the server is gone; receive() ends the loop
-
-    run_worker(engine, receive, deliver, engine.max_batch)
-
-
-def _picklable(exc: BaseException) -> BaseException:
-    try:
-        pickle.dumps(exc)
-        return exc
-    except Exception:  # noqa: BLE001 - an exception that cannot cross processes: keep its message
-        return RuntimeError(f"{type(exc).__name__}: {exc}")
