@@ -1,4 +1,5 @@
 """Time budgets, evaluation points, early stopping and the best weights."""
+from guards import HANG_GUARD
 import math
 import subprocess
 import sys
@@ -13,7 +14,6 @@ from rnnlab.errors import UsageError
 from rnnlab.models import build_model
 from rnnlab.schedule import ANNEAL
 from rnnlab.training import Trainer
-from guards import HANG_GUARD  # noqa: E402
 
 
 def _ids(n=3000, period="abcdefghijk"):

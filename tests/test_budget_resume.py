@@ -1,6 +1,7 @@
 """A budget run snapshots inside epochs (at every evaluation point and on a time cadence), so one
 killed with -9 at any moment resumes to the same final weights as a run never interrupted. The
 simulated clock (every step counts as a fixed time) makes budget runs the same on any machine."""
+from guards import HANG_GUARD
 import os
 import random
 import signal
@@ -12,7 +13,6 @@ import torch
 from safetensors.torch import load_file
 
 from rnnlab.speed import SIMULATED_CLOCK_ENV
-from guards import HANG_GUARD  # noqa: E402
 
 TEXT = "".join(f"note {i}: the budget decides how long we train, the clock says when. " for i in range(300))
 ARGS = ["--budget", "12s", "--hidden-size", "16", "--batch-size", "4", "--num-steps", "16", "--quiet", "--seed", "5"]

@@ -2,6 +2,7 @@
 variant written here by the tests themselves, the exact cleaned text, the detection, every bad
 input through the CLI (one line, exit 2, nothing written), and a keyboard trained on one speaker's
 messages end to end."""
+from guards import HANG_GUARD
 import json
 import os
 import random
@@ -18,7 +19,6 @@ from rnnlab.config import CHAT_FORMATS, DataConfig, SuggestConfig
 from rnnlab.data.chats import FORMATS, read_chat, repair_mojibake
 from rnnlab.errors import RnnlabError, UsageError
 from rnnlab.suggest import SuggestEngine, SuggestRequest
-from guards import HANG_GUARD  # noqa: E402
 
 LRM, FSI, PDI, NNBSP = "\u200e", "\u2068", "\u2069", "\u202f"
 

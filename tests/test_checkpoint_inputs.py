@@ -1,6 +1,7 @@
 """What rnnlab reads besides a corpus, through the real CLI in a subprocess: a checkpoint's files
 (no hang on a FIFO, no endless read of a device, weights read without a second copy, NaN and
 infinity refused), prepared corpora with impossible settings, and paths stored in a checkpoint."""
+from guards import HANG_GUARD
 import json
 import os
 import shutil
@@ -111,7 +112,6 @@ def test_init_from_an_empty_path_is_refused(ckpt, tmp_path):
 PEAK = r"""
 import sys, torch
 from rnnlab.checkpoint import load_checkpoint
-from guards import HANG_GUARD  # noqa: E402
 
 def peak():  # this process's peak resident memory (VmHWM: since exec, unlike ru_maxrss, which counts the parent's)
     with open("/proc/self/status") as f:

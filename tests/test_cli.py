@@ -1,11 +1,11 @@
 """End-to-end runs of the ``rnnlab`` command in a subprocess, on small data."""
+from guards import HANG_GUARD
 import json
 import os
 import subprocess
 import sys
 
 import pytest
-from guards import HANG_GUARD  # noqa: E402
 
 CORPUS = ("the time traveller for so it will be convenient to speak of him "
           "was expounding a recondite matter to us his grey eyes shone and twinkled ") * 8

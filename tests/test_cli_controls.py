@@ -1,4 +1,5 @@
 """CLI behaviour beyond the basic round trip: validation, eval, controls, languages, bad input."""
+from guards import HANG_GUARD
 import json
 import os
 import subprocess
@@ -139,7 +140,6 @@ def poisoned(logits, targets):
     return loss * float("nan") if calls["n"] > 40 else loss   # diverges in a later epoch
 tr.lm_loss = poisoned
 from rnnlab.cli import main
-from guards import HANG_GUARD  # noqa: E402
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -1,6 +1,7 @@
 """The command line as the README writes it and as users type it: every `rnnlab ...` line of the
 README is parsed by the real argument parser (and the cheap ones run on tiny data); positionals
 among options; `--threads` everywhere; prefixed flags named as typed; one program name."""
+from guards import HANG_GUARD
 import itertools
 import os
 import re
@@ -219,7 +220,6 @@ def test_the_int8_device_rule_is_one_function(monkeypatch):
 
 THREADS = r"""
 import sys, torch, rnnlab.cli as cli
-from guards import HANG_GUARD  # noqa: E402
 code = cli.main(sys.argv[1:])
 print("THREADS", torch.get_num_threads(), file=sys.stderr)
 sys.exit(code)

@@ -3,6 +3,7 @@
 The multi-process tests run 2 real processes on the loopback with gloo (as torchrun would start
 them), a tiny model and a few steps.
 """
+from guards import HANG_GUARD
 import json
 import os
 import random
@@ -25,7 +26,6 @@ from rnnlab.errors import UsageError
 from rnnlab.models import build_model
 from rnnlab.runtime import seed_everything
 from rnnlab.training import Trainer
-from guards import HANG_GUARD  # noqa: E402
 
 TOL = 1e-5
 ROOT = Path(__file__).resolve().parents[1]

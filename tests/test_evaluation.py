@@ -1,4 +1,5 @@
 """Held-out evaluation: static (every token once, in order) and dynamic (the model adapts as it reads)."""
+from guards import HANG_GUARD
 import hashlib
 import json
 import subprocess
@@ -11,7 +12,6 @@ from rnnlab.checkpoint import load_checkpoint
 from rnnlab.adaptation import dynamic_evaluate
 from rnnlab.evaluation import evaluate
 from tiny_keyboard_model import tiny_checkpoint
-from guards import HANG_GUARD  # noqa: E402
 
 REPEATED = "we sat in the machine and talked about the garden. " * 12  # a text of its own, said again and again
 

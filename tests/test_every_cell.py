@@ -11,6 +11,7 @@ a Python start per command. A new cell module gets all of this for free.
 """
 from __future__ import annotations
 
+from guards import HANG_GUARD
 import json
 import subprocess
 import sys
@@ -25,7 +26,6 @@ from rnnlab.cli import main
 from rnnlab.config import ServeConfig
 from rnnlab.models.cells import cell_names, get_cell
 from tiny_keyboard_model import SENTENCES
-from guards import HANG_GUARD  # noqa: E402
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

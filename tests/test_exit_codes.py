@@ -1,6 +1,7 @@
 """Every command exits with its own code, run after run: no worker thread may still be inside torch
 when the interpreter shuts down (that aborts the process with exit 134, "terminate called without
 an active exception", after a correct answer)."""
+from guards import HANG_GUARD
 import subprocess
 import sys
 
@@ -29,7 +30,6 @@ def test_a_script_that_leaves_the_engine_worker_running_exits_cleanly():
     script = f"""
 from rnnlab.checkpoint import load_checkpoint
 from rnnlab.suggest import SuggestEngine
-from guards import HANG_GUARD  # noqa: E402
 ck = load_checkpoint({str(tiny_checkpoint())!r})
 engine = SuggestEngine(ck.model, ck.tokenizer)
 futures = [engine.submit({LONG!r} + str(i), 20, client=str(i)) for i in range(4)]

@@ -1,4 +1,5 @@
 """ONNX export (one step, float32 and int8) and int8 PyTorch, on tiny untrained models."""
+from guards import HANG_GUARD
 import json
 from pathlib import Path
 
@@ -20,7 +21,6 @@ from rnnlab import (
 from rnnlab.export import check_onnx, export_onnx, load_quantized, quantize_model
 
 from rnnlab.data.tokenizer import Tokenizer
-from guards import HANG_GUARD  # noqa: E402
 
 VOCAB = Vocab.build(list("the time traveller smiled at us, 0123456789!"))
 TEXT = Tokenizer(VOCAB, preset="letters")

@@ -1,5 +1,6 @@
 """Fine-tuning (`rnnlab train FILE --init-from DIR`): the base's weights and vocabulary, characters it
 never saw (read as <unk>, or added with --extend-vocab), conflicting flags refused, exact resume."""
+from guards import HANG_GUARD
 import json
 import os
 import subprocess
@@ -15,7 +16,6 @@ from rnnlab.data import Tokenizer, Vocab
 from rnnlab.errors import RnnlabError
 from rnnlab.models import build_model, grow_vocabulary
 from rnnlab.pipeline import stored_configs, train_run
-from guards import HANG_GUARD  # noqa: E402
 
 BASE_TEXT = "the time traveller smiled at us and the machine stood still. " * 30
 NEW_TEXT = "Zazie dans le métro: zut! the time zone was odd. " * 30  # Z, z, é, :, ! ... are new

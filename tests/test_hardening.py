@@ -1,6 +1,7 @@
 """What a user or a client sends never crashes, hangs or tracebacks rnnlab: each class of the
 reliability pass, through the real CLI in a subprocess (one line on stderr, exit 2 for usage
 errors and 1 otherwise, nothing left behind, the last good checkpoint intact)."""
+from guards import HANG_GUARD
 import json
 import os
 import resource
@@ -11,7 +12,6 @@ import sys
 import time
 
 import pytest
-from guards import HANG_GUARD  # noqa: E402
 
 CORPUS = ("the time traveller for so it will be convenient to speak of him "
           "was expounding a recondite matter to us his grey eyes shone and twinkled\n") * 12

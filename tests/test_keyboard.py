@@ -2,6 +2,7 @@
 fair n-gram keyboard, Presage on a hand-checked case, the bootstrap intervals, the leakage guards (no
 keyboard reads what the user has not typed, nor the held-out text when it is built or tuned), the
 tuning, and `rnnlab eval --keyboard` / `rnnlab words` end to end."""
+from guards import HANG_GUARD
 import json
 import math
 import os
@@ -24,7 +25,6 @@ from rnnlab.keyboard import (
 from rnnlab.keyboard import presage
 from rnnlab.keyboard.stats import bootstrap_ratios, word_units
 from rnnlab.suggest import MixParams, WordModel, word_spans, words_of
-from guards import HANG_GUARD  # noqa: E402
 
 # -- words ------------------------------------------------------------------------------------------
 

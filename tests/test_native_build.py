@@ -2,6 +2,7 @@
 waited for with a notice and a bound, and concurrent builders produce one good build.
 
 Every case runs real processes (the lock is an OS lock, so only separate processes can test it)."""
+from guards import HANG_GUARD
 import os
 import shutil
 import signal
@@ -21,7 +22,6 @@ HOLD = """
 import sys, time
 from filelock import FileLock
 from rnnlab.models import native
-from guards import HANG_GUARD  # noqa: E402
 d = native._build_dir(native.build_name(*native._FLAG_SETS[0]))
 lock = FileLock(str(d / "build.lock"))
 lock.acquire()

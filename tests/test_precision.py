@@ -1,6 +1,7 @@
 """bfloat16 where the machine has it (``rnnlab.precision``): bf16 training follows the float32 loss
 curve, checkpoints stay float32, ``auto`` is decided on measured rates (fixed ones here: no test
 depends on the machine's speed), and a bf16 run resumes exactly."""
+from guards import HANG_GUARD
 import json
 import os
 import subprocess
@@ -20,7 +21,6 @@ from rnnlab.models.cells import cell_names, get_cell
 from rnnlab.pipeline import evaluate_checkpoint, stored_configs, train_run
 from rnnlab.runtime import seed_everything
 from rnnlab.training import Trainer
-from guards import HANG_GUARD  # noqa: E402
 
 TEXT = ("it was the best of times, it was the worst of times, it was the age of wisdom, "
         "it was the age of foolishness, it was the epoch of belief, it was the epoch of incredulity. ") * 6

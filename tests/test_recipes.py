@@ -1,5 +1,6 @@
 """Recipes: `rnnlab train FILE` with no model or optimiser flags trains the default recipe; `--recipe
 book` the book's settings; explicit flags always win; the first log line and `--help` say so."""
+from guards import HANG_GUARD
 import subprocess
 import sys
 
@@ -10,7 +11,6 @@ import pytest
 from rnnlab import recipes
 from rnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from rnnlab.errors import UsageError
-from guards import HANG_GUARD  # noqa: E402
 
 TEXT = "the recipe decides what the user did not. " * 200
 

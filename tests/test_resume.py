@@ -1,4 +1,5 @@
 """Exact resume: an interrupted and resumed run equals an uninterrupted one, bit for bit on CPU."""
+from guards import HANG_GUARD
 import json
 import os
 import signal
@@ -134,7 +135,6 @@ def dying(path, data):
     return orig(path, data)
 ck.atomic_write = dying
 from rnnlab.cli import main
-from guards import HANG_GUARD  # noqa: E402
 sys.exit(main(sys.argv[1:]))
 """
 

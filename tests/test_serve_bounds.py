@@ -3,6 +3,7 @@ request head (refused after a bounded read, closed after a timeout), long genera
 bounded pool: 503 + Retry-After when full, while /healthz and the page answer), and `--int8` for
 every model that has an int8 copy. The serving processes are the real CLI in a subprocess, except
 where a generation must be held still on purpose (then uvicorn runs the app in a thread)."""
+from guards import HANG_GUARD
 import json
 import os
 import re
@@ -20,7 +21,6 @@ import pytest
 
 from test_serve_process import _healthy, _request, _wait_for, start_server, stop_server
 from tiny_keyboard_model import CORPUS, tiny_checkpoint
-from guards import HANG_GUARD  # noqa: E402
 
 
 @pytest.fixture(scope="module")

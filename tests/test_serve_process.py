@@ -1,6 +1,7 @@
 """`rnnlab serve` as users run it: the real CLI in a subprocess (uvicorn, httptools, uvloop, the
 suggestion process), spoken to over real HTTP on loopback. These are the transport's failures:
 large answers crossing the pipe, and a suggestion process that dies."""
+from guards import HANG_GUARD
 import json
 import os
 import re
@@ -15,7 +16,6 @@ import urllib.request
 import pytest
 
 from tiny_keyboard_model import tiny_checkpoint
-from guards import HANG_GUARD  # noqa: E402
 
 
 def _request(url, body=None, timeout=60):

@@ -1,5 +1,6 @@
 """The HTTP API through FastAPI's TestClient: happy paths, every validation error (never a 5xx),
 the body limit, streaming, and concurrent requests."""
+from guards import HANG_GUARD
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,6 @@ from rnnlab.config import MAX_K, MAX_LENGTH, MAX_TEXT_CHARS, ServeConfig  # noqa
 from rnnlab.decoding import generate  # noqa: E402
 from rnnlab.serve import create_app  # noqa: E402
 from tiny_keyboard_model import WORDS, tiny_checkpoint  # noqa: E402
-from guards import HANG_GUARD  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """Three disjoint ranges: training, a selection slice that chooses the weights, and the test split
 that is reported and never used for a decision (nor scored before the end)."""
+from guards import HANG_GUARD
 import json
 import subprocess
 import sys
@@ -11,7 +12,6 @@ import rnnlab.pipeline as pipeline
 import rnnlab.evalpoints as evalpoints
 from rnnlab import DataConfig, ModelConfig, RunConfig, TrainConfig, train_run
 from rnnlab.data import prepare_data, split_points, split_stream
-from guards import HANG_GUARD  # noqa: E402
 
 TEXT = "".join(f"line {i} of a small text with some words in it.\n" for i in range(400))
 
