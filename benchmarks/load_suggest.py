@@ -299,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from machine import describe
+
+    machine = describe()
+    print(machine, flush=True)  # which machine the figures come from
     if not (1 <= args.clients <= 256 and 1 <= args.requests <= 10000 and 0 < args.time_limit <= 3600):
         p.error("keep the load bounded: 1-256 clients, 1-10000 requests each, a time limit of at most 3600 s")
     corpus = args.corpus
@@ -329,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    result.update({"checkpoint": str(args.checkpoint), "cpu_count": os.cpu_count()})
+    result.update({"checkpoint": str(args.checkpoint), "cpu_count": os.cpu_count(), "machine": machine})
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
