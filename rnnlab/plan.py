@@ -101,12 +101,12 @@ def settle(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunConf
         data = prepare_data(dcfg)
     if resume and data.chat is not None and out is not None:  # a resumed run must read the same messages
         check_chat(out, data.chat.text, data.source)
-    if resume and out is not None:  # ...and split them as it did
-        check_ranges(out, data.ranges)
     if resume_vocab is not None and data.vocab != resume_vocab:
         raise RnnlabError(f"the corpus {data.source} gives a different vocabulary from the checkpoint's"
                           f"{' in ' + str(out) if out else ''} ({resume_vocab.difference(data.vocab)}); resume with "
                           f"the same text and settings")
+    if resume and out is not None:  # ...and split them as it did
+        check_ranges(out, data.ranges)
     if not rcfg.prefixes:
         rcfg.prefixes = data.default_prefixes
     rates = Rates(device=str(device), book=RateBook(), remeasure=rcfg.remeasure)
