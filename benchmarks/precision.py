@@ -41,12 +41,25 @@ def _k(x: float) -> str:
 
 
 # -- training ---------------------------------------------------------------------------------------
+def median_rates(mcfg, tcfg, rounds: int, seconds: float) -> tuple[float, float, int]:
+    """(float32 tokens/s, bfloat16 tokens/s, parameters): the medians of ``rounds`` measurements of
+    the training step, the two precisions taking turns step by step in each."""
+    from rnnlab.speed import step_rates
+
+    got: dict[str, list[float]] = {p: [] for p in PRECISIONS}
+    for _ in range(rounds):
+        rates, params = step_rates(mcfg, tcfg, torch.device("cpu"), seconds=seconds, precisions=PRECISIONS)
+        for p in PRECISIONS:
+            got[p].append(rates[p])
+    fp32, bf16 = (statistics.median(got[p]) for p in PRECISIONS)
+    return fp32, bf16, params
+
+
 def training_rows(cells: list[str], sizes: list[int], min_sizes: list[int], rounds: int, seconds: float,
                   batch: int, steps: int, vocab: int) -> list[dict]:
     from rnnlab.config import TrainConfig
     from rnnlab.models import ModelConfig, precision_notes
     from rnnlab.models.cells import get_cell
-    from rnnlab.speed import step_rates
 
     tcfg = TrainConfig(optimizer="adam", lr=1e-3, batch_size=batch, num_steps=steps)
     rows = []
@@ -57,12 +70,7 @@ def training_rows(cells: list[str], sizes: list[int], min_sizes: list[int], roun
                 layers = 2 if cell.width_is_embedding else 1
                 mcfg = ModelConfig(model=name, impl=impl, hidden_size=size, num_layers=layers, vocab_size=vocab,
                                    embedding_dim=size if cell.width_is_embedding else 64)
-                got: dict[str, list[float]] = {p: [] for p in PRECISIONS}
-                for _ in range(rounds):
-                    rates, params = step_rates(mcfg, tcfg, torch.device("cpu"), seconds=seconds, precisions=PRECISIONS)
-                    for p in PRECISIONS:
-                        got[p].append(rates[p])
-                fp32, bf16 = (statistics.median(got[p]) for p in PRECISIONS)
+                fp32, bf16, params = median_rates(mcfg, tcfg, rounds, seconds)
                 note = precision_notes(mcfg, "cpu")
                 row = {"cell": name, "impl": impl, "size": size, "layers": layers, "params": params, "fp32": fp32,
                        "bf16": bf16, "gain": bf16 / fp32, "float32_parts": note[0] if note else ""}
@@ -76,18 +84,12 @@ def lstm_rows(rounds: int, seconds: float) -> list[dict]:
     """The issue's rows: nn.LSTM (the fused kernel), embedding 64, Adam, T=64, at (H, B)."""
     from rnnlab.config import TrainConfig
     from rnnlab.models import ModelConfig
-    from rnnlab.speed import step_rates
 
     rows = []
     for hidden, batch in ((256, 16), (384, 16), (512, 64)):
         mcfg = ModelConfig(model="lstm", impl="concise", hidden_size=hidden, embedding_dim=64, vocab_size=65)
         tcfg = TrainConfig(optimizer="adam", lr=1e-3, batch_size=batch, num_steps=64)
-        got: dict[str, list[float]] = {p: [] for p in PRECISIONS}
-        for _ in range(rounds):
-            rates, _ = step_rates(mcfg, tcfg, torch.device("cpu"), seconds=seconds, precisions=PRECISIONS)
-            for p in PRECISIONS:
-                got[p].append(rates[p])
-        fp32, bf16 = (statistics.median(got[p]) for p in PRECISIONS)
+        fp32, bf16, _ = median_rates(mcfg, tcfg, rounds, seconds)
         rows.append({"work": f"nn.LSTM train step, embedding 64 + Adam, H={hidden}, B={batch}, T=64", "fp32": fp32,
                      "bf16": bf16})
         print(f"| nn.LSTM train step, embedding 64 + Adam, H={hidden}, B={batch}, T=64 | {_k(fp32)} tokens/s | "

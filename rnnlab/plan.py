@@ -109,7 +109,7 @@ def settle(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunConf
         check_ranges(out, data.ranges)
     if not rcfg.prefixes:
         rcfg.prefixes = data.default_prefixes
-    rates = Rates(device=str(device), book=RateBook(), remeasure=rcfg.remeasure)
+    rates = Rates(device=str(device), book=RateBook(remeasure=rcfg.remeasure))
     check_precision(rcfg.precision, device)
     if use_recipe:
         measure = _measurer(tcfg, rcfg, device, ctx, world, rates)
@@ -127,7 +127,7 @@ def settle(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunConf
             lines.insert(2 if rates.precision is not None else 1, rates.describe())
     mcfg.vocab_size = len(data.vocab)
     if rcfg.precision == "auto":  # --recipe book or --resume with --precision auto: this very model decides
-        rates.precision = _decide_precision(mcfg, tcfg, rcfg, device, ctx, world, book=rates)
+        rates.precision = _decide_precision(mcfg, tcfg, rcfg, device, ctx, world, book=rates.book)
         lines.append(rates.precision.describe())
     if rcfg.precision == "bf16":
         lines += _bf16_notes(mcfg, device)
@@ -144,16 +144,16 @@ def settle(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunConf
 
 def _rates(cand: ModelConfig, tcfg: TrainConfig, device: torch.device, ctx: DistContext, world: int,
            precisions: tuple[str, ...], seconds: float = MEASURE_SECONDS, deadline: float | None = None,
-           book: Rates | None = None) -> tuple[dict[str, float], int]:
+           book: RateBook | None = None) -> tuple[dict[str, float], int]:
     """({precision: global training tokens/s}, parameters) of ``cand``, the precisions measured
-    taking turns, or remembered from an earlier run on this machine (``book.book``, a
-    ``RateBook``: see ``rnnlab.ratebook``). Under DDP every rank measures its share at once and
+    taking turns, or remembered from an earlier run on this machine (``book``: see
+    ``rnnlab.ratebook``). Under DDP every rank measures its share at once and
     all take the slowest rank's rate (the same decision everywhere); remembered rates are used
     only when every rank has them."""
     rows = max(1, tcfg.batch_size // world)
     keys = {p: ratebook.key(cand, tcfg, device, rows, p) for p in precisions}
-    if book is not None and book.book is not None and not book.remeasure:
-        got = {p: book.book.get(k) for p, k in keys.items()}
+    if book is not None and not book.remeasure:
+        got = {p: book.get(k) for p, k in keys.items()}
         if reduce_over_ranks([1.0 if all(got.values()) else 0.0], ctx, device, "min")[0]:  # every rank has them
             book.remembered = min([book.remembered or float("inf")] + [at for _, at in got.values()])
             return {p: got[p][0] * world for p in precisions}, cand.parameter_count()
@@ -161,15 +161,15 @@ def _rates(cand: ModelConfig, tcfg: TrainConfig, device: torch.device, ctx: Dist
                                deadline=deadline)
     if ctx.enabled:  # the slowest rank's rate, on every rank
         rates = dict(zip(precisions, reduce_over_ranks([rates[p] for p in precisions], ctx, device, "min")))
-    if book is not None and book.book is not None and ctx.is_main and not simulated_step_seconds():
-        book.book.put({keys[p]: rates[p] for p in precisions})
+    if book is not None and ctx.is_main and not simulated_step_seconds():
+        book.put({keys[p]: rates[p] for p in precisions})
     return {p: v * world for p, v in rates.items()}, params
 
 
 def _decide_precision(cand: ModelConfig, tcfg: TrainConfig, rcfg: RunConfig, device: torch.device,
                       ctx: DistContext, world: int, seen: dict | None = None, sizing: bool = False,
                       seconds: float = MEASURE_SECONDS, deadline: float | None = None,
-                      book: Rates | None = None) -> Choice:
+                      book: RateBook | None = None) -> Choice:
     """``--precision auto`` for the training step of ``cand``: measured in float32 and bfloat16
     (``precision.decide``); sets ``rcfg.precision``. ``seen`` gets (rates, parameters) when measured."""
     def measure() -> tuple[float, float]:
@@ -214,10 +214,10 @@ def _measurer(tcfg: TrainConfig, rcfg: RunConfig, device: torch.device, ctx: Dis
             seen: dict = {}
             if rcfg.precision == "auto":
                 rates.precision = _decide_precision(cand, tcfg, rcfg, device, ctx, world, seen, sizing=True,
-                                                    seconds=seconds, deadline=deadline, book=rates)
+                                                    seconds=seconds, deadline=deadline, book=rates.book)
             if not seen:  # (a device without bfloat16 decided without measuring)
                 seen["rates"], seen["params"] = _rates(cand, tcfg, device, ctx, world, (rcfg.precision,),
-                                                       seconds, deadline, rates)
+                                                       seconds, deadline, rates.book)
             cache[key] = (seen["rates"][rcfg.precision], seen["params"])
             rates.at = rcfg.precision
             rates.tokens_per_s[cand.hidden_size], rates.params[cand.hidden_size] = cache[key]

@@ -16,6 +16,7 @@ corrupt it; an unreadable file is set aside (``speed.json.bad``) and measured af
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -39,6 +40,7 @@ def speed_file() -> Path:
     return Path(user_cache_dir("rnnlab")) / "speed.json"
 
 
+@functools.lru_cache(maxsize=1)
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -65,11 +67,15 @@ def key(cand: ModelConfig, tcfg: TrainConfig, device: torch.device, rows: int, p
 
 
 class RateBook:
-    """Remembered rates: ``get`` (tokens/s and when it was measured, or None) and ``put``."""
+    """Remembered rates: ``get`` (tokens/s and when it was measured, or None) and ``put``.
+    ``remeasure``: the run measures again (and remembers the new rates) instead of reading any;
+    ``remembered``: when the oldest rate this run took from the book was measured (epoch seconds)."""
 
-    def __init__(self, path: Path | None = None, clock=time.time):
+    def __init__(self, path: Path | None = None, clock=time.time, remeasure: bool = False):
         self.path = path or speed_file()
         self.clock = clock
+        self.remeasure = remeasure
+        self.remembered: float | None = None
 
     def _read(self) -> dict:
         try:

@@ -23,6 +23,7 @@ from .config import TrainConfig
 from .errors import UsageError
 from .models import ModelConfig, build_model
 from .precision import Choice, autocast
+from .ratebook import RateBook
 from .training import lm_loss, make_optimizer
 
 Clock = Callable[[], float]
@@ -130,9 +131,12 @@ class Rates:
     at: str = "fp32"  # the precision the widths were measured in
     skipped: list[int] = field(default_factory=list)  # widths not measured: the measuring allowance was spent
     allowance: float = float("inf")
-    book: object = field(default=None, repr=False)  # a ratebook.RateBook: rates remembered on this machine
-    remeasure: bool = False  # measure again even where the book remembers (and remember the new rates)
-    remembered: float | None = None  # when the oldest remembered rate used was measured (epoch seconds)
+    book: RateBook | None = field(default=None, repr=False)  # the rates remembered on this machine
+
+    @property
+    def remembered(self) -> float | None:
+        """When the oldest remembered rate the run used was measured (epoch seconds), or None."""
+        return self.book.remembered if self.book is not None else None
 
     def describe(self) -> str:
         shown = ", ".join(f"H={w} {r / 1000:.1f}k" for w, r in sorted(self.tokens_per_s.items()))

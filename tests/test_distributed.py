@@ -106,7 +106,6 @@ WORKER = textwrap.dedent("""
     # rank 1 at 50, has no bfloat16, and only rank 0 remembers a rate
     import rnnlab.plan as plan
     from rnnlab.config import RunConfig
-    from rnnlab.speed import Rates
     plan.step_rates = lambda cand, tcfg, device, rows=None, precisions=("fp32",), seconds=0.0, deadline=None: (
         {p: 100.0 / (ctx.rank + 1) for p in precisions}, 7)
     cand = ModelConfig(vocab_size=11, **SETUP)
@@ -115,13 +114,15 @@ WORKER = textwrap.dedent("""
     choice = plan._decide_precision(cand, _cfg("random"), RunConfig(), cpu, ctx, 2)
 
     class Book:
+        remeasure, remembered = False, None
+
         def get(self, key):
             return (400.0, 1.0) if ctx.rank == 0 else None
 
         def put(self, rates):
             pass
 
-    remembered, _ = plan._rates(cand, _cfg("random"), cpu, ctx, 2, ("fp32",), book=Rates(book=Book()))
+    remembered, _ = plan._rates(cand, _cfg("random"), cpu, ctx, 2, ("fp32",), book=Book())
     result["plan"] = {"rates": rates, "precision": choice.precision, "why": choice.why, "book": remembered}
     for sampling in ("sequential", "random"):
         seed_everything(5)
