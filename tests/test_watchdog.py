@@ -69,11 +69,11 @@ def test_health_says_unresponsive_before_the_watchdog_acts(ckpt):
     backend = ProcessBackend(ckpt, hang_seconds=1000.0)
     try:
         with backend._lock:  # a request sent 30 s ago and nothing answered since
-            backend._sent[10**9] = time.monotonic() - 30
+            backend._pending[10**9] = (None, None, backend._worker.generation, time.monotonic() - 30)
             backend._last_answer = time.monotonic() - 30
         assert backend.status()["state"] == "unresponsive"
         with backend._lock:
-            backend._sent.clear()
+            del backend._pending[10**9]
         assert backend.status()["state"] == "ready"
     finally:
         backend.close()

@@ -126,7 +126,8 @@ class ProcessBackend:
         self._args = (checkpoint_bytes(checkpoint), threads, engine_kwargs)
         self.start_timeout, self.max_start_failures = start_timeout, max_start_failures
         self._lock = threading.Lock()
-        self._pending: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future, int]] = {}
+        # request id -> (its loop, its future, the child's generation it went to (-1: not sent yet), when it went)
+        self._pending: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future, int, float]] = {}
         self._backlog: list[tuple] = []  # requests that arrived while no worker was ready
         self._next_id = 0
         self._closed = False
@@ -134,7 +135,6 @@ class ProcessBackend:
         self.state = "starting"
         self.last_error = ""
         self.hang_seconds = hang_seconds
-        self._sent: dict[int, float] = {}  # request id -> when it went to the current child
         self._last_answer = time.monotonic()
         self._worker = EngineProcess(*self._args, generation=0)
         try:
@@ -159,11 +159,10 @@ class ProcessBackend:
             rid = self._next_id = self._next_id + 1
             msg = (rid, text, k, client)
             if self.state == "ready":
-                self._pending[rid] = (loop, future, self._worker.generation)
-                self._sent[rid] = time.monotonic()
+                self._pending[rid] = (loop, future, self._worker.generation, time.monotonic())
                 self._worker.outbox.put(msg)
             else:  # restarting: sent as soon as the new process is ready
-                self._pending[rid] = (loop, future, -1)
+                self._pending[rid] = (loop, future, -1, 0.0)
                 self._backlog.append(msg)
         return suggestions_json(await future)
 
@@ -184,9 +183,9 @@ class ProcessBackend:
     def _stalled(self) -> float:
         """Seconds the current child has held a request without answering anything (0: none waits).
         Called with the lock held."""
-        if not self._sent:
-            return 0.0
-        return time.monotonic() - max(min(self._sent.values()), self._last_answer)
+        generation = self._worker.generation
+        sent = [at for _, _, gen, at in self._pending.values() if gen == generation]
+        return time.monotonic() - max(min(sent), self._last_answer) if sent else 0.0
 
     def _watch(self) -> None:
         """Kill a hung child (see the class docstring); the reader then sees its pipe close."""
@@ -209,10 +208,9 @@ class ProcessBackend:
         for rid, ok, payload in answers:
             with self._lock:
                 entry = self._pending.pop(rid, None)
-                self._sent.pop(rid, None)
                 self._last_answer = time.monotonic()
             if entry is not None:
-                loop, future, _ = entry
+                loop, future, _, _ = entry
                 _resolve(loop, future, payload if ok else None, None if ok else payload)
 
     def _on_exit(self, worker: EngineProcess) -> None:
@@ -226,12 +224,11 @@ class ProcessBackend:
                 code = worker.proc.exitcode
             self.last_error = (f"the suggestion process hung (nothing answered for {self.hang_seconds:g} s) and was "
                                f"killed" if worker.hung else f"the suggestion process stopped (exit code {code})")
-            lost = [rid for rid, (_, _, gen) in self._pending.items() if gen == worker.generation]
+            lost = [rid for rid, (_, _, gen, _) in self._pending.items() if gen == worker.generation]
             entries = [self._pending.pop(rid) for rid in lost]
-            self._sent.clear()
             self.state = "restarting"
         message = f"{self.last_error} while answering; it is being restarted, try again in a moment"
-        for loop, future, _ in entries:
+        for loop, future, _, _ in entries:
             _resolve(loop, future, None, WorkerUnavailable(message))
         print(f"rnnlab: {self.last_error}; restarting it", file=sys.stderr, flush=True)
         threading.Thread(target=self._restart, args=(worker,), name="rnnlab-suggest-restart", daemon=True).start()
@@ -271,9 +268,8 @@ class ProcessBackend:
                 self.state, self.last_error = "ready", ""
                 self._last_answer = time.monotonic()
                 for msg in self._backlog:
-                    loop, future, _ = self._pending[msg[0]]
-                    self._pending[msg[0]] = (loop, future, worker.generation)
-                    self._sent[msg[0]] = time.monotonic()
+                    loop, future, _, _ = self._pending[msg[0]]
+                    self._pending[msg[0]] = (loop, future, worker.generation, time.monotonic())
                     worker.outbox.put(msg)
                 self._backlog = []
             print("rnnlab: the suggestion process is running again", file=sys.stderr, flush=True)
@@ -287,7 +283,7 @@ class ProcessBackend:
             self._closed = True
             self.state = "closed"
             entries, self._pending, self._backlog = list(self._pending.values()), {}, []
-        for loop, future, _ in entries:
+        for loop, future, _, _ in entries:
             _resolve(loop, future, None, WorkerUnavailable("the server is shutting down"))
         self._worker.stop()
         _LIVE_BACKENDS.discard(self)
