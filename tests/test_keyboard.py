@@ -35,6 +35,34 @@ def test_words_follow_the_suggestion_rules():
     assert words_of("...!") == [] and words_of("") == []
 
 
+def _spans_by_rule(text):
+    """The rule spelled out character by character: a word starts at a letter or digit
+    (``str.isalnum``) and goes on over letters, digits and apostrophes followed by one."""
+    spans, i, n = [], 0, len(text)
+    while i < n:
+        if text[i].isalnum():
+            j = i + 1
+            while j < n and (text[j].isalnum() or (text[j] in "'’" and j + 1 < n and text[j + 1].isalnum())):
+                j += 1
+            spans.append((i, j))
+            i = j
+        else:
+            i += 1
+    return spans
+
+
+def test_word_spans_are_the_rule_on_any_text():
+    import random
+
+    rng = random.Random(0)
+    alphabet = "ab Z9_'’-\n\t.,é\u0301ß日本😀Ⅻ²٣\u00a0"  # letters, digits, underscore, apostrophes, marks, CJK, emoji, numerals
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 24)))
+        assert word_spans(text) == _spans_by_rule(text), repr(text)
+    everything = "".join(map(chr, range(0x3000))) + "".join(map(chr, range(0x1F300, 0x1F400)))
+    assert word_spans(everything) == _spans_by_rule(everything)
+
+
 # -- the protocol, counted by hand ------------------------------------------------------------------
 
 def _table(answers):

@@ -117,7 +117,6 @@ class WordQuery:
     cache_order: list[str]  # the cache candidates, most frequent first
     n_cache: int  # N(p) - n(p)
     p_ng: dict[str, float] = field(default_factory=dict)  # P(w | h) of the candidates above (absent: not in the lexicon)
-    found: list = field(default_factory=list)  # the word model's lookup of h (``WordModel.lookup``)
 
     def targets(self) -> list[str]:
         """The candidate words of the word model and the recent words (the character beam adds its own)."""
@@ -130,7 +129,6 @@ def word_query(model: WordModel, context: str, partial: str, recent: list[str], 
     """The word model's and the recent words' side of a request: ``context`` the model text before
     the typed part ``partial``; ``recent`` the client's recent words (``RecentWords.words``)."""
     hist = model.history(context)
-    found = model.lookup(hist)
     ngram = model.top(hist, partial, params.lexicon_k + 1) if params.lexicon_k else ()
     ngram = [(w, p) for w, p in ngram if w != partial][:params.lexicon_k]  # (+ 1 above: the typed part may be one)
     mass = model.prefix_mass(hist, partial)
@@ -142,11 +140,11 @@ def word_query(model: WordModel, context: str, partial: str, recent: list[str], 
     typed = partial if partial and partial in model.index else None
     if rest or typed:
         ids = np.array([model.index[w] for w in rest + ([typed] if typed else [])])
-        values = model.probs(ids, hist, found).tolist()
+        values = model.probs(ids, hist).tolist()
         p_ng.update(zip(rest, values))
         if typed:
             mass -= values[-1]
-    return WordQuery(partial, hist, ngram, max(mass, 0.0), counts, order, sum(counts.values()), p_ng, found)
+    return WordQuery(partial, hist, ngram, max(mass, 0.0), counts, order, sum(counts.values()), p_ng)
 
 
 @dataclass
@@ -213,7 +211,7 @@ def candidates(model: WordModel, q: WordQuery, beam: list[tuple[str, str, float]
     p_ng = [q.p_ng.get(w, 0.0) for w in words]
     missing = [j for j, w in enumerate(words) if w in index and w not in q.p_ng]  # the beam's words
     if missing:
-        values = model.probs(np.array([index[words[j]] for j in missing]), q.hist, q.found).tolist()
+        values = model.probs(np.array([index[words[j]] for j in missing]), q.hist).tolist()
         for j, v in zip(missing, values):
             p_ng[j] = v
     norm = max(1.0 - math.exp(typed_lp), 1e-9) if typed_lp > -math.inf else 1.0

@@ -7,7 +7,12 @@ is the trailing run of word characters of the text.
 """
 from __future__ import annotations
 
+import re
+
 INNER_WORD_CHARS = frozenset("'’")  # word characters only inside a word (contractions)
+# a word: word characters, with an inner apostrophe between two of them (``[^\W_]`` is exactly
+# ``str.isalnum``: ``\w`` is isalnum or the underscore)
+_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 
 
 def is_word_char(ch: str) -> bool:
@@ -27,18 +32,7 @@ def split_partial_word(text: str) -> tuple[str, str]:
 
 def word_spans(text: str) -> list[tuple[int, int]]:
     """(start, end) of every word of ``text``, by the rules above."""
-    spans, i, n = [], 0, len(text)
-    while i < n:
-        if is_word_char(text[i]):
-            j = i + 1
-            while j < n and (is_word_char(text[j]) or (text[j] in INNER_WORD_CHARS and j + 1 < n
-                                                       and is_word_char(text[j + 1]))):
-                j += 1
-            spans.append((i, j))
-            i = j
-        else:
-            i += 1
-    return spans
+    return [m.span() for m in _WORD.finditer(text)]
 
 
 def words_of(text: str) -> list[str]:

@@ -22,8 +22,10 @@ lexicon. A history word outside the lexicon has no counts: its orders are skippe
 
 Only the top order's counts are stored (``(M, N + 1)`` rows: N word ids and the count; the
 start symbol is id ``len(vocab)``); every lower order is derived from them. Word ids follow the
-spelling order of the vocabulary, so the words that start with a prefix are one id range and
-every per-history list of followers is sorted by spelling: ``top`` and ``prefix_mass`` bisect it.
+spelling order of the vocabulary, so the words that start with a prefix are one id range
+(``prefix_range``). A history's distribution over the whole lexicon (``dist``) is computed once
+and memoised (every keystroke of a word asks about the same history): ``probs``, ``prefix_mass``
+and ``top`` read it.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from .text import word_spans, words_of
 
 BOS = "<s>"
 MAX_ORDER = 3
+DIST_CACHE_BYTES = 32 << 20  # the memoised distributions of recent histories
 
 
 @dataclass
@@ -82,13 +85,10 @@ class WordModel:
             rows = pairs
         c1 = np.bincount(rows[:, -1], weights=level_counts, minlength=V + 1)[:V] if len(rows) else np.zeros(V)
         self.p1 = c1 / c1.sum() if c1.sum() > 0 else c1  # (V,) P_1 over the lexicon
-        self.cum_p1 = np.concatenate([[0.0], np.cumsum(self.p1)])  # prefix sums, for ranges of ids
-        ids = np.arange(V)
-        self.by_p1 = np.lexsort((ids, -self.counts, -self.p1))  # (V,) ids by P_1, then count, then spelling
-        # answers memoised per model (a frequent history and prefix come back often while people type)
-        self.lookup = functools.lru_cache(maxsize=4096)(self._lookup)
+        # answers memoised per model: a history's whole distribution (every keystroke of a word
+        # asks about the same history; at most DIST_CACHE_BYTES of them), and the best words
+        self.dist = functools.lru_cache(maxsize=max(8, DIST_CACHE_BYTES // (8 * (V + 1))))(self._dist)
         self.top = functools.lru_cache(maxsize=16384)(self._top)
-        self.prefix_mass = functools.lru_cache(maxsize=16384)(self._prefix_mass)
 
     def _level(self, rows: np.ndarray, counts: np.ndarray) -> _Level:
         base = len(self.vocab) + 1
@@ -141,8 +141,8 @@ class WordModel:
         return tuple([self.bos] * (self.order - 1 - len(words)) + [self.index.get(w, -1) for w in words])
 
     def _lookup(self, hist: tuple[int, ...]) -> tuple[tuple[_Level, int, int, int], ...]:
-        """``lookup(hist)``: the orders at which ``hist`` (or its last words) was seen, lowest
-        first: (order's entries, history index, first row, end row)."""
+        """The orders at which ``hist`` (or its last words) was seen, lowest first: (order's
+        entries, history index, first row, end row)."""
         base = len(self.vocab) + 1
         found = []
         for n, level in enumerate(self.levels, start=2):
@@ -157,63 +157,49 @@ class WordModel:
                 found.append((level, i, int(level.start[i]), int(level.start[i + 1])))
         return tuple(found)
 
-    def probs(self, ids: np.ndarray, hist: tuple[int, ...], found=None) -> np.ndarray:
-        """P(w | hist) for each lexicon id of ``ids`` (see the module docstring)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        p = self.p1[ids]
-        for level, i, s, e in self.lookup(hist) if found is None else found:
-            followers = level.word[s:e]
-            j = np.minimum(np.searchsorted(followers, ids), e - s - 1)
-            c = np.where(followers[j] == ids, level.count[s + j], 0.0)
+    def _dist(self, hist: tuple[int, ...]) -> np.ndarray:
+        """``dist(hist)``: P(w | hist) for every lexicon word, (V,) float64 (the module docstring's
+        recursion on the whole lexicon; read-only)."""
+        p = self.p1
+        for level, i, s, e in self._lookup(hist):
+            c = np.zeros(len(self.vocab))
+            c[level.word[s:e]] = level.count[s:e]
             S, D = level.total[i], level.discount
             p = np.maximum(c - D, 0.0) / S + D * level.distinct[i] / S * p
+        p = p.copy() if p is self.p1 else p
+        p.flags.writeable = False
         return p
+
+    def probs(self, ids: np.ndarray, hist: tuple[int, ...]) -> np.ndarray:
+        """P(w | hist) for each lexicon id of ``ids`` (see the module docstring)."""
+        return self.dist(hist)[np.asarray(ids, dtype=np.int64)]
 
     def prob(self, word: str, context: str = "") -> float:
         """P(word | the words at the end of ``context``); 0 for a word outside the lexicon."""
         i = self.index.get(word)
         return 0.0 if i is None else float(self.probs(np.array([i]), self.history(context))[0])
 
-    def _prefix_mass(self, hist: tuple[int, ...], prefix: str) -> float:
-        """``prefix_mass(hist, prefix)``: the sum of P(w | hist) over the lexicon words that start
-        with ``prefix`` (1 for "")."""
+    def prefix_mass(self, hist: tuple[int, ...], prefix: str) -> float:
+        """The sum of P(w | hist) over the lexicon words that start with ``prefix`` (1 for "")."""
+        if not prefix:
+            return 1.0
         lo, hi = self.prefix_range(prefix)
-        mass = self.cum_p1[hi] - self.cum_p1[lo]
-        for level, i, s, e in self.lookup(hist):
-            a, b = np.searchsorted(level.word[s:e], (lo, hi))
-            S, D = level.total[i], level.discount
-            mass = np.maximum(level.count[s + a:s + b] - D, 0.0).sum() / S + D * level.distinct[i] / S * mass
-        return float(mass)
+        return float(self.dist(hist)[lo:hi].sum())
 
     def _top(self, hist: tuple[int, ...], prefix: str, k: int) -> tuple[tuple[str, float], ...]:
         """``top(hist, prefix, k)``: the ``k`` most probable lexicon words that start with
         ``prefix`` after ``hist``, with P(w | hist), best first; ties: the more frequent word, then
-        the first in spelling order.
-
-        Words never seen after any suffix of ``hist`` all score (the product of the backoff weights)
-        x P_1(w), so only the followers of ``hist`` and the best ``k`` + their number by P_1 are
-        scored."""
+        the first in spelling order."""
         lo, hi = self.prefix_range(prefix)
         if k <= 0 or hi <= lo:
             return ()
-        found = self.lookup(hist)
-        seen = []
-        for level, _, s, e in found:
-            a, b = np.searchsorted(level.word[s:e], (lo, hi))
-            if b > a:
-                seen.append(level.word[s + a:s + b])
-        seen_ids = np.unique(np.concatenate(seen)) if len(seen) > 1 else (seen[0] if seen else np.zeros(0, np.int64))
-        want = k + len(seen_ids)
-        if hi - lo <= want:
-            low = np.arange(lo, hi)
-        elif hi - lo == len(self.vocab):  # every word: the order by P_1 is kept
-            low = self.by_p1[:want]
-        else:  # the best by P_1, ties at the cut included
-            p = self.p1[lo:hi]
-            cut = np.partition(p, hi - lo - want)[hi - lo - want]
-            low = np.nonzero(p >= cut)[0] + lo
-        ids = np.union1d(seen_ids, low)
-        p = self.probs(ids, hist, found)
+        p = self.dist(hist)[lo:hi]
+        if hi - lo > k:  # the k-th largest probability; every word at least as probable competes (ties)
+            cut = np.partition(p, hi - lo - k)[hi - lo - k]
+            ids = np.nonzero(p >= cut)[0] + lo
+        else:
+            ids = np.arange(lo, hi)
+        p = p[ids - lo]
         best = np.lexsort((ids, -self.counts[ids], -p))[:k]
         return tuple((self.vocab[j], x) for j, x in zip(ids[best].tolist(), p[best].tolist()))
 
