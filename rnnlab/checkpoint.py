@@ -189,7 +189,7 @@ def read_configs(ckpt_dir: str | Path) -> tuple[DataConfig, ModelConfig, TrainCo
         mcfg = ModelConfig.from_dict(meta.get("model"))
         dcfg = DataConfig.from_dict(meta.get("data", {}))
         tcfg = TrainConfig.from_dict(meta.get("train", {}))
-        # checkpoints of rnnlab 0.1 kept the run controls in "train"; a run stored without a recipe trained as configured
+        # checkpoints of rnnlab 0.1 kept the run controls in "train"; one stored without a recipe trained as configured
         run = meta.get("run", meta.get("train", {}))
         rcfg = RunConfig.from_dict({"recipe": "book", **run} if isinstance(run, dict) else run)
     except RnnlabError as e:

@@ -119,7 +119,8 @@ def test_init_from_merges_the_base_the_same_way(base, text, tmp_path, monkeypatc
     m = lib.model  # the base's architecture and text settings, the dropout asked for
     assert (m.model, m.hidden_size, m.embedding_dim, m.dropout, lib.data.preset) == ("gru", 16, 8, 0.1, "letters")
     # under the default recipe the base's architecture is the user's choice too: the recipe sizes nothing
-    default = gather(DataConfig(path=str(text)), ModelConfig(), TrainConfig(), RunConfig(budget=10, init_from=str(base)))
+    default = gather(DataConfig(path=str(text)), ModelConfig(), TrainConfig(),
+                     RunConfig(budget=10, init_from=str(base)))
     assert {"model", "hidden_size", "embedding_dim", "preset", "token"} <= default.explicit
 
 
