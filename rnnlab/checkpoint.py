@@ -189,8 +189,9 @@ def read_configs(ckpt_dir: str | Path) -> tuple[DataConfig, ModelConfig, TrainCo
         mcfg = ModelConfig.from_dict(meta.get("model"))
         dcfg = DataConfig.from_dict(meta.get("data", {}))
         tcfg = TrainConfig.from_dict(meta.get("train", {}))
-        # checkpoints of rnnlab 0.1 kept the run controls in "train"
-        rcfg = RunConfig.from_dict(meta.get("run", meta.get("train", {})))
+        # checkpoints of rnnlab 0.1 kept the run controls in "train"; one stored without a recipe trained as configured
+        run = meta.get("run", meta.get("train", {}))
+        rcfg = RunConfig.from_dict({"recipe": "book", **run} if isinstance(run, dict) else run)
     except RnnlabError as e:
         raise RnnlabError(f"{d / CONFIG}: {e}; the checkpoint is damaged (retrain, or restore the file)") from None
     info = meta.get("info", {})

@@ -53,7 +53,7 @@ def _add_train(sub) -> None:
     add_settings(p.add_argument_group("model"), ModelConfig)
     add_settings(p.add_argument_group("training"), TrainConfig)
     r = p.add_argument_group("run")
-    add_settings(r, RunConfig, help_default={"recipe": "default", "precision": "auto (fp32 with --recipe book)"})
+    add_settings(r, RunConfig, help_default={"precision": "auto (fp32 with --recipe book)"})
     r.add_argument("--out", default="runs/latest", help="run directory: metrics, plot, checkpoints (default: runs/latest)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     r.add_argument("--overwrite", action="store_true", help="replace a run already in --out (its checkpoints, "
@@ -107,9 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import merge_init_from, merge_resume
     from .distributed import die_with_launcher, launched_by_torchrun
-    from .pipeline import stored_configs, train_run
+    from .gather import gather
+    from .pipeline import train_run
     from .plan import PLAN_ENV, all_fields, read_plan_file
 
     use_threads(args, small_steps=False)
@@ -125,61 +125,50 @@ def cmd_train(args: argparse.Namespace) -> int:
     dcfg.prepared = prepared
     mcfg, tcfg = build(args, ModelConfig), build(args, TrainConfig)
     rcfg = build(args, RunConfig, prefixes=getattr(args, "prefixes", []))
-    if "recipe" not in given(args, RunConfig):
-        rcfg.recipe = "default"  # the command line's default; the library's is the book (the configs' defaults)
-    if rcfg.init_from and not args.resume:
-        from .checkpoint import read_configs, resolve_checkpoint_dir
-
-        base_data, base_model, *_ = read_configs(resolve_checkpoint_dir(rcfg.init_from)) \
-            if Path(rcfg.init_from).is_dir() else (None, None)
-        if base_data is None:
-            raise RnnlabError(f"--init-from {rcfg.init_from}: no such checkpoint directory; give the --out DIR of a "
-                              f"training run")
-        explicit = set(given(args, DataConfig)) | set(given(args, ModelConfig))
-        dcfg, mcfg = merge_init_from((base_data, base_model), (dcfg, mcfg), explicit, rcfg.init_from)
-    if args.resume:
-        explicit = set(given(args, DataConfig)) | set(given(args, ModelConfig)) | set(given(args, TrainConfig))
-        explicit |= {"path"} if args.file else set()
-        explicit |= {"dataset"} if args.dataset else set()
-        s_data, s_model, s_train, s_run = stored_configs(args.out)
-        dcfg, mcfg, tcfg = merge_resume((s_data, s_model, s_train), (dcfg, mcfg, tcfg), explicit)
-        rcfg = s_run.replace(**given(args, RunConfig), **({"prefixes": args.prefixes} if hasattr(args, "prefixes") else {}))
+    configs = (dcfg, mcfg, tcfg, rcfg)
+    # the names the user typed (the rest is the dataclasses' defaults, the recipe's, or on --resume the stored run's)
     explicit = set().union(*(given(args, c) for c in (DataConfig, ModelConfig, TrainConfig, RunConfig)))
+    explicit |= {name for name, typed in (("path", args.file), ("dataset", args.dataset), ("prepared", prepared),
+                                          ("prefixes", hasattr(args, "prefixes"))) if typed}
     if args.dry_run:
         if args.resume:
             raise UsageError("--dry-run shows a new run's plan; a resumed run's settings are in its config.json")
-        plan = _settle_here((dcfg, mcfg, tcfg, rcfg), explicit, args.nproc)
+        plan = _settle_here(configs, explicit, args.out, args.nproc)
         m = plan.model
         print(f"plan: model {m.model} --impl {m.impl} --hidden-size {m.hidden_size} --embedding-dim {m.embedding_dim} "
               f"--num-layers {m.num_layers} --dropout {m.dropout:g} --precision {plan.run.precision} "
               f"({m.parameter_count():,} parameters); "
               f"{len(plan.corpus.train_ids):,} training tokens; nothing was trained")
         return 0
-    write_chat_out(args, dcfg)
+    if getattr(args, "chat_out", None):  # the export as the run will read it (on --resume: the stored settings)
+        write_chat_out(args, gather(*configs, explicit, args.out, args.resume).data)
     if args.nproc != 1:
-        return _launch(args, (dcfg, mcfg, tcfg, rcfg), explicit)
+        return _launch(args, configs, explicit)
     if launched_by_torchrun():
         die_with_launcher()
     plan_file = os.environ.get(PLAN_ENV)
     if plan_file and launched_by_torchrun() and not args.resume:  # a rank of `--nproc`: the launcher settled the run
-        dcfg, mcfg, tcfg, rcfg = read_plan_file(plan_file)
-        explicit = all_fields()
-    result = train_run(dcfg, mcfg, tcfg, rcfg, args.out, resume=args.resume, overwrite=args.overwrite,
-                       progress=not args.quiet, explicit=explicit)
+        configs, explicit = read_plan_file(plan_file), all_fields()
+    result = train_run(*configs, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
+                       explicit=explicit)
     return 128 + (result.signal or 2) if result.interrupted else 0  # 130 for SIGINT, 143 for SIGTERM
 
 
-def _settle_here(configs, explicit: set[str], nproc: int = 1):
-    """Settle a run in this process (``--dry-run``, the ``--nproc`` launcher) and print its plan."""
+def _settle_here(configs, explicit: set[str], out: str, nproc: int = 1):
+    """Gather and settle a new run in this process (``--dry-run``, the ``--nproc`` launcher) as
+    ``train_run`` does, and print its plan."""
     import torch
 
     from .distributed import device_for, env_context
+    from .gather import gather
     from .plan import settle
 
+    gathered = gather(*configs, explicit, out)
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc) if nproc > 1 else threads)  # as each rank will have
     try:
-        plan = settle(*configs, explicit, device_for(env_context(), configs[3].device), world_size=nproc)
+        plan = settle(*gathered.configs, gathered.explicit, device_for(env_context(), gathered.run.device),
+                      world_size=nproc)
     finally:
         torch.set_num_threads(threads)
     for line in plan.lines:
@@ -188,18 +177,20 @@ def _settle_here(configs, explicit: set[str], nproc: int = 1):
 
 
 def _launch(args: argparse.Namespace, configs, explicit: set[str]) -> int:
-    """``train --nproc N``: settle the run here, once (the recipe, its measured size, every check a
-    usage error could come from), then start N ranks that train exactly that plan."""
+    """``train --nproc N``: gather and settle the run here, once (the recipe, its measured size,
+    every check a usage error could come from), then start N ranks that train exactly that plan.
+    A resumed run is gathered here (its stored settings checked against the flags) and each rank
+    resumes it."""
     import tempfile
 
     from .distributed import launch_local, launched_by_torchrun
+    from .gather import gather
     from .plan import PLAN_ENV, write_plan_file
 
     if not 2 <= args.nproc <= 64:
         raise UsageError(f"--nproc must be between 1 and 64, got {args.nproc}")
     if launched_by_torchrun():
         raise UsageError("--nproc starts its own processes; drop it under torchrun")
-    dcfg, mcfg, tcfg, rcfg = configs
     argv, skip = [], False
     for a in args.argv[1:]:  # the command line without --nproc (after the "train" word)
         if skip:
@@ -209,10 +200,9 @@ def _launch(args: argparse.Namespace, configs, explicit: set[str]) -> int:
         elif not a.startswith("--nproc="):
             argv.append(a)
     if args.resume:  # a resumed run's settings are settled already (stored in the run)
-        for cfg in configs:
-            cfg.validate()
+        gather(*configs, explicit, args.out, resume=True)
         return launch_local(["train", *argv], args.nproc)
-    plan = _settle_here(configs, explicit, args.nproc)
+    plan = _settle_here(configs, explicit, args.out, args.nproc)
     with tempfile.TemporaryDirectory(prefix="rnnlab-plan-") as tmp:
         path = Path(tmp) / "plan.json"
         write_plan_file(plan, path)

@@ -16,16 +16,14 @@
 Every field is declared once with its help, choices and bounds (``rnnlab.fields.setting``); the CLI
 generates its flags from them (``num_steps`` is ``--num-steps``) and the server reads the same
 bounds, so a value is validated once, in one place, for the CLI, the library and the server.
-``merge_resume`` (for ``train --resume``) also lives here, next to the configs it merges.
 """
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 from .errors import UsageError
-from .fields import Settings, flag, setting
+from .fields import Settings, setting
 from .models.config import ModelConfig
 
 PRESETS = ("raw", "letters")
@@ -187,9 +185,10 @@ class RunConfig(Precision, Device):
     (``Precision``) is the one the run trains in: ``auto`` is decided once, before training, and
     the decision is what a checkpoint stores."""
 
-    recipe: str = setting("book", "default: the best model for the time given (--budget), with validation, "
-                                  "early stopping and a model sized to the budget and the text; book: the book's "
-                                  "settings (the configs' defaults). Explicit flags always win",
+    recipe: str = setting("default", "default: the best model for the time given (--budget), with validation, "
+                                     "early stopping and a model sized to the budget and the text; book: the book's "
+                                     "settings (the other fields' defaults), exactly as configured. Explicit flags "
+                                     "always win",
                           choices=("default", "book"))
     epochs: int = setting(500, "epochs to train (the book: 500)", min=1, max=1 << 30)
     budget: float = setting(0.0, "time budget (90s, 10m, 2h): the learning-rate schedule spans it and training "
@@ -360,55 +359,5 @@ def check_text(text: str, what: str = "the text") -> str:
     return text
 
 
-ARCHITECTURE = ("model", "hidden_size", "num_layers", "embedding_dim", "activation", "window")
-FIXED_BY_BASE = ("preset", "token", "min_freq")
-
-
-def merge_init_from(base: tuple[DataConfig, ModelConfig], given: tuple[DataConfig, ModelConfig],
-                    explicit: set[str], base_dir: str) -> tuple[DataConfig, ModelConfig]:
-    """Settings for fine-tuning ``base_dir``'s model: its architecture and its text settings
-    (preset, char/word, vocabulary), with the given data source and the other explicit flags
-    (dropout, impl, ...). An explicit flag that contradicts the base is refused."""
-    (base_data, base_model), (data, model) = base, given
-    merged_model = ModelConfig.from_dict(base_model.to_dict(), validate=False)
-    for name, value in model.to_dict().items():
-        if name not in explicit or name == "vocab_size":
-            continue
-        if name in ARCHITECTURE and value != getattr(base_model, name):
-            raise UsageError(f"{flag(name)} {value!r} conflicts with the base model's {getattr(base_model, name)!r} "
-                             f"(--init-from {base_dir}); fine-tuning keeps the base's architecture: drop the flag")
-        setattr(merged_model, name, value)
-    merged_data = DataConfig.from_dict(data.to_dict(), validate=False)
-    for name in FIXED_BY_BASE:
-        if name in explicit and getattr(data, name) != getattr(base_data, name):
-            raise UsageError(f"{flag(name)} does not apply with --init-from: the base model's vocabulary and "
-                             f"text settings ({flag(name)} {getattr(base_data, name)!r}) are kept; drop the flag")
-        setattr(merged_data, name, getattr(base_data, name))
-    return merged_data, merged_model
-
-
-def merge_resume(stored: tuple[DataConfig, ModelConfig, TrainConfig],
-                 given: tuple[DataConfig, ModelConfig, TrainConfig], explicit: set[str]) -> tuple:
-    """Settings for a resumed run: the stored data, model and training settings; any of them given
-    explicitly must equal the stored value (the run controls, ``RunConfig``, are the caller's)."""
-    out = []
-    for old, new in zip(stored, given):
-        merged = type(old).from_dict(old.to_dict(), validate=False)
-        for name, value in new.to_dict().items():
-            if name not in explicit or name == "vocab_size":
-                continue
-            was = getattr(old, name)
-            if name in ("path", "prepared") and was is not None and value is not None:  # stored absolute
-                was, value = os.path.abspath(was), os.path.abspath(value)
-            if was != value:
-                what = {"path": "the text FILE", "prepared": "--prepared"}.get(name, flag(name))
-                had = f"run, which has no {what}" if was is None else repr(was)
-                raise UsageError(f"{what} {value!r} differs from the checkpoint's {had}; drop it to resume, "
-                                 f"or start a new run with another --out")
-        out.append(merged)
-    return tuple(out)
-
-
 __all__ = ["AdaptConfig", "DataConfig", "Device", "GenerateConfig", "InferenceConfig", "ModelConfig", "Precision",
-           "RunConfig", "ServeConfig", "SuggestConfig", "Threads", "TrainConfig", "WordsConfig", "check_text",
-           "merge_init_from", "merge_resume"]
+           "RunConfig", "ServeConfig", "SuggestConfig", "Threads", "TrainConfig", "WordsConfig", "check_text"]

@@ -20,8 +20,7 @@ from typing import Callable
 import torch
 
 from .callbacks import MetricsWriter, ProgressBar, write_plot
-from .checkpoint import BEST, CONFIG, load_checkpoint, load_for_inference, read_configs, resolve_checkpoint_dir, \
-    save_checkpoint
+from .checkpoint import BEST, CONFIG, load_checkpoint, load_for_inference, save_checkpoint
 from .config import AdaptConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data import PreparedData, Tokenizer, prepare_data
 from .decoding import generate
@@ -31,6 +30,7 @@ from .adaptation import dynamic_evaluate, step_rule, training_ids
 from .evaluation import evaluate
 from .fields import flag
 from .models import LanguageModel, build_model, grow_vocabulary
+from .gather import Gathered, gather, stored_configs
 from .runs import RunLock, prepare_run_dir, record_chat, save_run_checkpoint
 from .plan import settle
 from .precision import sequence_precision
@@ -40,15 +40,6 @@ from .trainer_state import load_trainer_state
 from .training import Trainer
 
 Log = Callable[[str], None]
-
-
-def stored_configs(run_dir: str | Path) -> tuple[DataConfig, ModelConfig, TrainConfig, RunConfig]:
-    """The configs saved in a run directory (for ``--resume``)."""
-    d = Path(run_dir)
-    if not (d / CONFIG).is_file():
-        raise UsageError(f"{d}: no checkpoint to resume (no {CONFIG}); drop --resume to start a new run")
-    dcfg, mcfg, tcfg, rcfg, _ = read_configs(resolve_checkpoint_dir(d))
-    return dcfg, mcfg, tcfg, rcfg
 
 
 @dataclass
@@ -97,26 +88,27 @@ def train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunC
               explicit: set[str] | None = None) -> RunResult:
     """Train as configured, writing ``metrics.jsonl``, checkpoints and a plot into ``out_dir``.
 
-    ``rcfg.recipe == "default"`` fills the settings not in ``explicit`` (the field names the user
-    chose; by default every field that differs from its dataclass default) from the recipe
-    (``rnnlab.recipes``), once the corpus size is known; ``"book"`` trains exactly as configured.
+    ``rcfg.recipe == "default"`` (the default, as for ``rnnlab train``) fills the settings not in
+    ``explicit`` (the field names the user chose; by default every field that differs from its
+    dataclass default) from the recipe (``rnnlab.recipes``), once the corpus size is known;
+    ``"book"`` trains exactly as configured (the dataclass defaults are the book's settings).
+    With ``rcfg.init_from``, the base's architecture and text settings are taken (``rnnlab.gather``:
+    a field chosen against them is refused).
 
-    With ``resume``, the model, optimizer, RNG states and position are read from ``out_dir`` and
-    training continues exactly where it stopped. ``overwrite`` replaces a previous run in
-    ``out_dir`` (its checkpoints, snapshots and best weights), once the new run is ready to start.
+    With ``resume``, the settings stored in ``out_dir`` are kept (a data, model or training field
+    chosen differently is refused; the run fields chosen replace the stored ones), and the model,
+    optimizer, RNG states and position are read from it: training continues exactly where it
+    stopped. ``overwrite`` replaces a previous run in ``out_dir`` (its checkpoints, snapshots and
+    best weights), once the new run is ready to start.
 
     Launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment), this process joins the
     process group and trains as one rank: ``tcfg.batch_size`` is the global batch, split evenly
     over the ranks; only rank 0 logs and writes files.
     """
-    if explicit is None:
-        explicit = {name for cfg in (dcfg, mcfg, tcfg, rcfg) for name, value in cfg.to_dict().items()
-                    if value != getattr(type(cfg)(), name)}
-    for cfg in (dcfg, tcfg, rcfg):  # the model's too, once the recipe has picked its --impl/--embedding-dim (settle)
-        cfg.validate()
     if not str(out_dir).strip():
         raise UsageError("--out is empty; give a directory for the run")
-    device = device_for(env_context(), rcfg.device)
+    given = gather(dcfg, mcfg, tcfg, rcfg, explicit, out_dir, resume)
+    device = device_for(env_context(), given.run.device)
     ctx = setup(device)
     ok = False
     out = Path(out_dir)
@@ -125,7 +117,7 @@ def train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunC
         if ctx.is_main:
             prepare_run_dir(out)
         with RunLock(out) if ctx.is_main else nullcontext():
-            result = _train_run(dcfg, mcfg, tcfg, rcfg, out, log, resume, overwrite, progress, device, ctx, explicit)
+            result = _train_run(given, out, log, resume, overwrite, progress, device, ctx)
         ok = True
         return result
     finally:
@@ -137,9 +129,8 @@ def train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunC
             torch.distributed.destroy_process_group()
 
 
-def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: RunConfig, out: Path, log: Log,
-               resume: bool, overwrite: bool, progress: bool, device: torch.device,
-               ctx: DistContext = LOCAL, explicit: frozenset = frozenset()) -> RunResult:
+def _train_run(given: Gathered, out: Path, log: Log, resume: bool, overwrite: bool, progress: bool,
+               device: torch.device, ctx: DistContext = LOCAL) -> RunResult:
     main = ctx.is_main
     if not main:
         log = lambda msg: None  # noqa: E731  (rank 0 speaks for the run)
@@ -148,7 +139,7 @@ def _train_run(dcfg: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, rcfg: Run
         raise UsageError(f"{out} already holds a checkpoint; pass --resume to continue it, --overwrite to "
                          f"replace it, or choose another --out")
     stored_vocab = load_checkpoint(out).vocab if resume else None
-    plan = settle(dcfg, mcfg, tcfg, rcfg, explicit, device, ctx, resume_vocab=stored_vocab, out=out)
+    plan = settle(*given.configs, given.explicit, device, ctx, resume_vocab=stored_vocab, out=out)
     dcfg, mcfg, tcfg, rcfg = plan.configs
     data, base = plan.corpus, plan.base
     for line in plan.lines:

@@ -1,6 +1,7 @@
 """A run's plan, settled once: what the user gave -> the settings the run trains with.
 
     flags / library configs, --init-from, --resume
+        ──► gathered (``rnnlab.gather``: the base's or the stored settings merged in, the explicit names)
         ──► the recipe's data settings (test split, selection slice)
         ──► the corpus read and split (training | selection | test), the fine-tuning base checked
         ──► the recipe's model and training settings (the width chosen by the measured speed of the
@@ -10,7 +11,8 @@
         ──► every config validated, the memory checked ──► ``RunPlan`` (the log lines included)
 
 ``settle`` works on copies: the caller's configs are not changed, and nothing after it sets a
-config field. ``train_run`` executes a plan; ``rnnlab train --nproc N`` settles in the launcher and
+config field. ``train_run`` gathers, settles and executes a plan; ``rnnlab train --dry-run``
+gathers, settles and prints it; ``rnnlab train --nproc N`` gathers and settles in the launcher and
 hands the plan to its ranks (``plan_file``), so every rank trains what was logged.
 """
 from __future__ import annotations
@@ -25,11 +27,12 @@ from typing import Any, Callable
 import torch
 
 from .checkpoint import load_checkpoint
-from .config import ARCHITECTURE, DataConfig, ModelConfig, RunConfig, TrainConfig
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data import PreparedData, prepare_data
 from .distributed import LOCAL, DistContext, reduce_over_ranks
 from .errors import RnnlabError, UsageError
 from .fields import flag
+from .gather import ARCHITECTURE, FIXED_BY_BASE, merge_init_from
 from .models import precision_notes
 from .precision import Choice, check as check_precision, decide, emulated, not_worth_measuring
 from .runs import check_chat, check_ranges
@@ -241,14 +244,8 @@ def _fine_tuning_base(rcfg: RunConfig, dcfg: DataConfig, mcfg: ModelConfig, devi
     if not str(rcfg.init_from).strip():
         raise UsageError("--init-from is empty; give the --out DIR of a trained run")
     base = load_checkpoint(rcfg.init_from, device)
-    for name in ARCHITECTURE:
-        if getattr(mcfg, name) != getattr(base.model_config, name):
-            raise UsageError(f"--init-from {rcfg.init_from}: its {flag(name)} is {getattr(base.model_config, name)!r}, "
-                             f"this run's {getattr(mcfg, name)!r}; fine-tuning keeps the base's architecture")
-    for name in ("preset", "token"):
-        if getattr(dcfg, name) != getattr(base.data_config, name):
-            raise UsageError(f"--init-from {rcfg.init_from}: its {flag(name)} is {getattr(base.data_config, name)!r}, "
-                             f"this run's {getattr(dcfg, name)!r}; fine-tuning reads text as the base did")
+    merge_init_from((base.data_config, base.model_config), (dcfg, mcfg), set(ARCHITECTURE) | set(FIXED_BY_BASE),
+                    rcfg.init_from)  # refuses any difference (``gather`` merged the base's settings in)
     lines.append(f"fine-tuning {rcfg.init_from} ({base.model.describe()}, vocabulary {len(base.vocab)}, "
                  f"trained {base.info.get('epoch', '?')} epochs on {Path(str(base.info.get('source', '?'))).name})")
     return base

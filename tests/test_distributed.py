@@ -71,7 +71,7 @@ def _cfg(sampling):
                        clip_norm=0.5)
 
 
-RUN = RunConfig(epochs=2, predict_every=0)
+RUN = RunConfig(recipe="book", epochs=2, predict_every=0)
 
 
 def _single_run(sampling, stop_at=None):

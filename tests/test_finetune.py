@@ -118,7 +118,7 @@ def test_flags_that_contradict_the_base_are_refused(base, tmp_path, args, fragme
 def test_library_callers_get_the_same_checks(base, tmp_path):
     with pytest.raises(RnnlabError, match="fine-tuning keeps the base's architecture"):
         train_run(DataConfig(path=str(base / "new.txt")), ModelConfig(model="lstm", hidden_size=16),
-                  TrainConfig(batch_size=4, num_steps=16), RunConfig(epochs=1, init_from=str(base / "base")),
+                  TrainConfig(batch_size=4, num_steps=16), RunConfig(recipe="book", epochs=1, init_from=str(base / "base")),
                   tmp_path / "o", log=lambda m: None)
 
 
@@ -129,7 +129,7 @@ def test_a_fine_tuned_run_resumes_exactly(base, tmp_path):
         d, m, _, _ = stored_configs(base / "base")
         return (DataConfig(path=str(base / "new.txt"), preset=d.preset, token=d.token), m,
                 TrainConfig(batch_size=4, num_steps=16, optimizer="adam", lr=0.003, seed=2),
-                RunConfig(epochs=3, predict_every=0, init_from=str(base / "base"), extend_vocab=True))
+                RunConfig(recipe="book", epochs=3, predict_every=0, init_from=str(base / "base"), extend_vocab=True))
 
     full = train_run(*configs(), tmp_path / "full", log=lambda m: None)
     orig = pl.Trainer

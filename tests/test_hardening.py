@@ -69,10 +69,10 @@ def test_snapshots_are_kept_by_training_position_not_by_name(text, tmp_path):
     try:
         for _ in range(2):  # two interruptions
             resume = (run_dir / "config.json").exists()
-            pl.train_run(*cfgs, RunConfig(epochs=20, predict_every=0, keep=2), run_dir, log=lambda m: None, resume=resume)
+            pl.train_run(*cfgs, RunConfig(recipe="book", epochs=20, predict_every=0, keep=2), run_dir, log=lambda m: None, resume=resume)
     finally:
         pl.Trainer = orig
-    pl.train_run(*cfgs, RunConfig(epochs=20, predict_every=0, keep=2), run_dir, log=lambda m: None, resume=True)
+    pl.train_run(*cfgs, RunConfig(recipe="book", epochs=20, predict_every=0, keep=2), run_dir, log=lambda m: None, resume=True)
     names = [p.name for p in list_snapshots(run_dir)]
     assert names == ["epoch-000018", "epoch-000020"], names
     # a torn top level now falls back to the newest snapshot, epoch 20, not an old interrupted one

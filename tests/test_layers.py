@@ -17,7 +17,7 @@ LAYERS = [  # bottom first
     ["decoding", "evaluation", "adaptation", "distributed", "callbacks", "schedule", "timing", "evalpoints",
      "position", "checkpoint", "trainer_state", "training"],
     ["runs", "recipes", "speed", "ratebook"],
-    ["plan"],
+    ["plan", "gather"],
     ["suggest", "export"],
     ["keyboard"],
     ["pipeline"],

@@ -144,7 +144,7 @@ def test_checkpoint_generation_suggestions_and_exact_resume(cell, tmp_path):
         return (DataConfig(path=str(tmp_path / "t.txt")),
                 ModelConfig(model=cell, impl="fast", hidden_size=16, embedding_dim=16, num_layers=2, dropout=0.1),
                 TrainConfig(batch_size=4, num_steps=20, optimizer="adam", lr=0.01, seed=1),
-                RunConfig(epochs=epochs, predict_every=0))
+                RunConfig(recipe="book", epochs=epochs, predict_every=0))
 
     full = train_run(*configs(4), tmp_path / "full", log=lambda m: None)
     assert full.history[-1]["train_loss"] < full.history[0]["train_loss"]

@@ -57,7 +57,7 @@ def frozen(monkeypatch):
 def test_the_guard_catches_a_write(frozen, tmp_path):
     (tmp_path / "t.txt").write_text(TEXT)
     plan = plan_module.settle(DataConfig(path=str(tmp_path / "t.txt")), ModelConfig(hidden_size=8), TrainConfig(),
-                              RunConfig(), set(), select_device("cpu"))
+                              RunConfig(recipe="book"), set(), select_device("cpu"))
     with pytest.raises(AssertionError, match="TrainConfig.lr = 2.0 after settle"):
         plan.train.lr = 2.0
     RunConfig().epochs = 3  # a config no plan holds is an ordinary object

@@ -122,7 +122,7 @@ def _configs(path, prec="bf16", epochs=3, sampling="sequential", model="lstm", i
     return (DataConfig(path=str(path), val_fraction=0.1),
             ModelConfig(model=model, impl=impl, hidden_size=24, num_layers=2, embedding_dim=8, dropout=0.1),
             TrainConfig(batch_size=4, num_steps=10, sampling=sampling, seed=3, optimizer="adam", lr=0.01),
-            RunConfig(epochs=epochs, predict_every=0, save_every=1, precision=prec))
+            RunConfig(recipe="book", epochs=epochs, predict_every=0, save_every=1, precision=prec))
 
 
 def test_a_bf16_run_stores_float32_and_loads_and_evaluates_under_fp32(tmp_path):

@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from rnnlab.checkpoint import load_checkpoint
-from rnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, merge_resume
+from rnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from rnnlab.gather import merge_resume
 from rnnlab.errors import RnnlabError, UsageError
 from rnnlab.pipeline import stored_configs, train_run
 
@@ -32,7 +33,7 @@ def _configs(path, sampling, epochs, dropout=0.1, model="lstm"):
             ModelConfig(model="lstm", impl="concise", hidden_size=24, num_layers=2, embedding_dim=8, dropout=dropout))
     return (DataConfig(path=str(path), val_fraction=0.1), mcfg,
             TrainConfig(batch_size=4, num_steps=10, sampling=sampling, seed=3, optimizer="adam", lr=0.01),
-            RunConfig(epochs=epochs, predict_every=0, save_every=1))
+            RunConfig(recipe="book", epochs=epochs, predict_every=0, save_every=1))
 
 
 def _weights(d):

@@ -182,7 +182,7 @@ def _tiny_run(tmp, model):
     (tmp / "corpus.txt").write_text(CORPUS, encoding="utf-8")
     extra = {"window": 3, "embedding_dim": 8} if model == "unrolled" else {}
     train_run(DataConfig(path=str(tmp / "corpus.txt")), ModelConfig(model=model, hidden_size=16, **extra),
-              TrainConfig(batch_size=4, num_steps=8), RunConfig(epochs=1, predict_every=0, device="cpu"),
+              TrainConfig(batch_size=4, num_steps=8), RunConfig(recipe="book", epochs=1, predict_every=0, device="cpu"),
               tmp / model, log=lambda _: None)
     return tmp / model
 

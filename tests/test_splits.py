@@ -86,7 +86,7 @@ def test_resume_refuses_a_run_whose_text_splits_otherwise(tmp_path):
     (tmp_path / "t.txt").write_text(TEXT)
     args = (DataConfig(path=str(tmp_path / "t.txt"), val_fraction=0.1, select_fraction=0.05),
             ModelConfig(model="gru", hidden_size=8, embedding_dim=8), TrainConfig(batch_size=4, num_steps=8),
-            RunConfig(epochs=1, predict_every=0))
+            RunConfig(recipe="book", epochs=1, predict_every=0))
     train_run(*args, out_dir=tmp_path / "run", log=lambda m: None)
     ranges = json.loads((tmp_path / "run" / "config.json").read_text())["info"]["ranges"]
     check_ranges(tmp_path / "run", ranges)  # the same split: fine

@@ -112,7 +112,7 @@ def test_a_cell_with_its_own_stack_and_cost_is_sized_by_the_default_recipe_and_t
     small = ModelConfig(model="diagonal", impl="scratch", hidden_size=16, embedding_dim=8)
     run = train_run(DataConfig(path=str(src)), small, TrainConfig(batch_size=4, num_steps=12, optimizer="adam",
                                                                   lr=0.02, seed=1),
-                    RunConfig(epochs=3, predict_every=0), tmp_path / "run", log=lambda msg: None)
+                    RunConfig(recipe="book", epochs=3, predict_every=0), tmp_path / "run", log=lambda msg: None)
     assert run.history[-1]["train_loss"] < run.history[0]["train_loss"]
     ck = load_checkpoint(tmp_path / "run")
     assert isinstance(ck.model.rnn, DiagonalStack)
@@ -124,7 +124,7 @@ def _configs(path, epochs):
     return (DataConfig(path=str(path), val_fraction=0.1),
             ModelConfig(model="leaky", impl="scratch", hidden_size=16, embedding_dim=8),
             TrainConfig(batch_size=4, num_steps=12, optimizer="adam", lr=0.02, seed=1),
-            RunConfig(epochs=epochs, predict_every=0, save_every=1))
+            RunConfig(recipe="book", epochs=epochs, predict_every=0, save_every=1))
 
 
 def test_a_cell_registered_in_a_test_trains_generates_suggests_resumes_and_serves(tmp_path):

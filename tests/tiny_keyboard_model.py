@@ -34,7 +34,7 @@ def tiny_checkpoint(preset: str = "raw", token: str = "char") -> Path:
     dcfg = DataConfig(path=str(root / "corpus.txt"), preset=preset, token=token)
     mcfg = ModelConfig(model="lstm", hidden_size=64, embedding_dim=16 if token == "word" else 0)
     tcfg = TrainConfig(batch_size=8, num_steps=16 if token == "char" else 4, lr=4.0, seed=0)
-    rcfg = RunConfig(epochs=60, device="cpu", predict_every=0, log_every=1000)
+    rcfg = RunConfig(recipe="book", epochs=60, device="cpu", predict_every=0, log_every=1000)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is faster and leaves the other core free
     try:
@@ -70,7 +70,7 @@ def split_checkpoint() -> Path:
                       select_fraction=(len(SELECT_PART) + 5) / n)
     mcfg = ModelConfig(model="lstm", hidden_size=64)
     tcfg = TrainConfig(batch_size=8, num_steps=16, lr=4.0, seed=0)
-    rcfg = RunConfig(epochs=40, device="cpu", predict_every=0, log_every=1000)
+    rcfg = RunConfig(recipe="book", epochs=40, device="cpu", predict_every=0, log_every=1000)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
