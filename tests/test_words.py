@@ -82,6 +82,17 @@ def test_probabilities_sum_to_one_and_top_is_the_best_by_brute_force(order):
             assert [w for w, _ in m.top(h, prefix, 4)] == [m.vocab[i] for i in brute]
 
 
+def test_a_memoised_distribution_cannot_be_changed_by_a_caller():
+    m = WordModel.from_text(CORPUS, 3)
+    h = m.history("the time ")
+    before = m.probs(np.arange(len(m)), h)
+    before[:] = 0.0  # a caller's copy
+    with pytest.raises(ValueError):
+        m.dist(h)[0] = 1.0  # the shared one is read-only
+    assert m.probs(np.arange(len(m)), h).sum() == pytest.approx(1.0)
+    assert m.dist(m.history("")) is not m.p1 and m.p1.flags.writeable  # the unigram stays the model's own
+
+
 def test_history_words_follow_the_keyboard_rules():
     assert last_words("so, we'd  sat!  ", 2) == ["we'd", "sat"]
     assert last_words("one", 2) == ["one"] and last_words("", 2) == [] and last_words("a b c", 0) == []
