@@ -33,9 +33,8 @@ import torch
 from rnnlab.checkpoint import load_checkpoint
 from rnnlab.config import SuggestConfig, WordsConfig
 from rnnlab.data.text_data import split_points
-from rnnlab.keyboard.tune import Table, keystrokes, model_text, record, tune, tuning_texts
+from rnnlab.keyboard.tune import Table, keystrokes, mixed_scores, model_text, record, target_ranks, tune, tuning_texts
 from rnnlab.suggest import MixParams, SuggestEngine, WordModel, Words
-from rnnlab.suggest.mix import mix_score, selected
 
 KS = (1, 3, 5)
 FLOOR = -25.0  # the log-feature of a candidate a source did not propose
@@ -43,33 +42,20 @@ FLOOR = -25.0  # the log-feature of a candidate a source did not propose
 
 def savings(t: Table, scores: np.ndarray) -> dict:
     """KSR at each k and next-word top-1 when every position's candidates are ranked by ``scores``
-    (Q, C) (-inf: not shown), ties by spelling: ``tune.keystrokes``' rule for any score."""
-    s = np.where(t.valid & np.isfinite(scores), scores, -np.inf)
-    target = np.where(t.target, s, -np.inf).max(axis=1, initial=-np.inf)  # (Q,)
-    rank = ((s > target[:, None]) | ((s == target[:, None]) & t.before & np.isfinite(s))).sum(axis=1)
-    hit_at = np.isfinite(target)
-    out = {}
-    for k in KS:
-        cost = t.lengths.copy()
-        hit = hit_at & (rank < k)
-        np.minimum.at(cost, t.word[hit], t.typed[hit] + 1)
-        out[f"ksr@{k}"] = 1 - (int(cost.sum()) + t.separators) / t.characters
+    (Q, C) (-inf: not shown), by ``tune``'s rule (ties by spelling, as served)."""
+    keys = keystrokes(t, None, KS, scores=scores)
+    out = {f"ksr@{k}": 1 - keys[k] / t.characters for k in KS}
+    rank, shown = target_ranks(t, scores)
     start = t.typed == 0
-    out["next_word_top1"] = float((hit_at & (rank < 1))[start].sum() / start.sum())
+    out["next_word_top1"] = float((shown & (rank < 1))[start].sum() / start.sum())
     return out
-
-
-def mixed(t: Table, p: MixParams) -> np.ndarray:
-    keep = selected(p, t.beam_rank, t.ng_rank, t.cache_rank, t.started)
-    s = mix_score(p, t.lp_nn, t.p_ng, t.count, t.in_lex, t.nn_norm, t.ng_mass, t.n_cache, t.started, exp=np.exp)
-    return np.where(keep & (s > 0), s, -np.inf)
 
 
 def features(t: Table, served: MixParams) -> tuple[torch.Tensor, torch.Tensor]:
     """(Q, C, F) log-features with their was-missing flags, and (Q,) the group (characters typed, 0..3)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = [t.lp_nn - np.log(t.nn_norm), np.log(t.p_ng / (t.ng_mass + 1e-300)),
-                np.log(t.count / (t.n_cache + (t.n_cache == 0))), np.log(np.maximum(mixed(t, served), 0))]
+                np.log(t.count / (t.n_cache + (t.n_cache == 0))), np.log(np.maximum(mixed_scores(t, served), 0))]
     cols = []
     for f in logs:
         known = np.isfinite(f)
@@ -120,9 +106,9 @@ def measure(run: str, words: int, tune_words: int) -> dict:
     served, baseline, _ = tune(tables["select"])
     test = tables["test"]
     char_only = np.where(np.isfinite(test.lp_nn), test.lp_nn - np.log(test.nn_norm), -np.inf)
-    rows = {"char model": savings(test, char_only), "fair n-gram": savings(test, mixed(test, baseline)),
-            "served": savings(test, mixed(test, served)), "fitted mix (on the test text)": savings(test, fitted(test, served))}
-    assert abs(rows["served"]["ksr@3"] - (1 - keystrokes(test, served)[3] / test.characters)) < 1e-12
+    rows = {"char model": savings(test, char_only), "fair n-gram": savings(test, mixed_scores(test, baseline)),
+            "served": savings(test, mixed_scores(test, served)),
+            "fitted mix (on the test text)": savings(test, fitted(test, served))}
     return {"run": run, "test_words": int(len(test.lengths)), "tuning_words": int(len(tables["select"].lengths)),
             "rows": rows}
 

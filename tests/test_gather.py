@@ -53,8 +53,8 @@ def _cli_plan(monkeypatch, capsys, *argv):
     return seen[0], capsys.readouterr().out
 
 
-def _library_plan(monkeypatch, *configs, out, resume=False):
-    """The plan ``train_run(*configs, out)`` settles (its training stopped before it starts)."""
+def _train_run_plan(monkeypatch, run):
+    """The plan ``train_run`` settles when ``run()`` calls it (its training stopped before it starts)."""
     seen = []
     real = pipeline.settle
 
@@ -63,9 +63,14 @@ def _library_plan(monkeypatch, *configs, out, resume=False):
         raise Settled
     monkeypatch.setattr(pipeline, "settle", capture)
     with pytest.raises(Settled):
-        pipeline.train_run(*configs, out, log=QUIET, resume=resume)
+        run()
     monkeypatch.setattr(pipeline, "settle", real)
     return seen[0]
+
+
+def _library_plan(monkeypatch, *configs, out, resume=False):
+    """The plan ``train_run(*configs, out)`` settles."""
+    return _train_run_plan(monkeypatch, lambda: pipeline.train_run(*configs, out, log=QUIET, resume=resume))
 
 
 def test_one_recipe_default_for_the_library_and_the_cli(capsys):
@@ -148,16 +153,9 @@ def test_resume_keeps_the_stored_settings_the_same_way(base, text, tmp_path, mon
     assert _dicts(lib.configs[:3]) == _dicts(stored[:3])
     assert lib.run.to_dict() == stored[3].replace(epochs=3, predict_every=5).to_dict()
     assert lib.run.recipe == "book"  # the stored recipe, not the default one
-    seen = []
-    real = pipeline.settle
-
-    def capture(*a, **k):
-        seen.append(real(*a, **k))
-        raise Settled
-    monkeypatch.setattr(pipeline, "settle", capture)
-    with pytest.raises(Settled):
-        main(["train", "--resume", "--epochs", "3", "--predict-every", "5", "--out", str(base), "--quiet"])
-    assert _dicts(seen[0].configs) == _dicts(lib.configs)
+    cli = _train_run_plan(monkeypatch, lambda: main(["train", "--resume", "--epochs", "3", "--predict-every", "5",
+                                                     "--out", str(base), "--quiet"]))
+    assert _dicts(cli.configs) == _dicts(lib.configs)
 
 
 def test_resume_conflicts_are_refused_with_the_same_line(base, text, tmp_path):

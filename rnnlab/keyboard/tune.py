@@ -196,15 +196,27 @@ def record(engine: SuggestEngine, text: str, history: str, max_words: int, secon
 
 # -- the search ----------------------------------------------------------------------------------
 
-def keystrokes(table: Table, params: MixParams, ks=(1, 3, 5)) -> dict[int, int]:
-    """The keystrokes of every recorded word at each k under ``params`` (separators included)."""
+def mixed_scores(table: Table, params: MixParams) -> np.ndarray:
+    """(Q, C) every recorded candidate's score under ``params`` (-inf: not shown)."""
     keep = table.valid & selected(params, table.beam_rank, table.ng_rank, table.cache_rank, table.started)
     s = mix_score(params, table.lp_nn, table.p_ng, table.count, table.in_lex, table.nn_norm, table.ng_mass,
                   table.n_cache, table.started, exp=np.exp)
-    s = np.where(keep & (s > 0), s, -np.inf)
+    return np.where(keep & (s > 0), s, -np.inf)
+
+
+def target_ranks(table: Table, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Q,) each position's typed word's 0-based rank among its candidates ranked by ``scores``
+    (Q, C) (-inf: not shown; ties by spelling, as served), and (Q,) whether it was shown at all."""
+    s = np.where(table.valid & np.isfinite(scores), scores, -np.inf)
     t = np.where(table.target, s, -np.inf).max(axis=1, initial=-np.inf)  # (Q,) the target's score
     rank = ((s > t[:, None]) | ((s == t[:, None]) & table.before & np.isfinite(s))).sum(axis=1)
-    present = np.isfinite(t)
+    return rank, np.isfinite(t)
+
+
+def keystrokes(table: Table, params: MixParams, ks=(1, 3, 5), scores: np.ndarray | None = None) -> dict[int, int]:
+    """The keystrokes of every recorded word at each k under ``params`` (separators included), or
+    with the candidates ranked by ``scores`` (Q, C) instead."""
+    rank, present = target_ranks(table, mixed_scores(table, params) if scores is None else scores)
     out = {}
     for k in ks:
         cost = table.lengths.copy()
@@ -325,5 +337,5 @@ def build_for_run(model, tokenizer, data_config: DataConfig, run_dir: str | Path
         log(f"keyboard: the word model was not built ({e}); `rnnlab words {run_dir}` builds it")
 
 
-__all__ = ["GRIDS", "Table", "WIDEST", "build_for_run", "build_words", "keystrokes", "model_text", "record", "search",
-           "tune", "tuning_texts"]
+__all__ = ["GRIDS", "Table", "WIDEST", "build_for_run", "build_words", "keystrokes", "mixed_scores", "model_text",
+           "record", "search", "target_ranks", "tune", "tuning_texts"]
