@@ -21,17 +21,18 @@ import numpy as np
 import pytest
 import torch
 
+from shipped import shipped_cells
+
 from rnnlab.checkpoint import load_checkpoint, load_for_inference
 from rnnlab.cli import main
 from rnnlab.config import ServeConfig
-from rnnlab.models.cells import cell_names, get_cell
+from rnnlab.models.cells import get_cell
 from tiny_keyboard_model import SENTENCES
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-# the cells rnnlab ships (a test module may register a cell of its own: a subprocess would not know it)
-CELLS = [name for name in cell_names() if type(get_cell(name)).__module__.startswith("rnnlab.")]
+CELLS = shipped_cells()  # a subprocess would not know a toy cell a test module registered
 MODELS = [*CELLS, "unrolled"]
 TEXT = " ".join(SENTENCES * 10)  # ~2,000 characters
 PREFIX = "the time"

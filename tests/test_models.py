@@ -10,16 +10,18 @@ import pytest
 import torch
 from torch import nn
 
+from shipped import shipped_cells
+
 from rnnlab.config import ModelConfig
 from rnnlab.models import build_model
-from rnnlab.models.cells import cell_names, get_cell
+from rnnlab.models.cells import get_cell
 from rnnlab.models.stack import RecurrentStack
 
 TOL = 1e-10
 T, B, I, H = 7, 3, 5, 4  # steps, batch, input size, hidden size
 
 TORCH_LAYERS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
-CONCISE = [n for n in cell_names() if "concise" in get_cell(n).impls]  # the registry's cells with a torch layer
+CONCISE = [n for n in shipped_cells() if "concise" in get_cell(n).impls]  # the registry's cells with a torch layer
 CASES = [(m, a, L) for m, a in [("rnn", "tanh"), ("rnn", "relu"), ("gru", "tanh"), ("lstm", "tanh")]
          for L in (1, 2)]
 

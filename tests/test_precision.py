@@ -11,13 +11,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from shipped import shipped_cells
+
 from rnnlab import plan as plan_mod
 from rnnlab import precision
 from rnnlab.checkpoint import load_checkpoint, save_checkpoint
 from rnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from rnnlab.errors import UsageError
 from rnnlab.models import build_model, precision_notes
-from rnnlab.models.cells import cell_names, get_cell
+from rnnlab.models.cells import get_cell
 from rnnlab.pipeline import evaluate_checkpoint, stored_configs, train_run
 from rnnlab.runtime import seed_everything
 from rnnlab.training import Trainer
@@ -54,7 +56,7 @@ def _curve(model_name, impl, prec, epochs=8):
     return [h["train_loss"] for h in tr.fit()]
 
 
-@pytest.mark.parametrize("model_name", cell_names())
+@pytest.mark.parametrize("model_name", shipped_cells())
 def test_bf16_training_follows_the_float32_loss_curve(model_name):
     impl = "fast" if "fast" in get_cell(model_name).impls else get_cell(model_name).impls[0]
     fp32, bf16 = _curve(model_name, impl, "fp32"), _curve(model_name, impl, "bf16")
@@ -64,7 +66,7 @@ def test_bf16_training_follows_the_float32_loss_curve(model_name):
     assert fp32 != bf16  # bf16 did run: its arithmetic is not float32's
 
 
-@pytest.mark.parametrize("model_name", [n for n in cell_names() if "concise" in get_cell(n).impls])
+@pytest.mark.parametrize("model_name", [n for n in shipped_cells() if "concise" in get_cell(n).impls])
 def test_bf16_concise_layers_follow_the_float32_loss_curve(model_name):
     fp32, bf16 = _curve(model_name, "concise", "fp32", 4), _curve(model_name, "concise", "bf16", 4)
     assert max(abs(a - b) for a, b in zip(fp32, bf16)) < CURVE_TOL and fp32 != bf16, (fp32, bf16)
@@ -74,7 +76,7 @@ def test_bf16_changes_the_arithmetic_not_the_parameters():
     """Under bf16 the products run in bfloat16 (the logits differ from float32's), while the
     weights, their gradients and the carried state stay float32."""
     ids, V = _ids()
-    for name in cell_names():
+    for name in shipped_cells():
         cell = get_cell(name)
         for impl in cell.impls:
             torch.manual_seed(0)
@@ -93,7 +95,7 @@ def test_bf16_changes_the_arithmetic_not_the_parameters():
                        for p in model.parameters()), (name, impl)
 
 
-@pytest.mark.parametrize("model_name", [n for n in cell_names() if get_cell(n).width_is_embedding])
+@pytest.mark.parametrize("model_name", [n for n in shipped_cells() if get_cell(n).width_is_embedding])
 def test_the_min_cells_scan_runs_in_float32_under_bf16(model_name, monkeypatch):
     """The scan multiplies up to T gates: it gets float32 coefficients under autocast (and in a
     bfloat16 copy), whichever scan runs (C++ or the log-space one)."""

@@ -8,6 +8,8 @@ import os
 
 import pytest
 
+from shipped import shipped_cells
+
 from rnnlab import recipes
 from rnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from rnnlab.errors import UsageError
@@ -115,9 +117,9 @@ def test_the_recipe_adapts_to_the_cell_and_the_implementation_the_user_chose():
         assert m.dropout > 0 and m.weight_drop == 0
         m.vocab_size = 65
         m.validate()
-    from rnnlab.models.cells import cell_names, get_cell
+    from rnnlab.models.cells import get_cell
 
-    for name in cell_names():
+    for name in shipped_cells():
         m2, _, _, plan = _resolve(budget=141.0, tokens=500_000, model=name)
         assert m2.impl == ("fast" if "fast" in get_cell(name).impls else get_cell(name).impls[0])
         assert "hidden-size" in plan.describe()
