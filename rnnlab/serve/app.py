@@ -280,7 +280,8 @@ def create_app(checkpoint: str | Path | Checkpoint, serve: ServeConfig | None = 
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
-    @app.api_route("/healthz", methods=["GET", "HEAD"])
+    @app.head("/healthz", include_in_schema=False)  # HEAD answers like GET, documented once
+    @app.get("/healthz")
     async def healthz() -> JSONResponse:
         """200 and ``status: ok`` while suggestions can be answered; 503 and ``degraded`` while the
         suggestion process restarts (or could not be restarted). Answered on the event loop: it
