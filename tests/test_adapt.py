@@ -132,12 +132,15 @@ def _reachable_tensor_bytes(root, shared):
 
 def _live_tensor_bytes():
     import gc
+    import warnings
 
     sizes = {}
-    for obj in gc.get_objects():
-        if isinstance(obj, torch.Tensor):
-            st = obj.untyped_storage()
-            sizes[st.data_ptr()] = st.nbytes()
+    with warnings.catch_warnings():  # isinstance() on torch.distributed's deprecated reduce_op warns
+        warnings.simplefilter("ignore", FutureWarning)
+        for obj in gc.get_objects():
+            if isinstance(obj, torch.Tensor):
+                st = obj.untyped_storage()
+                sizes[st.data_ptr()] = st.nbytes()
     return sum(sizes.values())
 
 
