@@ -1,4 +1,6 @@
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -131,9 +133,6 @@ def test_keep_freed_memory_stops_per_minibatch_page_faults():
     the first round's pages; glibc's defaults hand them back and the next round faults all 20,480
     pages in again.
     Measured in fresh processes (the suite's own heap history would blur the count)."""
-    import subprocess
-    import sys
-
     def rounds(mode):
         out = subprocess.run([sys.executable, "-c", _FAULTS_PER_ROUND, mode], capture_output=True, text=True,
                              check=True, timeout=120).stdout.split()
